@@ -1,0 +1,522 @@
+//! # backend-sqlite
+//!
+//! hearth's [`Storage`] over SQLite through [sqlx](https://docs.rs/sqlx): one connection pool,
+//! WAL journal, `synchronous = NORMAL` (durable across application crashes; a power loss can
+//! lose at most the last transactions, never corrupt the file), and every [`Batch`] in one
+//! `BEGIN IMMEDIATE` transaction.
+//!
+//! The file holds only what the store gives it: blind ids (keyed hashes), sealed envelopes,
+//! a deleted flag, the pending device sequence, and metadata whose secret parts are sealed.
+//! No collection name, record key or value is ever written in plaintext.
+//!
+//! Schema (version 1, `PRAGMA user_version`; the file is marked with `PRAGMA application_id`
+//! so a database that is not a hearth store is refused rather than modified):
+//!
+//! ```sql
+//! CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL,
+//!                       deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL);
+//! CREATE INDEX records_by_collection ON records (collection, id);
+//! CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL;
+//! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
+//! ```
+//!
+//! Registered as `"sqlite"`.
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use sync_core::{
+    Batch, Capabilities, CollectionId, Error, ErrorKind, OutboxEntry, RecordId, Result, Storage,
+    StorageOptions, StoredRecord,
+};
+
+/// `PRAGMA application_id` of hearth stores: "HRTH".
+pub const APPLICATION_ID: i64 = 0x4852_5448;
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL)",
+    "CREATE INDEX records_by_collection ON records (collection, id)",
+    "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
+];
+
+/// Storage in a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStorage {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+/// Maps a sqlx error to hearth's error, by SQLite result code. The message names the operation;
+/// SQLite's own text (which never contains our bound values) is kept as the cause.
+pub fn map_sqlx(e: sqlx::Error, what: &'static str) -> Error {
+    match &e {
+        sqlx::Error::Database(db) => {
+            let code = db
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .unwrap_or(1);
+            let (kind, msg, temporary) = match code & 0xff {
+                5 | 6 => (ErrorKind::Unavailable, "the database is busy", true),
+                8 => (ErrorKind::Io, "the database is read-only", false),
+                10 => (ErrorKind::Io, "disk I/O error", false),
+                11 => (ErrorKind::Corrupt, "the database file is corrupt", false),
+                13 => (ErrorKind::StorageFull, "the disk is full; nothing was written", false),
+                14 => (ErrorKind::Io, "the database file cannot be opened", false),
+                23 => (ErrorKind::Io, "access to the database was denied", false),
+                26 => (ErrorKind::Corrupt, "the file is not a hearth store (not a SQLite database, or encrypted with another key)", false),
+                _ => (ErrorKind::Storage, what, false),
+            };
+            let err = Error::new(kind, format!("{what}: {msg}")).with_source(e);
+            if temporary { err.temporary() } else { err }
+        }
+        sqlx::Error::Io(_) => Error::new(ErrorKind::Io, what).with_source(e),
+        sqlx::Error::PoolTimedOut => Error::new(ErrorKind::Unavailable, what).with_source(e),
+        sqlx::Error::PoolClosed => {
+            Error::new(ErrorKind::Storage, format!("{what}: the store is closed"))
+        }
+        _ => Error::new(ErrorKind::Storage, what).with_source(e),
+    }
+}
+
+fn row_to_record(row: &SqliteRow) -> Result<StoredRecord> {
+    let id: Vec<u8> = row.try_get("id").map_err(|e| map_sqlx(e, "read id"))?;
+    let collection: Vec<u8> = row
+        .try_get("collection")
+        .map_err(|e| map_sqlx(e, "read collection"))?;
+    let deleted: i64 = row
+        .try_get("deleted")
+        .map_err(|e| map_sqlx(e, "read deleted"))?;
+    let pending: Option<i64> = row
+        .try_get("pending_seq")
+        .map_err(|e| map_sqlx(e, "read pending_seq"))?;
+    let envelope: Vec<u8> = row
+        .try_get("envelope")
+        .map_err(|e| map_sqlx(e, "read envelope"))?;
+    Ok(StoredRecord {
+        id: RecordId::from_slice(&id)?,
+        collection: CollectionId::from_slice(&collection)?,
+        envelope,
+        deleted: deleted != 0,
+        pending_seq: pending.map(seq_from_sql).transpose()?,
+    })
+}
+
+fn seq_to_sql(seq: u64) -> Result<i64> {
+    i64::try_from(seq).map_err(|_| Error::invalid("sequence number out of range"))
+}
+
+fn seq_from_sql(seq: i64) -> Result<u64> {
+    u64::try_from(seq).map_err(|_| Error::corrupt("negative sequence number in store"))
+}
+
+const COLUMNS: &str = "id, collection, deleted, pending_seq, envelope";
+
+impl SqliteStorage {
+    /// Registry name.
+    pub const NAME: &'static str = "sqlite";
+
+    /// Opens the store file at `path`, creating it when `create` is true.
+    ///
+    /// Errors: a missing file without `create` is [`ErrorKind::NotFound`]; a missing or
+    /// unwritable directory is [`ErrorKind::Io`]; a file that is not a hearth store is
+    /// [`ErrorKind::Corrupt`] and is left untouched; a newer schema is [`ErrorKind::Unsupported`].
+    pub async fn open(path: impl AsRef<Path>, create: bool) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let exists = path.exists();
+        if !exists && !create {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no store at {}", path.display()),
+            ));
+        }
+        if !exists {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dir.is_dir() {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("directory {} does not exist", dir.display()),
+                ));
+            }
+        } else {
+            // Refuse anything that is not a hearth store before anything writes to it: first
+            // the file header, then a read-only look at the schema (setting WAL mode on another
+            // app's database would already change its header).
+            check_sqlite_header(&path)?;
+            probe_read_only(&path, create).await?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(|e| map_sqlx(e, "open store"))?;
+        let storage = Self { pool, path };
+        if let Err(e) = storage.prepare(create).await {
+            storage.pool.close().await;
+            return Err(e);
+        }
+        Ok(storage)
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection pool, for tools and benchmarks that need raw access.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn prepare(&self, create: bool) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| map_sqlx(e, "open store"))?;
+        match schema_state(&mut tx).await? {
+            SchemaState::Ours => return Ok(()),
+            SchemaState::Empty if create => {}
+            SchemaState::Empty => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    "the file is an empty database, not a hearth store",
+                ));
+            }
+        }
+        for stmt in SCHEMA {
+            sqlx::query(*stmt)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "create schema"))?;
+        }
+        // PRAGMAs cannot take bound parameters; both values are our constants.
+        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA application_id = {APPLICATION_ID}")))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "create schema"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {SCHEMA_VERSION}")))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "create schema"))?;
+        tx.commit().await.map_err(|e| map_sqlx(e, "create schema"))
+    }
+
+    async fn apply(tx: &mut Transaction<'static, Sqlite>, batch: Batch) -> Result<()> {
+        for (key, expected) in &batch.guards {
+            let actual: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+                .bind(key.as_str())
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "check guard"))?;
+            if actual.as_ref() != expected.as_ref() {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    "the store was changed by another writer; reopen it",
+                ));
+            }
+        }
+        for r in &batch.puts {
+            let pending = r.pending_seq.map(seq_to_sql).transpose()?;
+            sqlx::query(
+                "INSERT INTO records (id, collection, deleted, pending_seq, envelope) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET collection = excluded.collection, deleted = excluded.deleted, \
+                 pending_seq = excluded.pending_seq, envelope = excluded.envelope",
+            )
+            .bind(&r.id.0[..])
+            .bind(&r.collection.0[..])
+            .bind(i64::from(r.deleted))
+            .bind(pending)
+            .bind(&r.envelope[..])
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| map_sqlx(e, "write record"))?;
+        }
+        for id in &batch.removes {
+            sqlx::query("DELETE FROM records WHERE id = ?")
+                .bind(&id.0[..])
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "remove record"))?;
+        }
+        for (id, seq) in &batch.acks {
+            sqlx::query("UPDATE records SET pending_seq = NULL WHERE id = ? AND pending_seq = ?")
+                .bind(&id.0[..])
+                .bind(seq_to_sql(*seq)?)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "acknowledge write"))?;
+        }
+        for (key, value) in &batch.meta {
+            match value {
+                Some(v) => sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key.as_str())
+                .bind(&v[..])
+                .execute(&mut **tx)
+                .await,
+                None => sqlx::query("DELETE FROM meta WHERE key = ?")
+                    .bind(key.as_str())
+                    .execute(&mut **tx)
+                    .await,
+            }
+            .map_err(|e| map_sqlx(e, "write metadata"))?;
+        }
+        Ok(())
+    }
+}
+
+enum SchemaState {
+    Ours,
+    Empty,
+}
+
+/// Classifies a database: a hearth store (of a schema we can read), an empty database, or
+/// something else (an error).
+async fn schema_state(conn: &mut sqlx::SqliteConnection) -> Result<SchemaState> {
+    let app_id: i64 = sqlx::query_scalar("PRAGMA application_id")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| map_sqlx(e, "read application id"))?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| map_sqlx(e, "read schema version"))?;
+    let objects: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| map_sqlx(e, "read schema"))?;
+    if app_id == APPLICATION_ID {
+        if version > SCHEMA_VERSION {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("store schema {version} is newer than this build supports ({SCHEMA_VERSION}); upgrade hearth"),
+            ));
+        }
+        return Ok(SchemaState::Ours);
+    }
+    if app_id != 0 || objects != 0 {
+        return Err(Error::corrupt(
+            "the file is a SQLite database but not a hearth store; refusing to modify it",
+        ));
+    }
+    Ok(SchemaState::Empty)
+}
+
+async fn probe_read_only(path: &Path, create: bool) -> Result<()> {
+    use sqlx::Connection;
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(5));
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts)
+        .await
+        .map_err(|e| map_sqlx(e, "open store"))?;
+    let state = schema_state(&mut conn).await;
+    let _ = conn.close().await;
+    match state? {
+        SchemaState::Empty if !create => Err(Error::new(
+            ErrorKind::NotFound,
+            "the file is an empty database, not a hearth store",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the first 16 bytes: a SQLite file starts with "SQLite format 3\0"; an empty file is
+/// one SQLite will initialise. Anything else is refused untouched. (A SQLCipher file has no
+/// plaintext header and is refused here too: open it with the `sqlcipher` storage.)
+fn check_sqlite_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            _ => ErrorKind::Io,
+        };
+        Error::new(kind, format!("cannot open {}", path.display())).with_source(e)
+    })?;
+    let mut header = [0u8; 16];
+    let mut read = 0;
+    while read < header.len() {
+        match f.read(&mut header[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => {
+                return Err(Error::new(ErrorKind::Io, format!("cannot read {}", path.display())).with_source(e));
+            }
+        }
+    }
+    if read == 0 || &header[..read.min(16)] == b"SQLite format 3\0" {
+        return Ok(());
+    }
+    Err(Error::corrupt(format!(
+        "{} is not a hearth store (not a SQLite database); refusing to modify it",
+        path.display()
+    )))
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, false)
+    }
+
+    async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM records WHERE id = ?")))
+            .bind(&id.0[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "read record"))?;
+        row.as_ref().map(row_to_record).transpose()
+    }
+
+    async fn scan(
+        &self,
+        collection: &CollectionId,
+        after: Option<&RecordId>,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM records WHERE collection = ? AND id > ? {} ORDER BY collection, id LIMIT ?",
+            if include_deleted { "" } else { "AND deleted = 0" }
+        );
+        let after: &[u8] = after.map(|a| &a.0[..]).unwrap_or(&[]);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&collection.0[..])
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "scan records"))?;
+        rows.iter().map(row_to_record).collect()
+    }
+
+    async fn outbox(&self, after_seq: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM records WHERE pending_seq > ? ORDER BY pending_seq LIMIT ?"
+        )))
+        .bind(seq_to_sql(after_seq)?)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "read outbox"))?;
+        rows.iter()
+            .map(|row| {
+                let record = row_to_record(row)?;
+                let seq = record
+                    .pending_seq
+                    .ok_or_else(|| Error::internal("outbox row without sequence"))?;
+                Ok(OutboxEntry { seq, record })
+            })
+            .collect()
+    }
+
+    async fn outbox_len(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM records WHERE pending_seq IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "count outbox"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "read metadata"))
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() && batch.guards.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| map_sqlx(e, "begin transaction"))?;
+        match Self::apply(&mut tx, batch).await {
+            Ok(()) => tx.commit().await.map_err(|e| map_sqlx(e, "commit")),
+            Err(e) => {
+                // Dropping the transaction rolls back too; an explicit rollback reports failures.
+                if let Err(rb) = tx.rollback().await {
+                    tracing::warn!(error = %rb, "rollback after a failed batch failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn check(&self) -> Result<()> {
+        let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(e, "integrity check"))?;
+        if rows.len() == 1 && rows[0] == "ok" {
+            Ok(())
+        } else {
+            Err(Error::corrupt(format!(
+                "integrity check found {} problem(s)",
+                rows.len()
+            )))
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.pool.close().await;
+        Ok(())
+    }
+}
+
+fn open_registered(
+    opts: StorageOptions,
+) -> futures::future::BoxFuture<'static, Result<Arc<dyn Storage>>> {
+    Box::pin(async move {
+        let path = opts
+            .path
+            .ok_or_else(|| Error::invalid("the sqlite storage needs a file path"))?;
+        let s = SqliteStorage::open(path, opts.create).await?;
+        Ok(Arc::new(s) as Arc<dyn Storage>)
+    })
+}
+
+/// This storage's registry entry, for explicit registration where link-time registration does
+/// not run.
+pub const REGISTRATION: sync_core::registry::StorageRegistration =
+    sync_core::registry::StorageRegistration {
+        name: SqliteStorage::NAME,
+        open: open_registered,
+    };
+
+sync_core::register_storage!(SqliteStorage::NAME, open_registered);

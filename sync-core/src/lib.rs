@@ -1,0 +1,60 @@
+//! # sync-core
+//!
+//! The core of hearth: the traits every implementation plugs into ([`Storage`], [`Cipher`],
+//! [`Transport`], [`ConflictStrategy`], [`ConsentPolicy`]), the data model (device ids, hybrid
+//! logical clocks, version vectors, records, sealed envelopes), the key hierarchy, the
+//! [`registry`] that finds implementations by name, the encrypted [`Store`], an in-memory
+//! storage for tests, and (feature `testkit`) the conformance suites every implementation runs.
+//!
+//! `sync-core` depends on no implementation. Applications usually use the `hearth` facade,
+//! whose cargo features choose the implementations.
+//!
+//! ```
+//! # async fn demo() -> sync_core::Result<()> {
+//! use std::sync::Arc;
+//! use sync_core::{MemoryStorage, OpenOptions, Store, KdfCost};
+//! # let cipher: Arc<dyn sync_core::Cipher> = unimplemented!();
+//! let store = Store::open(
+//!     Arc::new(MemoryStorage::new()),
+//!     cipher,
+//!     OpenOptions::new("correct horse").create(true).kdf_cost(KdfCost::INSECURE_FOR_TESTS),
+//! ).await?;
+//! store.put("notes", "n1", &serde_json::json!({"title": "hello"})).await?;
+//! assert!(store.get("notes", "n1").await?.is_some());
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod cipher;
+pub mod consent;
+pub mod envelope;
+pub mod error;
+pub mod keyring;
+pub mod memory;
+pub mod model;
+pub mod registry;
+pub mod storage;
+pub mod store;
+pub mod strategy;
+pub mod transport;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use cipher::{Cipher, CipherExt, KdfCost, Passphrase, SecretKey};
+pub use consent::{ConsentPolicy, ConsentRequest, Decision, DenyAll, DenyReason};
+pub use envelope::{Padding, Payload, RecordKeys};
+pub use error::{Error, ErrorKind, Result, Status};
+pub use memory::MemoryStorage;
+pub use model::{
+    Causality, CollectionId, DeviceId, Hlc, HlcClock, Record, RecordId, SpaceId, VersionVector,
+};
+pub use storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
+pub use store::{OpenOptions, Page, Store, StoreBuilder, StoreInfo, WriteBatch, WriteSummary};
+pub use strategy::{Conflict, ConflictStrategy, LastWriterWins, Resolution, Version};
+pub use transport::{OutgoingEnvelope, PullPage, PushRequest, PushResponse, RemoteEnvelope, Transport};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}

@@ -1,0 +1,178 @@
+//! An in-memory [`Storage`] for tests and simulations. Nothing survives the process.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{CollectionId, RecordId};
+use crate::storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
+
+/// Storage held in memory: the same semantics as the persistent ones, without a disk.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Inner {
+    records: HashMap<RecordId, StoredRecord>,
+    by_collection: BTreeSet<(CollectionId, RecordId)>,
+    outbox: BTreeMap<u64, RecordId>,
+    meta: HashMap<String, Vec<u8>>,
+    closed: bool,
+}
+
+impl MemoryStorage {
+    /// Registry name.
+    pub const NAME: &'static str = "memory";
+
+    /// An empty storage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        let g = self
+            .inner
+            .lock()
+            .map_err(|_| Error::internal("memory storage lock poisoned"))?;
+        if g.closed {
+            return Err(Error::new(ErrorKind::Storage, "storage is closed"));
+        }
+        Ok(g)
+    }
+}
+
+impl Inner {
+    fn remove_row(&mut self, id: &RecordId) {
+        if let Some(old) = self.records.remove(id) {
+            self.by_collection.remove(&(old.collection, old.id));
+            if let Some(seq) = old.pending_seq {
+                self.outbox.remove(&seq);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(false, false)
+    }
+
+    async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>> {
+        Ok(self.lock()?.records.get(id).cloned())
+    }
+
+    async fn scan(
+        &self,
+        collection: &CollectionId,
+        after: Option<&RecordId>,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredRecord>> {
+        let g = self.lock()?;
+        let start = (*collection, after.copied().unwrap_or(RecordId([0; 32])));
+        let out = g
+            .by_collection
+            .range(start..)
+            .take_while(|(c, _)| c == collection)
+            .filter(|(_, id)| after != Some(id))
+            .filter_map(|(_, id)| g.records.get(id))
+            .filter(|r| include_deleted || !r.deleted)
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok(out)
+    }
+
+    async fn outbox(&self, after_seq: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let g = self.lock()?;
+        let out = g
+            .outbox
+            .range(after_seq.saturating_add(1)..)
+            .take(limit)
+            .filter_map(|(seq, id)| {
+                g.records.get(id).map(|r| OutboxEntry {
+                    seq: *seq,
+                    record: r.clone(),
+                })
+            })
+            .collect();
+        Ok(out)
+    }
+
+    async fn outbox_len(&self) -> Result<u64> {
+        Ok(self.lock()?.outbox.len() as u64)
+    }
+
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock()?.meta.get(key).cloned())
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<()> {
+        let mut g = self.lock()?;
+        // Apply to a copy and swap it in, so a failure part-way leaves nothing behind.
+        let mut next = g.clone();
+        for rec in batch.puts {
+            next.remove_row(&rec.id);
+            next.by_collection.insert((rec.collection, rec.id));
+            if let Some(seq) = rec.pending_seq {
+                next.outbox.insert(seq, rec.id);
+            }
+            next.records.insert(rec.id, rec);
+        }
+        for id in &batch.removes {
+            next.remove_row(id);
+        }
+        for (id, seq) in &batch.acks {
+            if let Some(r) = next.records.get_mut(id)
+                && r.pending_seq == Some(*seq)
+            {
+                r.pending_seq = None;
+                next.outbox.remove(seq);
+            }
+        }
+        for (k, v) in batch.meta {
+            match v {
+                Some(v) => next.meta.insert(k, v),
+                None => next.meta.remove(&k),
+            };
+        }
+        for (k, expected) in &batch.guards {
+            if g.meta.get(k) != expected.as_ref() {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    "the store was changed by another writer; reopen it",
+                ));
+            }
+        }
+        *g = next;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.lock()?.closed = true;
+        Ok(())
+    }
+}
+
+crate::register_storage!(MemoryStorage::NAME, |_opts: StorageOptions| {
+    Box::pin(async { Ok(Arc::new(MemoryStorage::new()) as Arc<dyn Storage>) })
+});
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_storage_conformance_suite() {
+        crate::testkit::storage_suite(|| async { Ok(Arc::new(MemoryStorage::new()) as Arc<dyn Storage>) }).await;
+    }
+}

@@ -1,0 +1,183 @@
+//! The `Storage` trait: where a device keeps its sealed records, its outbox and its metadata.
+//!
+//! Storage sees only opaque bytes: blind ids and sealed envelopes. It never holds a key and never
+//! sees a collection name, a record key or a value. The store above it decides what to write; the
+//! storage's job is to make each [`Batch`] durable atomically and to read back without loading a
+//! whole collection.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::cipher::SecretKey;
+use crate::error::Result;
+use crate::model::{CollectionId, RecordId};
+
+/// What a storage implementation supports. The conformance suite reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Data survives closing and reopening (false for the in-memory storage).
+    pub persistent: bool,
+    /// The whole file is encrypted at rest (SQLCipher); the store must pass a page key.
+    pub encrypted_at_rest: bool,
+}
+
+impl Capabilities {
+    /// Capabilities with every flag set as given.
+    pub const fn new(persistent: bool, encrypted_at_rest: bool) -> Self {
+        Self {
+            persistent,
+            encrypted_at_rest,
+        }
+    }
+}
+
+/// A record row as storage keeps it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Blind record id (primary key).
+    pub id: RecordId,
+    /// Blind collection id.
+    pub collection: CollectionId,
+    /// The sealed envelope of the current version.
+    pub envelope: Vec<u8>,
+    /// True when the current version is a tombstone (lets scans skip deletes undecrypted).
+    pub deleted: bool,
+    /// The device sequence of a local write not yet acknowledged by the server, if any.
+    pub pending_seq: Option<u64>,
+}
+
+impl fmt::Debug for StoredRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredRecord")
+            .field("id", &self.id)
+            .field("collection", &self.collection)
+            .field("envelope_len", &self.envelope.len())
+            .field("deleted", &self.deleted)
+            .field("pending_seq", &self.pending_seq)
+            .finish()
+    }
+}
+
+/// One local write waiting to be pushed: the record's current envelope and the device sequence
+/// of the write that produced it. A record rewritten before it was pushed has one entry, the newest.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OutboxEntry {
+    /// Device sequence number of the write.
+    pub seq: u64,
+    /// The record as stored.
+    pub record: StoredRecord,
+}
+
+/// An atomic unit of change: all of it becomes durable, or none of it.
+#[derive(Clone, Default, Debug)]
+pub struct Batch {
+    /// Expected metadata values, checked inside the transaction. If any differs, the whole batch
+    /// fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and nothing is written.
+    /// The store uses this to detect a second process writing the same store.
+    pub guards: Vec<(String, Option<Vec<u8>>)>,
+    /// Rows to insert or replace.
+    pub puts: Vec<StoredRecord>,
+    /// Rows to remove entirely (garbage-collected tombstones).
+    pub removes: Vec<RecordId>,
+    /// Outbox acknowledgements: clears `pending_seq` of a record if it still equals `seq`.
+    pub acks: Vec<(RecordId, u64)>,
+    /// Metadata to set (`Some`) or delete (`None`).
+    pub meta: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// True when the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.removes.is_empty() && self.acks.is_empty() && self.meta.is_empty()
+    }
+}
+
+/// Options a storage is opened with.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct StorageOptions {
+    /// File path for persistent storages.
+    pub path: Option<PathBuf>,
+    /// Create the store if it does not exist. When false a missing store is
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound).
+    pub create: bool,
+    /// Page key for storages encrypted at rest: a subkey of the root key, never the passphrase.
+    pub page_key: Option<SecretKey>,
+}
+
+impl StorageOptions {
+    /// Options for the store at `path`.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: Some(path.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Sets whether a missing store is created.
+    #[must_use]
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Sets the page key.
+    #[must_use]
+    pub fn page_key(mut self, key: Option<SecretKey>) -> Self {
+        self.page_key = key;
+        self
+    }
+}
+
+/// Durable local storage of sealed records, outbox and metadata.
+///
+/// Object-safe and used as `Arc<dyn Storage>`. Implementations must make [`Storage::commit`]
+/// atomic and must never load a whole collection to answer a read.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// The registry name of the implementation.
+    fn name(&self) -> &'static str;
+
+    /// What this storage supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The record with blind id `id`, tombstones included.
+    async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>>;
+
+    /// Up to `limit` records of `collection` with ids strictly after `after`, ordered by id.
+    /// Tombstones are included only when `include_deleted`.
+    async fn scan(
+        &self,
+        collection: &CollectionId,
+        after: Option<&RecordId>,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredRecord>>;
+
+    /// Up to `limit` pending local writes with sequence numbers above `after_seq`, in order.
+    async fn outbox(&self, after_seq: u64, limit: usize) -> Result<Vec<OutboxEntry>>;
+
+    /// Number of pending local writes.
+    async fn outbox_len(&self) -> Result<u64>;
+
+    /// A metadata value.
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Applies `batch` atomically.
+    async fn commit(&self, batch: Batch) -> Result<()>;
+
+    /// Checks the integrity of the underlying files. The default reports nothing wrong.
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Flushes and releases the storage. Further calls fail. The default does nothing.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn _object_safe(_: &dyn Storage) {}

@@ -1,0 +1,44 @@
+//! Fixed test vectors shared by every cipher backend.
+//!
+//! The AEAD vector is the XChaCha20-Poly1305 vector of draft-irtf-cfrg-xchacha-03, §A.3.1.
+//! The Argon2id and BLAKE2b vectors were computed independently with libsodium (through PyNaCl)
+//! and Python's `hashlib`, not with either of hearth's backends.
+
+/// XChaCha20-Poly1305: key `80..9f`.
+pub const AEAD_KEY: &str = "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f";
+/// XChaCha20-Poly1305: nonce `40..57`.
+pub const AEAD_NONCE: &str = "404142434445464748494a4b4c4d4e4f5051525354555657";
+/// XChaCha20-Poly1305: associated data.
+pub const AEAD_AAD: &str = "50515253c0c1c2c3c4c5c6c7";
+/// XChaCha20-Poly1305: plaintext.
+pub const AEAD_PLAINTEXT: &[u8] = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+/// XChaCha20-Poly1305: `ciphertext || tag`.
+pub const AEAD_SEALED: &str = "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b4522f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff921f9664c97637da9768812f615c68b13b52ec0875924c1c7987947deafd8780acf49";
+
+/// Argon2id: passphrase.
+pub const KDF_PASSPHRASE: &[u8] = b"correct horse battery staple";
+/// Argon2id: salt `00..0f`.
+pub const KDF_SALT: &str = "000102030405060708090a0b0c0d0e0f";
+/// Argon2id (t, m KiB, 32-byte output): expected keys, from libsodium `crypto_pwhash` with
+/// `ALG_ARGON2ID13`.
+pub const KDF_VECTORS: &[(u32, u32, &str)] = &[
+    (3, 1024, "590d7ddd37a1ed86417a3614be47c9f782828a38902390018d39bb6556fee029"),
+    (1, 1024, "f0d1525842159cef972608e2f8bc1cb2c8230f81eea76f124789f6beb42403b2"),
+];
+
+/// Keyed BLAKE2b-256: key `00..1f`.
+pub const HASH_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// Keyed BLAKE2b-256 of `"hearth" || " keyed hash"` (given as two parts).
+pub const HASH_OF_PARTS: &str = "3790d56f960d06962a2e705810873e72dcc89474bbafe73fec8453358667e982";
+/// Keyed BLAKE2b-256 of the empty message.
+pub const HASH_OF_EMPTY: &str = "4e51e7a913fc80137da52880fecca175bf81e117d5c68126dc2774033517ea0d";
+/// `derive_subkey(HASH_KEY, "hearth.blind-index")`.
+pub const SUBKEY_BLIND_INDEX: &str = "19f8382817859d4d5721b3df21e268d91a96a53c903c79b8e61d11263a79af8a";
+
+/// A sealed record envelope (format 1) made by hearth, for root key [`HASH_KEY`], space
+/// `0x11` × 16, key id 1, collection `"notes"`, key `"n1"`, value `{"title":"vector"}`.
+/// Every backend must open it to the same payload.
+pub const ENVELOPE_ROOT_KEY: &str = HASH_KEY;
+/// See [`ENVELOPE_ROOT_KEY`].
+/// Verified independently: libsodium (PyNaCl) opens it with keys derived by `hashlib.blake2b`.
+pub const ENVELOPE: &str = "01000000017caee439046f7d93ef516d7ed8f2a0a56b0479145b412e3059ee43fcd5c5fe014875ad67cc3f0c9d45c5348d11066c5b1451e1d50d3ab07cd1691a6de0e5945c4ab7a5e03e87ab05dd0bfa63c9c4701ac754efe1adf6d8bb92ff0db441017b5496b2bfa410f775602f45e599b68f2c5b7f8390adf13be3d52edb528b0e4c8782538ecc286eca9237";
