@@ -62,19 +62,24 @@ pub struct SqliteStorage {
 pub fn map_sqlx(e: sqlx::Error, what: &'static str) -> Error {
     match &e {
         sqlx::Error::Database(db) => {
-            let code = db
-                .code()
-                .and_then(|c| c.parse::<i64>().ok())
-                .unwrap_or(1);
+            let code = db.code().and_then(|c| c.parse::<i64>().ok()).unwrap_or(1);
             let (kind, msg, temporary) = match code & 0xff {
                 5 | 6 => (ErrorKind::Unavailable, "the database is busy", true),
                 8 => (ErrorKind::Io, "the database is read-only", false),
                 10 => (ErrorKind::Io, "disk I/O error", false),
                 11 => (ErrorKind::Corrupt, "the database file is corrupt", false),
-                13 => (ErrorKind::StorageFull, "the disk is full; nothing was written", false),
+                13 => (
+                    ErrorKind::StorageFull,
+                    "the disk is full; nothing was written",
+                    false,
+                ),
                 14 => (ErrorKind::Io, "the database file cannot be opened", false),
                 23 => (ErrorKind::Io, "access to the database was denied", false),
-                26 => (ErrorKind::Corrupt, "the file is not a hearth store (not a SQLite database, or encrypted with another key)", false),
+                26 => (
+                    ErrorKind::Corrupt,
+                    "the file is not a hearth store (not a SQLite database, or encrypted with another key)",
+                    false,
+                ),
                 _ => (ErrorKind::Storage, what, false),
             };
             let err = Error::new(kind, format!("{what}: {msg}")).with_source(e);
@@ -120,6 +125,9 @@ fn seq_from_sql(seq: i64) -> Result<u64> {
     u64::try_from(seq).map_err(|_| Error::corrupt("negative sequence number in store"))
 }
 
+/// Rows per multi-row INSERT (5 parameters each; SQLite allows 32,766).
+const PUT_CHUNK: usize = 128;
+
 const COLUMNS: &str = "id, collection, deleted, pending_seq, envelope";
 
 impl SqliteStorage {
@@ -164,7 +172,14 @@ impl SqliteStorage {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(false);
+            .foreign_keys(false)
+            // Blind ids are uniformly random, so every insert lands on a random index page: a
+            // 16 MiB page cache per connection and checkpoints every 8192 pages (32 MiB of WAL,
+            // truncated back to at most 64 MiB) let a page dirtied by many batches be written
+            // back once instead of once per checkpoint. See docs/performance.md.
+            .pragma("cache_size", "-16384")
+            .pragma("wal_autocheckpoint", "8192")
+            .pragma("journal_size_limit", "67108864");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -213,24 +228,29 @@ impl SqliteStorage {
                 .map_err(|e| map_sqlx(e, "create schema"))?;
         }
         // PRAGMAs cannot take bound parameters; both values are our constants.
-        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA application_id = {APPLICATION_ID}")))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "create schema"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {SCHEMA_VERSION}")))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(e, "create schema"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA application_id = {APPLICATION_ID}"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "create schema"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA user_version = {SCHEMA_VERSION}"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(e, "create schema"))?;
         tx.commit().await.map_err(|e| map_sqlx(e, "create schema"))
     }
 
     async fn apply(tx: &mut Transaction<'static, Sqlite>, batch: Batch) -> Result<()> {
         for (key, expected) in &batch.guards {
-            let actual: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
-                .bind(key.as_str())
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(|e| map_sqlx(e, "check guard"))?;
+            let actual: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+                    .bind(key.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "check guard"))?;
             if actual.as_ref() != expected.as_ref() {
                 return Err(Error::new(
                     ErrorKind::Conflict,
@@ -238,21 +258,29 @@ impl SqliteStorage {
                 ));
             }
         }
-        for r in &batch.puts {
-            let pending = r.pending_seq.map(seq_to_sql).transpose()?;
-            sqlx::query(
-                "INSERT INTO records (id, collection, deleted, pending_seq, envelope) VALUES (?, ?, ?, ?, ?) \
+        // Multi-row upserts: one statement per 128 rows amortises the per-statement cost (sqlx
+        // runs SQLite on a worker thread; every statement is a round trip to it). Within one
+        // statement, a later row with the same id updates the earlier one, as separate
+        // statements would.
+        for chunk in batch.puts.chunks(PUT_CHUNK) {
+            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO records (id, collection, deleted, pending_seq, envelope) VALUES {values} \
                  ON CONFLICT (id) DO UPDATE SET collection = excluded.collection, deleted = excluded.deleted, \
-                 pending_seq = excluded.pending_seq, envelope = excluded.envelope",
-            )
-            .bind(&r.id.0[..])
-            .bind(&r.collection.0[..])
-            .bind(i64::from(r.deleted))
-            .bind(pending)
-            .bind(&r.envelope[..])
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| map_sqlx(e, "write record"))?;
+                 pending_seq = excluded.pending_seq, envelope = excluded.envelope"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(&r.id.0[..])
+                    .bind(&r.collection.0[..])
+                    .bind(i64::from(r.deleted))
+                    .bind(r.pending_seq.map(seq_to_sql).transpose()?)
+                    .bind(&r.envelope[..]);
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "write records"))?;
         }
         for id in &batch.removes {
             sqlx::query("DELETE FROM records WHERE id = ?")
@@ -313,7 +341,9 @@ async fn schema_state(conn: &mut sqlx::SqliteConnection) -> Result<SchemaState> 
         if version > SCHEMA_VERSION {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                format!("store schema {version} is newer than this build supports ({SCHEMA_VERSION}); upgrade hearth"),
+                format!(
+                    "store schema {version} is newer than this build supports ({SCHEMA_VERSION}); upgrade hearth"
+                ),
             ));
         }
         return Ok(SchemaState::Ours);
@@ -365,7 +395,10 @@ fn check_sqlite_header(path: &Path) -> Result<()> {
             Ok(0) => break,
             Ok(n) => read += n,
             Err(e) => {
-                return Err(Error::new(ErrorKind::Io, format!("cannot read {}", path.display())).with_source(e));
+                return Err(
+                    Error::new(ErrorKind::Io, format!("cannot read {}", path.display()))
+                        .with_source(e),
+                );
             }
         }
     }
@@ -389,12 +422,37 @@ impl Storage for SqliteStorage {
     }
 
     async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM records WHERE id = ?")))
-            .bind(&id.0[..])
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "read record"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM records WHERE id = ?"
+        )))
+        .bind(&id.0[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "read record"))?;
         row.as_ref().map(row_to_record).transpose()
+    }
+
+    async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
+        // SQLite allows 32,766 bound parameters; stay well below in one statement.
+        const CHUNK: usize = 500;
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT {COLUMNS} FROM records WHERE id IN ({placeholders})");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(&id.0[..]);
+            }
+            let rows = q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, "read records"))?;
+            for row in &rows {
+                let r = row_to_record(row)?;
+                found.insert(r.id, r);
+            }
+        }
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
     }
 
     async fn scan(
@@ -407,7 +465,11 @@ impl Storage for SqliteStorage {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!(
             "SELECT {COLUMNS} FROM records WHERE collection = ? AND id > ? {} ORDER BY collection, id LIMIT ?",
-            if include_deleted { "" } else { "AND deleted = 0" }
+            if include_deleted {
+                ""
+            } else {
+                "AND deleted = 0"
+            }
         );
         let after: &[u8] = after.map(|a| &a.0[..]).unwrap_or(&[]);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -442,10 +504,11 @@ impl Storage for SqliteStorage {
     }
 
     async fn outbox_len(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM records WHERE pending_seq IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| map_sqlx(e, "count outbox"))?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM records WHERE pending_seq IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, "count outbox"))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 

@@ -21,7 +21,10 @@ async fn passes_the_storage_conformance_suite() {
 async fn a_missing_file_without_create_is_not_found_and_is_not_created() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("absent.db");
-    let err = SqliteStorage::open(&path, false).await.err().map(|e| e.kind());
+    let err = SqliteStorage::open(&path, false)
+        .await
+        .err()
+        .map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::NotFound));
     assert!(!path.exists());
 }
@@ -32,7 +35,11 @@ async fn a_missing_directory_is_an_io_error() {
     let path = dir.path().join("no/such/dir/store.db");
     let err = SqliteStorage::open(&path, true).await.err();
     assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Io));
-    assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("does not exist"));
+    assert!(
+        err.map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("does not exist")
+    );
 }
 
 #[tokio::test]
@@ -51,9 +58,15 @@ async fn a_file_that_is_not_sqlite_is_refused_untouched() {
     let path = dir.path().join("notes.txt");
     let content = b"these are my notes, not a database\n".repeat(200);
     std::fs::write(&path, &content).expect("write");
-    let err = SqliteStorage::open(&path, true).await.err().map(|e| e.kind());
+    let err = SqliteStorage::open(&path, true)
+        .await
+        .err()
+        .map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::Corrupt));
-    assert!(std::fs::read(&path).expect("read") == content, "file must be unchanged");
+    assert!(
+        std::fs::read(&path).expect("read") == content,
+        "file must be unchanged"
+    );
 }
 
 #[tokio::test]
@@ -78,8 +91,15 @@ async fn a_sqlite_database_of_another_app_is_refused_untouched() {
     let before = std::fs::read(&path).expect("read");
     let err = SqliteStorage::open(&path, true).await.err();
     assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Corrupt));
-    assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("not a hearth store"));
-    assert!(std::fs::read(&path).expect("read") == before, "file must be unchanged");
+    assert!(
+        err.map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("not a hearth store")
+    );
+    assert!(
+        std::fs::read(&path).expect("read") == before,
+        "file must be unchanged"
+    );
 }
 
 #[tokio::test]

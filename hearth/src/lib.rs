@@ -51,3 +51,11 @@ pub fn register_enabled() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(feature = "bench")]
+pub mod bench;
+
+/// The README's code blocks, compiled as doctests so the quick start stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

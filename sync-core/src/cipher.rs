@@ -116,10 +116,14 @@ impl KdfCost {
     /// Checks that the cost is one both cipher backends accept and that is safe to run.
     pub fn validate(&self) -> Result<()> {
         if self.iterations < 1 || self.iterations > 64 {
-            return Err(Error::invalid("Argon2id iterations must be between 1 and 64"));
+            return Err(Error::invalid(
+                "Argon2id iterations must be between 1 and 64",
+            ));
         }
         if self.memory_kib < 8 || self.memory_kib > Self::MAX_MEMORY_KIB {
-            return Err(Error::invalid("Argon2id memory must be between 8 KiB and 4 GiB"));
+            return Err(Error::invalid(
+                "Argon2id memory must be between 8 KiB and 4 GiB",
+            ));
         }
         Ok(())
     }
@@ -240,7 +244,21 @@ mod tests {
     fn kdf_cost_bounds() {
         assert!(KdfCost::DEFAULT.validate().is_ok());
         assert!(KdfCost::INSECURE_FOR_TESTS.validate().is_ok());
-        assert!(KdfCost { iterations: 0, memory_kib: 1024 }.validate().is_err());
-        assert!(KdfCost { iterations: 3, memory_kib: u32::MAX }.validate().is_err());
+        assert!(
+            KdfCost {
+                iterations: 0,
+                memory_kib: 1024
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            KdfCost {
+                iterations: 3,
+                memory_kib: u32::MAX
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

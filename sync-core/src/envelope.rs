@@ -112,7 +112,12 @@ pub struct RecordKeys {
 
 impl RecordKeys {
     /// Derives the record keys of `space` from its root key.
-    pub fn derive(cipher: &dyn Cipher, space: SpaceId, key_id: u32, root: &SecretKey) -> Result<Self> {
+    pub fn derive(
+        cipher: &dyn Cipher,
+        space: SpaceId,
+        key_id: u32,
+        root: &SecretKey,
+    ) -> Result<Self> {
         let mut ctx = b"hearth.record-key/".to_vec();
         ctx.extend_from_slice(&key_id.to_be_bytes());
         Ok(Self {
@@ -172,7 +177,12 @@ impl RecordKeys {
 
         let mut nonce = [0u8; NONCE_LEN];
         cipher.fill_random(&mut nonce)?;
-        let ct = cipher.aead_seal(&self.record_key, &nonce, &self.aad(record, self.key_id), &plain)?;
+        let ct = cipher.aead_seal(
+            &self.record_key,
+            &nonce,
+            &self.aad(record, self.key_id),
+            &plain,
+        )?;
         let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + ct.len());
         out.push(ENVELOPE_FORMAT);
         out.extend_from_slice(&self.key_id.to_be_bytes());
@@ -233,7 +243,9 @@ impl EnvelopeHeader {
         if format != ENVELOPE_FORMAT {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                format!("envelope format {format} is not supported by this build (supports {ENVELOPE_FORMAT})"),
+                format!(
+                    "envelope format {format} is not supported by this build (supports {ENVELOPE_FORMAT})"
+                ),
             ));
         }
         if envelope.len() < ENVELOPE_MIN_LEN {
@@ -262,7 +274,10 @@ mod tests {
             assert!(p >= len);
             assert!(p >= prev, "padme must be monotonic");
             if len >= 64 {
-                assert!((p - len) as f64 <= len as f64 * 0.12, "len {len} padded {p}");
+                assert!(
+                    (p - len) as f64 <= len as f64 * 0.12,
+                    "len {len} padded {p}"
+                );
             }
             prev = p;
         }

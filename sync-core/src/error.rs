@@ -223,7 +223,11 @@ mod tests {
     fn unavailable_is_temporary_by_default_and_others_are_not() {
         assert!(Error::new(ErrorKind::Unavailable, "x").is_temporary());
         assert!(!Error::new(ErrorKind::Corrupt, "x").is_temporary());
-        assert!(Error::new(ErrorKind::Storage, "busy").temporary().is_temporary());
+        assert!(
+            Error::new(ErrorKind::Storage, "busy")
+                .temporary()
+                .is_temporary()
+        );
     }
 
     #[test]

@@ -56,7 +56,11 @@ impl std::fmt::Debug for Keyring {
 }
 
 /// The fingerprint of a root key: `BLAKE2b(subkey(root, "hearth.fingerprint"), space)`.
-pub fn fingerprint(cipher: &dyn Cipher, root: &SecretKey, space: &SpaceId) -> Result<[u8; HASH_LEN]> {
+pub fn fingerprint(
+    cipher: &dyn Cipher,
+    root: &SecretKey,
+    space: &SpaceId,
+) -> Result<[u8; HASH_LEN]> {
     let k = cipher.derive_subkey(root, b"hearth.fingerprint")?;
     cipher.keyed_hash(&k, &[space.as_bytes()])
 }
@@ -132,7 +136,9 @@ impl Keyring {
         );
         let root = SecretKey::from_slice(&root)?;
         if fingerprint(cipher, &root, &self.space)? != self.fingerprint {
-            return Err(Error::corrupt("key header fingerprint does not match its key"));
+            return Err(Error::corrupt(
+                "key header fingerprint does not match its key",
+            ));
         }
         Ok(root)
     }

@@ -10,10 +10,11 @@
 //! whose cargo features choose the implementations.
 //!
 //! ```
-//! # async fn demo() -> sync_core::Result<()> {
 //! use std::sync::Arc;
-//! use sync_core::{MemoryStorage, OpenOptions, Store, KdfCost};
-//! # let cipher: Arc<dyn sync_core::Cipher> = unimplemented!();
+//! use sync_core::{Cipher, KdfCost, MemoryStorage, OpenOptions, Store};
+//!
+//! // `cipher` comes from an implementation crate, e.g. `crypto_orion::OrionCipher::shared()`.
+//! async fn demo(cipher: Arc<dyn Cipher>) -> sync_core::Result<()> {
 //! let store = Store::open(
 //!     Arc::new(MemoryStorage::new()),
 //!     cipher,
@@ -52,7 +53,9 @@ pub use model::{
 pub use storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
 pub use store::{OpenOptions, Page, Store, StoreBuilder, StoreInfo, WriteBatch, WriteSummary};
 pub use strategy::{Conflict, ConflictStrategy, LastWriterWins, Resolution, Version};
-pub use transport::{OutgoingEnvelope, PullPage, PushRequest, PushResponse, RemoteEnvelope, Transport};
+pub use transport::{
+    OutgoingEnvelope, PullPage, PushRequest, PushResponse, RemoteEnvelope, Transport,
+};
 
 #[doc(hidden)]
 pub mod __private {

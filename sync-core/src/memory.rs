@@ -15,7 +15,7 @@ pub struct MemoryStorage {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct Inner {
     records: HashMap<RecordId, StoredRecord>,
     by_collection: BTreeSet<(CollectionId, RecordId)>,
@@ -70,6 +70,11 @@ impl Storage for MemoryStorage {
         Ok(self.lock()?.records.get(id).cloned())
     }
 
+    async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
+        let g = self.lock()?;
+        Ok(ids.iter().map(|id| g.records.get(id).cloned()).collect())
+    }
+
     async fn scan(
         &self,
         collection: &CollectionId,
@@ -118,33 +123,8 @@ impl Storage for MemoryStorage {
 
     async fn commit(&self, batch: Batch) -> Result<()> {
         let mut g = self.lock()?;
-        // Apply to a copy and swap it in, so a failure part-way leaves nothing behind.
-        let mut next = g.clone();
-        for rec in batch.puts {
-            next.remove_row(&rec.id);
-            next.by_collection.insert((rec.collection, rec.id));
-            if let Some(seq) = rec.pending_seq {
-                next.outbox.insert(seq, rec.id);
-            }
-            next.records.insert(rec.id, rec);
-        }
-        for id in &batch.removes {
-            next.remove_row(id);
-        }
-        for (id, seq) in &batch.acks {
-            if let Some(r) = next.records.get_mut(id)
-                && r.pending_seq == Some(*seq)
-            {
-                r.pending_seq = None;
-                next.outbox.remove(seq);
-            }
-        }
-        for (k, v) in batch.meta {
-            match v {
-                Some(v) => next.meta.insert(k, v),
-                None => next.meta.remove(&k),
-            };
-        }
+        // Guards are the only way a batch can fail; after they pass, every step below is
+        // infallible, so the batch applies whole.
         for (k, expected) in &batch.guards {
             if g.meta.get(k) != expected.as_ref() {
                 return Err(Error::new(
@@ -153,7 +133,31 @@ impl Storage for MemoryStorage {
                 ));
             }
         }
-        *g = next;
+        for rec in batch.puts {
+            g.remove_row(&rec.id);
+            g.by_collection.insert((rec.collection, rec.id));
+            if let Some(seq) = rec.pending_seq {
+                g.outbox.insert(seq, rec.id);
+            }
+            g.records.insert(rec.id, rec);
+        }
+        for id in &batch.removes {
+            g.remove_row(id);
+        }
+        for (id, seq) in &batch.acks {
+            if let Some(r) = g.records.get_mut(id)
+                && r.pending_seq == Some(*seq)
+            {
+                r.pending_seq = None;
+                g.outbox.remove(seq);
+            }
+        }
+        for (k, v) in batch.meta {
+            match v {
+                Some(v) => g.meta.insert(k, v),
+                None => g.meta.remove(&k),
+            };
+        }
         Ok(())
     }
 
@@ -173,6 +177,9 @@ mod tests {
 
     #[tokio::test]
     async fn passes_the_storage_conformance_suite() {
-        crate::testkit::storage_suite(|| async { Ok(Arc::new(MemoryStorage::new()) as Arc<dyn Storage>) }).await;
+        crate::testkit::storage_suite(|| async {
+            Ok(Arc::new(MemoryStorage::new()) as Arc<dyn Storage>)
+        })
+        .await;
     }
 }

@@ -63,7 +63,11 @@ macro_rules! debug_by_name {
         }
     )*};
 }
-debug_by_name!(StorageRegistration, CipherRegistration, StrategyRegistration);
+debug_by_name!(
+    StorageRegistration,
+    CipherRegistration,
+    StrategyRegistration
+);
 
 inventory::collect!(StorageRegistration);
 inventory::collect!(CipherRegistration);
@@ -150,7 +154,11 @@ fn add<T: Named>(existing: Vec<T>, runtime: &RwLock<Vec<T>>, entry: T) -> Result
     if existing.iter().any(|e| e.name() == entry.name()) {
         return Err(Error::new(
             ErrorKind::Config,
-            format!("a {} named '{}' is already registered", T::WHAT, entry.name()),
+            format!(
+                "a {} named '{}' is already registered",
+                T::WHAT,
+                entry.name()
+            ),
         ));
     }
     runtime
@@ -162,15 +170,24 @@ fn add<T: Named>(existing: Vec<T>, runtime: &RwLock<Vec<T>>, entry: T) -> Result
 
 /// Every registered storage.
 pub fn storages() -> Vec<StorageRegistration> {
-    all(inventory::iter::<StorageRegistration>.into_iter(), &RUNTIME_STORAGES)
+    all(
+        inventory::iter::<StorageRegistration>.into_iter(),
+        &RUNTIME_STORAGES,
+    )
 }
 /// Every registered cipher.
 pub fn ciphers() -> Vec<CipherRegistration> {
-    all(inventory::iter::<CipherRegistration>.into_iter(), &RUNTIME_CIPHERS)
+    all(
+        inventory::iter::<CipherRegistration>.into_iter(),
+        &RUNTIME_CIPHERS,
+    )
 }
 /// Every registered conflict strategy.
 pub fn strategies() -> Vec<StrategyRegistration> {
-    all(inventory::iter::<StrategyRegistration>.into_iter(), &RUNTIME_STRATEGIES)
+    all(
+        inventory::iter::<StrategyRegistration>.into_iter(),
+        &RUNTIME_STRATEGIES,
+    )
 }
 
 /// The names of the registered storages, sorted.
@@ -274,8 +291,15 @@ mod tests {
     #[test]
     fn known_but_missing_names_say_which_feature_to_enable() {
         let err = cipher("sodium").err();
-        assert_eq!(err.as_ref().map(Error::kind), Some(ErrorKind::NotCompiledIn));
-        assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("`sodium`"));
+        assert_eq!(
+            err.as_ref().map(Error::kind),
+            Some(ErrorKind::NotCompiledIn)
+        );
+        assert!(
+            err.map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("`sodium`")
+        );
     }
 
     #[test]
@@ -284,7 +308,10 @@ mod tests {
             name: "lww",
             make: || Arc::new(LastWriterWins),
         };
-        assert_eq!(register_strategy(dup).err().map(|e| e.kind()), Some(ErrorKind::Config));
+        assert_eq!(
+            register_strategy(dup).err().map(|e| e.kind()),
+            Some(ErrorKind::Config)
+        );
         let fresh = StrategyRegistration {
             name: "registry-test-unique",
             make: || Arc::new(LastWriterWins),

@@ -91,7 +91,10 @@ pub struct Batch {
 impl Batch {
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.removes.is_empty() && self.acks.is_empty() && self.meta.is_empty()
+        self.puts.is_empty()
+            && self.removes.is_empty()
+            && self.acks.is_empty()
+            && self.meta.is_empty()
     }
 }
 
@@ -146,6 +149,16 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// The record with blind id `id`, tombstones included.
     async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>>;
+
+    /// The records with the given ids, in the same order (`None` where absent). Implementations
+    /// should answer in few round trips; the default asks one id at a time.
+    async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.get(id).await?);
+        }
+        Ok(out)
+    }
 
     /// Up to `limit` records of `collection` with ids strictly after `after`, ordered by id.
     /// Tombstones are included only when `include_deleted`.

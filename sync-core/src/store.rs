@@ -282,7 +282,9 @@ fn validate_names(collection: &str, key: &str) -> Result<()> {
         )));
     }
     if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(Error::invalid(format!("record keys must be 1 to {MAX_KEY_LEN} bytes")));
+        return Err(Error::invalid(format!(
+            "record keys must be 1 to {MAX_KEY_LEN} bytes"
+        )));
     }
     Ok(())
 }
@@ -440,7 +442,12 @@ impl Store {
     }
 
     /// Puts `value` (stored as JSON) at `collection`/`key`.
-    pub async fn put(&self, collection: &str, key: &str, value: &impl Serialize) -> Result<WriteSummary> {
+    pub async fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        value: &impl Serialize,
+    ) -> Result<WriteSummary> {
         let mut b = WriteBatch::new();
         b.put(collection, key, value)?;
         self.write(b).await
@@ -483,7 +490,12 @@ impl Store {
         let cipher = self.inner.cipher.as_ref();
         let payload = self.inner.keys.open(cipher, id, envelope)?;
         // The blind id is bound by the AAD; check the names inside agree with it too.
-        if self.inner.keys.record_id(cipher, &payload.collection, &payload.key)? != *id {
+        if self
+            .inner
+            .keys
+            .record_id(cipher, &payload.collection, &payload.key)?
+            != *id
+        {
             return Err(Error::tampered());
         }
         Ok(payload)
@@ -501,6 +513,8 @@ impl Store {
         let mut puts = Vec::with_capacity(batch.ops.len());
         let mut summary = WriteSummary::default();
 
+        // Resolve names and blind ids first, then read every current version in one call.
+        let mut ops = Vec::with_capacity(batch.ops.len());
         for op in batch.ops {
             let (collection, key, json) = match op {
                 Op::Put {
@@ -517,9 +531,14 @@ impl Store {
                 )));
             }
             let id = inner.keys.record_id(cipher, &collection, &key)?;
+            ops.push((id, collection, key, json));
+        }
+        let ids: Vec<RecordId> = ops.iter().map(|(id, ..)| *id).collect();
+        let existing = inner.storage.get_many(&ids).await?;
+        for ((id, collection, key, json), row) in ops.into_iter().zip(existing) {
             let current = match staged.get(&id) {
                 Some((v, deleted)) => Some((v.clone(), *deleted)),
-                None => match inner.storage.get(&id).await? {
+                None => match row {
                     Some(row) => {
                         let p = self.open_envelope(&id, &row.envelope)?;
                         Some((p.version, p.value.is_none()))
@@ -593,7 +612,9 @@ impl Store {
         }
         let mut after = None;
         loop {
-            let page = self.scan_page(collection, after.as_ref(), SCAN_PAGE).await?;
+            let page = self
+                .scan_page(collection, after.as_ref(), SCAN_PAGE)
+                .await?;
             for r in page.records {
                 if prefix.is_some_and(|p| !r.key.starts_with(p)) {
                     continue;
@@ -737,7 +758,11 @@ impl StoreBuilder {
         self
     }
 
-    fn pick(explicit: Option<String>, preferred: &[&str], available: Vec<&'static str>) -> Option<String> {
+    fn pick(
+        explicit: Option<String>,
+        preferred: &[&str],
+        available: Vec<&'static str>,
+    ) -> Option<String> {
         explicit.or_else(|| {
             preferred
                 .iter()
@@ -759,11 +784,11 @@ impl StoreBuilder {
         .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?;
         let cipher_name = Self::pick(self.cipher, &["orion", "sodium"], registry::cipher_names())
             .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotCompiledIn,
-                    "no cipher is compiled in: enable the cargo feature `orion` or `sodium` of hearth",
-                )
-            })?;
+            Error::new(
+                ErrorKind::NotCompiledIn,
+                "no cipher is compiled in: enable the cargo feature `orion` or `sodium` of hearth",
+            )
+        })?;
         let storage_reg = registry::storage(&storage_name)?;
         let cipher = (registry::cipher(&cipher_name)?.make)();
         let create = self.create.unwrap_or(true);

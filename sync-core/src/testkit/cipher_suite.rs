@@ -26,8 +26,14 @@ pub fn cipher_suite(cipher: &dyn Cipher) {
     let sealed = cipher
         .aead_seal(&key, &nonce, &aad, v::AEAD_PLAINTEXT)
         .expect("seal");
-    assert_eq!(hex::encode(&sealed), v::AEAD_SEALED, "{name}: XChaCha20-Poly1305 vector");
-    let opened = cipher.aead_open(&key, &nonce, &aad, &sealed).expect("open vector");
+    assert_eq!(
+        hex::encode(&sealed),
+        v::AEAD_SEALED,
+        "{name}: XChaCha20-Poly1305 vector"
+    );
+    let opened = cipher
+        .aead_open(&key, &nonce, &aad, &sealed)
+        .expect("open vector");
     assert_eq!(opened, v::AEAD_PLAINTEXT, "{name}: open vector");
 
     // Any flipped bit anywhere in ciphertext or tag is rejected as Tampered.
@@ -45,50 +51,146 @@ pub fn cipher_suite(cipher: &dyn Cipher) {
     // AAD mismatch, wrong nonce, wrong key, truncation.
     let mut other_aad = aad.clone();
     other_aad[0] ^= 1;
-    assert_eq!(kind(cipher.aead_open(&key, &nonce, &other_aad, &sealed)), Some(ErrorKind::Tampered), "{name}: AAD mismatch");
-    assert_eq!(kind(cipher.aead_open(&key, &nonce, b"", &sealed)), Some(ErrorKind::Tampered), "{name}: missing AAD");
+    assert_eq!(
+        kind(cipher.aead_open(&key, &nonce, &other_aad, &sealed)),
+        Some(ErrorKind::Tampered),
+        "{name}: AAD mismatch"
+    );
+    assert_eq!(
+        kind(cipher.aead_open(&key, &nonce, b"", &sealed)),
+        Some(ErrorKind::Tampered),
+        "{name}: missing AAD"
+    );
     let mut other_nonce = nonce;
     other_nonce[23] ^= 1;
-    assert_eq!(kind(cipher.aead_open(&key, &other_nonce, &aad, &sealed)), Some(ErrorKind::Tampered), "{name}: wrong nonce");
+    assert_eq!(
+        kind(cipher.aead_open(&key, &other_nonce, &aad, &sealed)),
+        Some(ErrorKind::Tampered),
+        "{name}: wrong nonce"
+    );
     let other_key = SecretKey::from_bytes([7u8; 32]);
-    assert_eq!(kind(cipher.aead_open(&other_key, &nonce, &aad, &sealed)), Some(ErrorKind::Tampered), "{name}: wrong key");
-    assert!(cipher.aead_open(&key, &nonce, &aad, &sealed[..sealed.len() - 1]).is_err(), "{name}: truncated");
-    assert!(cipher.aead_open(&key, &nonce, &aad, &sealed[..15]).is_err(), "{name}: shorter than a tag");
+    assert_eq!(
+        kind(cipher.aead_open(&other_key, &nonce, &aad, &sealed)),
+        Some(ErrorKind::Tampered),
+        "{name}: wrong key"
+    );
+    assert!(
+        cipher
+            .aead_open(&key, &nonce, &aad, &sealed[..sealed.len() - 1])
+            .is_err(),
+        "{name}: truncated"
+    );
+    assert!(
+        cipher.aead_open(&key, &nonce, &aad, &sealed[..15]).is_err(),
+        "{name}: shorter than a tag"
+    );
     // Empty plaintext round-trips.
-    let empty = cipher.aead_seal(&key, &nonce, b"", b"").expect("seal empty");
+    let empty = cipher
+        .aead_seal(&key, &nonce, b"", b"")
+        .expect("seal empty");
     assert_eq!(empty.len(), 16);
-    assert_eq!(cipher.aead_open(&key, &nonce, b"", &empty).expect("open empty"), b"");
+    assert_eq!(
+        cipher
+            .aead_open(&key, &nonce, b"", &empty)
+            .expect("open empty"),
+        b""
+    );
 
     // Random-nonce sealing: fresh nonces, round trip, AAD bound.
-    let a = cipher.seal_random_nonce(&key, b"ctx", b"same").expect("seal");
-    let b = cipher.seal_random_nonce(&key, b"ctx", b"same").expect("seal");
+    let a = cipher
+        .seal_random_nonce(&key, b"ctx", b"same")
+        .expect("seal");
+    let b = cipher
+        .seal_random_nonce(&key, b"ctx", b"same")
+        .expect("seal");
     assert_ne!(a, b, "{name}: nonces must be fresh");
-    assert_eq!(cipher.open_random_nonce(&key, b"ctx", &a).expect("open"), b"same");
-    assert_eq!(kind(cipher.open_random_nonce(&key, b"other", &a)), Some(ErrorKind::Tampered));
-    assert_eq!(kind(cipher.open_random_nonce(&key, b"ctx", &a[..20])), Some(ErrorKind::Corrupt));
+    assert_eq!(
+        cipher.open_random_nonce(&key, b"ctx", &a).expect("open"),
+        b"same"
+    );
+    assert_eq!(
+        kind(cipher.open_random_nonce(&key, b"other", &a)),
+        Some(ErrorKind::Tampered)
+    );
+    assert_eq!(
+        kind(cipher.open_random_nonce(&key, b"ctx", &a[..20])),
+        Some(ErrorKind::Corrupt)
+    );
 
     // Argon2id vectors (libsodium crypto_pwhash, ALG_ARGON2ID13).
-    let salt: [u8; SALT_LEN] = hex::decode(v::KDF_SALT).expect("hex").try_into().expect("salt");
+    let salt: [u8; SALT_LEN] = hex::decode(v::KDF_SALT)
+        .expect("hex")
+        .try_into()
+        .expect("salt");
     for (t, m, expected) in v::KDF_VECTORS {
-        let cost = KdfCost { iterations: *t, memory_kib: *m };
-        let k = cipher.password_kdf(v::KDF_PASSPHRASE, &salt, cost).expect("kdf");
-        assert_eq!(hex::encode(k.expose()), *expected, "{name}: Argon2id t={t} m={m}");
+        let cost = KdfCost {
+            iterations: *t,
+            memory_kib: *m,
+        };
+        let k = cipher
+            .password_kdf(v::KDF_PASSPHRASE, &salt, cost)
+            .expect("kdf");
+        assert_eq!(
+            hex::encode(k.expose()),
+            *expected,
+            "{name}: Argon2id t={t} m={m}"
+        );
     }
-    let k1 = cipher.password_kdf(b"a", &salt, KdfCost::INSECURE_FOR_TESTS).expect("kdf");
-    let k2 = cipher.password_kdf(b"b", &salt, KdfCost::INSECURE_FOR_TESTS).expect("kdf");
+    let k1 = cipher
+        .password_kdf(b"a", &salt, KdfCost::INSECURE_FOR_TESTS)
+        .expect("kdf");
+    let k2 = cipher
+        .password_kdf(b"b", &salt, KdfCost::INSECURE_FOR_TESTS)
+        .expect("kdf");
     assert_ne!(k1, k2, "{name}: different passphrases give different keys");
     assert_eq!(
-        kind(cipher.password_kdf(b"a", &salt, KdfCost { iterations: 0, memory_kib: 1024 })),
+        kind(cipher.password_kdf(
+            b"a",
+            &salt,
+            KdfCost {
+                iterations: 0,
+                memory_kib: 1024
+            }
+        )),
         Some(ErrorKind::InvalidInput),
         "{name}: invalid KDF cost"
     );
 
     // Keyed BLAKE2b vectors; parts are concatenated.
     let hk = SecretKey::from_bytes(hex32(v::HASH_KEY));
-    assert_eq!(hex::encode(cipher.keyed_hash(&hk, &[b"hearth", b" keyed hash"]).expect("hash")), v::HASH_OF_PARTS, "{name}: keyed BLAKE2b");
-    assert_eq!(hex::encode(cipher.keyed_hash(&hk, &[b"hearth keyed", b" hash"]).expect("hash")), v::HASH_OF_PARTS, "{name}: parts concatenate");
-    assert_eq!(hex::encode(cipher.keyed_hash(&hk, &[]).expect("hash")), v::HASH_OF_EMPTY, "{name}: empty message");
-    assert_eq!(hex::encode(cipher.derive_subkey(&hk, b"hearth.blind-index").expect("subkey").expose()), v::SUBKEY_BLIND_INDEX, "{name}: subkey derivation");
+    assert_eq!(
+        hex::encode(
+            cipher
+                .keyed_hash(&hk, &[b"hearth", b" keyed hash"])
+                .expect("hash")
+        ),
+        v::HASH_OF_PARTS,
+        "{name}: keyed BLAKE2b"
+    );
+    assert_eq!(
+        hex::encode(
+            cipher
+                .keyed_hash(&hk, &[b"hearth keyed", b" hash"])
+                .expect("hash")
+        ),
+        v::HASH_OF_PARTS,
+        "{name}: parts concatenate"
+    );
+    assert_eq!(
+        hex::encode(cipher.keyed_hash(&hk, &[]).expect("hash")),
+        v::HASH_OF_EMPTY,
+        "{name}: empty message"
+    );
+    assert_eq!(
+        hex::encode(
+            cipher
+                .derive_subkey(&hk, b"hearth.blind-index")
+                .expect("subkey")
+                .expose()
+        ),
+        v::SUBKEY_BLIND_INDEX,
+        "{name}: subkey derivation"
+    );
 
     // Randomness.
     let mut r1 = [0u8; 32];
@@ -108,10 +210,16 @@ fn envelope_vector(cipher: &dyn Cipher) {
     let keys = RecordKeys::derive(cipher, SpaceId([0x11; 16]), 1, &root).expect("keys");
     let id = keys.record_id(cipher, "notes", "n1").expect("id");
     let env = hex::decode(v::ENVELOPE).expect("hex");
-    let p = keys.open(cipher, &id, &env).expect("the shared envelope vector must open");
+    let p = keys
+        .open(cipher, &id, &env)
+        .expect("the shared envelope vector must open");
     assert_eq!(p.collection, "notes");
     assert_eq!(p.key, "n1");
     assert_eq!(p.value.as_deref(), Some(&br#"{"title":"vector"}"#[..]));
     let other = keys.record_id(cipher, "notes", "n2").expect("id");
-    assert_eq!(kind(keys.open(cipher, &other, &env)), Some(ErrorKind::Tampered), "envelope moved to another record");
+    assert_eq!(
+        kind(keys.open(cipher, &other, &env)),
+        Some(ErrorKind::Tampered),
+        "envelope moved to another record"
+    );
 }

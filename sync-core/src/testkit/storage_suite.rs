@@ -37,16 +37,30 @@ where
     let tasks = CollectionId([2; 32]);
 
     // Empty.
-    assert!(s.get(&rid(1)).await.expect("get").is_none(), "{name}: empty get");
-    assert!(s.scan(&notes, None, 10, true).await.expect("scan").is_empty(), "{name}: empty scan");
-    assert!(s.outbox(0, 10).await.expect("outbox").is_empty(), "{name}: empty outbox");
+    assert!(
+        s.get(&rid(1)).await.expect("get").is_none(),
+        "{name}: empty get"
+    );
+    assert!(
+        s.scan(&notes, None, 10, true)
+            .await
+            .expect("scan")
+            .is_empty(),
+        "{name}: empty scan"
+    );
+    assert!(
+        s.outbox(0, 10).await.expect("outbox").is_empty(),
+        "{name}: empty outbox"
+    );
     assert_eq!(s.outbox_len().await.expect("len"), 0);
     assert!(s.meta_get("k").await.expect("meta").is_none());
 
     // One batch: 50 notes (every 10th a tombstone), 5 tasks, metadata.
     let mut batch = Batch::default();
     for n in (0..50u32).rev() {
-        batch.puts.push(row(&notes, n, Some(u64::from(n) + 1), n % 10 == 9));
+        batch
+            .puts
+            .push(row(&notes, n, Some(u64::from(n) + 1), n % 10 == 9));
     }
     for n in 100..105u32 {
         batch.puts.push(row(&tasks, n, None, false));
@@ -55,14 +69,39 @@ where
     s.commit(batch).await.expect("commit");
 
     let got = s.get(&rid(7)).await.expect("get").expect("row 7 exists");
-    assert_eq!(got, row(&notes, 7, Some(8), false), "{name}: get returns what was put");
+    assert_eq!(
+        got,
+        row(&notes, 7, Some(8), false),
+        "{name}: get returns what was put"
+    );
     assert_eq!(s.meta_get("k").await.expect("meta"), Some(b"v1".to_vec()));
+
+    // get_many keeps the order asked, answers absent ids with None, and handles many ids.
+    let mut ask: Vec<RecordId> = vec![rid(3), rid(999), rid(101), rid(3)];
+    ask.extend((0..1500u32).map(|n| rid(n % 60)));
+    let many = s.get_many(&ask).await.expect("get_many");
+    assert_eq!(many.len(), ask.len(), "{name}: get_many answers every id");
+    assert_eq!(many[0].as_ref().map(|r| r.id), Some(rid(3)));
+    assert!(many[1].is_none(), "{name}: get_many absent id");
+    assert_eq!(many[2].as_ref().map(|r| r.collection), Some(tasks));
+    assert_eq!(
+        many[3].as_ref().map(|r| r.id),
+        Some(rid(3)),
+        "{name}: repeated ids"
+    );
+    for (id, got) in ask.iter().zip(&many).skip(4) {
+        let n = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
+        assert_eq!(got.is_some(), n < 50, "{name}: get_many of id {n}");
+    }
 
     // Ordered scan with limit and paging: every live row once, in id order, only this collection.
     let mut seen = Vec::new();
     let mut after: Option<RecordId> = None;
     loop {
-        let page = s.scan(&notes, after.as_ref(), 7, false).await.expect("scan");
+        let page = s
+            .scan(&notes, after.as_ref(), 7, false)
+            .await
+            .expect("scan");
         assert!(page.len() <= 7, "{name}: scan honours limit");
         if page.is_empty() {
             break;
@@ -71,25 +110,47 @@ where
         seen.extend(page);
     }
     let expected: Vec<RecordId> = (0..50u32).filter(|n| n % 10 != 9).map(rid).collect();
-    assert_eq!(seen.iter().map(|r| r.id).collect::<Vec<_>>(), expected, "{name}: paged scan is ordered and complete");
+    assert_eq!(
+        seen.iter().map(|r| r.id).collect::<Vec<_>>(),
+        expected,
+        "{name}: paged scan is ordered and complete"
+    );
     assert!(seen.iter().all(|r| r.collection == notes && !r.deleted));
     let all = s.scan(&notes, None, 1000, true).await.expect("scan");
     assert_eq!(all.len(), 50, "{name}: include_deleted returns tombstones");
-    assert_eq!(s.scan(&tasks, None, 1000, false).await.expect("scan").len(), 5);
+    assert_eq!(
+        s.scan(&tasks, None, 1000, false).await.expect("scan").len(),
+        5
+    );
 
     // Outbox: ordered by sequence, resumable, limited.
     assert_eq!(s.outbox_len().await.expect("len"), 50);
     let ob = s.outbox(0, 10).await.expect("outbox");
-    assert_eq!(ob.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>(), "{name}: outbox order");
+    assert_eq!(
+        ob.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>(),
+        "{name}: outbox order"
+    );
     assert_eq!(ob[0].record.id, rid(0));
     let ob2 = s.outbox(10, 5).await.expect("outbox");
-    assert_eq!(ob2.first().map(|e| e.seq), Some(11), "{name}: outbox resumes after a sequence");
+    assert_eq!(
+        ob2.first().map(|e| e.seq),
+        Some(11),
+        "{name}: outbox resumes after a sequence"
+    );
 
     // Rewriting a pending record keeps one outbox entry, the newest.
     let mut b = Batch::default();
-    b.puts.push(StoredRecord { envelope: b"rewritten".to_vec(), ..row(&notes, 0, Some(60), false) });
+    b.puts.push(StoredRecord {
+        envelope: b"rewritten".to_vec(),
+        ..row(&notes, 0, Some(60), false)
+    });
     s.commit(b).await.expect("commit");
-    assert_eq!(s.outbox_len().await.expect("len"), 50, "{name}: a rewrite replaces its outbox entry");
+    assert_eq!(
+        s.outbox_len().await.expect("len"),
+        50,
+        "{name}: a rewrite replaces its outbox entry"
+    );
     assert_eq!(s.outbox(0, 1).await.expect("outbox")[0].seq, 2);
 
     // Acks: a stale sequence does not clear a newer pending write.
@@ -97,9 +158,25 @@ where
     b.acks.push((rid(0), 1));
     b.acks.push((rid(1), 2));
     s.commit(b).await.expect("ack");
-    assert_eq!(s.outbox_len().await.expect("len"), 49, "{name}: only the matching ack clears");
-    assert_eq!(s.get(&rid(0)).await.expect("get").and_then(|r| r.pending_seq), Some(60));
-    assert_eq!(s.get(&rid(1)).await.expect("get").and_then(|r| r.pending_seq), None);
+    assert_eq!(
+        s.outbox_len().await.expect("len"),
+        49,
+        "{name}: only the matching ack clears"
+    );
+    assert_eq!(
+        s.get(&rid(0))
+            .await
+            .expect("get")
+            .and_then(|r| r.pending_seq),
+        Some(60)
+    );
+    assert_eq!(
+        s.get(&rid(1))
+            .await
+            .expect("get")
+            .and_then(|r| r.pending_seq),
+        None
+    );
 
     // Atomicity: a batch whose guard fails changes nothing at all.
     let mut b = Batch::default();
@@ -109,11 +186,32 @@ where
     b.meta.push(("k".into(), Some(b"v2".to_vec())));
     b.guards.push(("k".into(), Some(b"not-v1".to_vec())));
     let err = s.commit(b).await.err().map(|e| e.kind());
-    assert_eq!(err, Some(ErrorKind::Conflict), "{name}: failed guard is a Conflict");
-    assert!(s.get(&rid(500)).await.expect("get").is_none(), "{name}: failed batch wrote a record");
-    assert!(s.get(&rid(2)).await.expect("get").is_some(), "{name}: failed batch removed a record");
-    assert_eq!(s.get(&rid(3)).await.expect("get").and_then(|r| r.pending_seq), Some(4), "{name}: failed batch acked");
-    assert_eq!(s.meta_get("k").await.expect("meta"), Some(b"v1".to_vec()), "{name}: failed batch changed metadata");
+    assert_eq!(
+        err,
+        Some(ErrorKind::Conflict),
+        "{name}: failed guard is a Conflict"
+    );
+    assert!(
+        s.get(&rid(500)).await.expect("get").is_none(),
+        "{name}: failed batch wrote a record"
+    );
+    assert!(
+        s.get(&rid(2)).await.expect("get").is_some(),
+        "{name}: failed batch removed a record"
+    );
+    assert_eq!(
+        s.get(&rid(3))
+            .await
+            .expect("get")
+            .and_then(|r| r.pending_seq),
+        Some(4),
+        "{name}: failed batch acked"
+    );
+    assert_eq!(
+        s.meta_get("k").await.expect("meta"),
+        Some(b"v1".to_vec()),
+        "{name}: failed batch changed metadata"
+    );
 
     // A passing guard, removal and metadata delete.
     let mut b = Batch::default();
@@ -123,16 +221,32 @@ where
     b.meta.push(("k".into(), None));
     b.meta.push(("k2".into(), Some(vec![0, 1, 2, 255])));
     s.commit(b).await.expect("guarded commit");
-    assert!(s.get(&rid(2)).await.expect("get").is_none(), "{name}: remove");
-    assert_eq!(s.outbox_len().await.expect("len"), 48, "{name}: removing a row drops its outbox entry");
-    assert!(s.meta_get("k").await.expect("meta").is_none(), "{name}: meta delete");
+    assert!(
+        s.get(&rid(2)).await.expect("get").is_none(),
+        "{name}: remove"
+    );
+    assert_eq!(
+        s.outbox_len().await.expect("len"),
+        48,
+        "{name}: removing a row drops its outbox entry"
+    );
+    assert!(
+        s.meta_get("k").await.expect("meta").is_none(),
+        "{name}: meta delete"
+    );
 
     // Large values survive byte for byte.
     let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     let mut b = Batch::default();
-    b.puts.push(StoredRecord { envelope: big.clone(), ..row(&tasks, 200, None, false) });
+    b.puts.push(StoredRecord {
+        envelope: big.clone(),
+        ..row(&tasks, 200, None, false)
+    });
     s.commit(b).await.expect("big");
-    assert_eq!(s.get(&rid(200)).await.expect("get").map(|r| r.envelope), Some(big.clone()));
+    assert_eq!(
+        s.get(&rid(200)).await.expect("get").map(|r| r.envelope),
+        Some(big.clone())
+    );
 
     if !s.capabilities().persistent {
         s.close().await.expect("close");
@@ -141,10 +255,28 @@ where
     s.close().await.expect("close");
     drop(s);
     let s = open().await.expect("reopen");
-    assert_eq!(s.get(&rid(7)).await.expect("get"), Some(row(&notes, 7, Some(8), false)), "{name}: data survives reopen");
-    assert_eq!(s.get(&rid(200)).await.expect("get").map(|r| r.envelope), Some(big), "{name}: big value survives reopen");
-    assert_eq!(s.outbox_len().await.expect("len"), 48, "{name}: outbox survives reopen");
-    assert_eq!(s.meta_get("k2").await.expect("meta"), Some(vec![0, 1, 2, 255]));
-    assert!(s.check().await.is_ok(), "{name}: integrity check on a healthy store");
+    assert_eq!(
+        s.get(&rid(7)).await.expect("get"),
+        Some(row(&notes, 7, Some(8), false)),
+        "{name}: data survives reopen"
+    );
+    assert_eq!(
+        s.get(&rid(200)).await.expect("get").map(|r| r.envelope),
+        Some(big),
+        "{name}: big value survives reopen"
+    );
+    assert_eq!(
+        s.outbox_len().await.expect("len"),
+        48,
+        "{name}: outbox survives reopen"
+    );
+    assert_eq!(
+        s.meta_get("k2").await.expect("meta"),
+        Some(vec![0, 1, 2, 255])
+    );
+    assert!(
+        s.check().await.is_ok(),
+        "{name}: integrity check on a healthy store"
+    );
     s.close().await.expect("close");
 }

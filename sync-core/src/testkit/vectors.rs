@@ -22,8 +22,16 @@ pub const KDF_SALT: &str = "000102030405060708090a0b0c0d0e0f";
 /// Argon2id (t, m KiB, 32-byte output): expected keys, from libsodium `crypto_pwhash` with
 /// `ALG_ARGON2ID13`.
 pub const KDF_VECTORS: &[(u32, u32, &str)] = &[
-    (3, 1024, "590d7ddd37a1ed86417a3614be47c9f782828a38902390018d39bb6556fee029"),
-    (1, 1024, "f0d1525842159cef972608e2f8bc1cb2c8230f81eea76f124789f6beb42403b2"),
+    (
+        3,
+        1024,
+        "590d7ddd37a1ed86417a3614be47c9f782828a38902390018d39bb6556fee029",
+    ),
+    (
+        1,
+        1024,
+        "f0d1525842159cef972608e2f8bc1cb2c8230f81eea76f124789f6beb42403b2",
+    ),
 ];
 
 /// Keyed BLAKE2b-256: key `00..1f`.
@@ -33,7 +41,8 @@ pub const HASH_OF_PARTS: &str = "3790d56f960d06962a2e705810873e72dcc89474bbafe73
 /// Keyed BLAKE2b-256 of the empty message.
 pub const HASH_OF_EMPTY: &str = "4e51e7a913fc80137da52880fecca175bf81e117d5c68126dc2774033517ea0d";
 /// `derive_subkey(HASH_KEY, "hearth.blind-index")`.
-pub const SUBKEY_BLIND_INDEX: &str = "19f8382817859d4d5721b3df21e268d91a96a53c903c79b8e61d11263a79af8a";
+pub const SUBKEY_BLIND_INDEX: &str =
+    "19f8382817859d4d5721b3df21e268d91a96a53c903c79b8e61d11263a79af8a";
 
 /// A sealed record envelope (format 1) made by hearth, for root key [`HASH_KEY`], space
 /// `0x11` × 16, key id 1, collection `"notes"`, key `"n1"`, value `{"title":"vector"}`.
