@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use orion::hazardous::aead::xchacha20poly1305 as xchacha;
+use orion::hazardous::ecc::x25519;
 use orion::hazardous::kdf::argon2::{Argon2, CostParams, ID, Sequential};
 use orion::hazardous::mac::blake2b;
 use orion::hazardous::mac::poly1305::POLY1305_OUTSIZE;
@@ -136,6 +137,25 @@ impl Cipher for OrionCipher {
                 "the operating system's random source failed",
             )
         })
+    }
+
+    fn x25519_public(&self, secret: &SecretKey) -> Result<[u8; 32]> {
+        let sk = x25519::PrivateKey::from(*secret.expose());
+        let pk = x25519::PublicKey::try_from(&sk)
+            .map_err(|_| Error::invalid("X25519 secret key rejected"))?;
+        let mut out = [0u8; 32];
+        let bytes: &[u8] = pk.as_ref();
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    fn x25519(&self, secret: &SecretKey, public: &[u8; 32]) -> Result<SecretKey> {
+        let sk = x25519::PrivateKey::from(*secret.expose());
+        let pk = x25519::PublicKey::from(*public);
+        let shared = x25519::key_agreement(&sk, &pk)
+            .map_err(|_| Error::invalid("X25519 public key is of low order"))?;
+        let bytes: &[u8] = shared.unprotected_as_ref();
+        SecretKey::from_slice(bytes)
     }
 }
 

@@ -471,6 +471,12 @@ impl Cipher for Renamed {
     fn fill_random(&self, b: &mut [u8]) -> hearth::Result<()> {
         OrionCipher.fill_random(b)
     }
+    fn x25519_public(&self, s: &hearth::SecretKey) -> hearth::Result<[u8; 32]> {
+        OrionCipher.x25519_public(s)
+    }
+    fn x25519(&self, s: &hearth::SecretKey, p: &[u8; 32]) -> hearth::Result<hearth::SecretKey> {
+        OrionCipher.x25519(s, p)
+    }
 }
 
 #[tokio::test]
@@ -529,4 +535,29 @@ async fn explicit_registration_is_idempotent() {
     assert!(hearth::registry::storage_names().contains(&"sqlite"));
     assert!(hearth::registry::cipher_names().contains(&"orion"));
     hearth::registry::validate().expect("no duplicate names");
+}
+
+#[tokio::test]
+async fn local_only_writes_never_enter_the_outbox() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir.path().join("local.db"), PASS)
+        .await
+        .expect("open");
+    store.put("notes", "synced", &json!(1)).await.expect("put");
+    let mut local = WriteBatch::new().local_only();
+    local
+        .put("_audit", "e1", &json!({"decision": "deny"}))
+        .expect("put");
+    store.write(local).await.expect("write");
+    assert_eq!(store.info().await.expect("info").pending, 1);
+    assert_eq!(
+        store.get("_audit", "e1").await.expect("get"),
+        Some(json!({"decision": "deny"}))
+    );
+    let outbox = store.storage().outbox(0, 10).await.expect("outbox");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(
+        outbox[0].record.id,
+        store.record_id("notes", "synced").expect("id")
+    );
 }

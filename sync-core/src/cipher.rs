@@ -143,6 +143,7 @@ impl Default for KdfCost {
 /// - Keyed hash: BLAKE2b with a 32-byte key and 32-byte output, over the concatenation of
 ///   `parts`. Subkeys, blind indexes and fingerprints are all keyed hashes (see [`CipherExt`]).
 /// - Randomness from the operating system.
+/// - X25519 (RFC 7748) for sealing to a destination's public key.
 ///
 /// The trait is object-safe and used as `Arc<dyn Cipher>`.
 pub trait Cipher: Send + Sync + fmt::Debug + 'static {
@@ -182,6 +183,13 @@ pub trait Cipher: Send + Sync + fmt::Debug + 'static {
 
     /// Fills `buf` with bytes from the operating system's CSPRNG.
     fn fill_random(&self, buf: &mut [u8]) -> Result<()>;
+
+    /// The X25519 public key of `secret` (RFC 7748; the scalar is clamped).
+    fn x25519_public(&self, secret: &SecretKey) -> Result<[u8; 32]>;
+
+    /// X25519 key agreement of `secret` with `public`. A public key of low order (one that
+    /// makes the shared secret all zeros) is [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).
+    fn x25519(&self, secret: &SecretKey, public: &[u8; 32]) -> Result<SecretKey>;
 }
 
 /// Conveniences built on [`Cipher`]'s primitives. Implemented for every cipher; not overridable,

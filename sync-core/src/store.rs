@@ -129,6 +129,7 @@ enum Op {
 #[derive(Clone, Default)]
 pub struct WriteBatch {
     ops: Vec<Op>,
+    local_only: bool,
 }
 
 impl fmt::Debug for WriteBatch {
@@ -186,6 +187,15 @@ impl WriteBatch {
             collection: collection.into(),
             key: key.into(),
         });
+        self
+    }
+
+    /// Keeps these writes on this device: they are versioned and sealed like any other, but
+    /// never enter the outbox, so sync never sends them (consent records, audit logs, caches).
+    /// Use collections that only ever receive local-only writes.
+    #[must_use]
+    pub fn local_only(mut self) -> Self {
+        self.local_only = true;
         self
     }
 
@@ -514,6 +524,7 @@ impl Store {
         let mut summary = WriteSummary::default();
 
         // Resolve names and blind ids first, then read every current version in one call.
+        let batch_local = batch.local_only;
         let mut ops = Vec::with_capacity(batch.ops.len());
         for op in batch.ops {
             let (collection, key, json) = match op {
@@ -571,7 +582,7 @@ impl Store {
                 collection: collection_id,
                 envelope,
                 deleted,
-                pending_seq: Some(state.seq),
+                pending_seq: (!batch_local).then_some(state.seq),
             });
             staged.insert(id, (version, deleted));
             summary.written += 1;

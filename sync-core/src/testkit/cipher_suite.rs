@@ -200,6 +200,37 @@ pub fn cipher_suite(cipher: &dyn Cipher) {
     assert_ne!(r1, r2, "{name}: random bytes repeat");
     cipher.fill_random(&mut []).expect("empty random fill");
 
+    // X25519 (RFC 7748 §6.1), both directions, and a low-order point refused.
+    let alice = SecretKey::from_bytes(hex32(v::X25519_ALICE_SECRET));
+    let bob = SecretKey::from_bytes(hex32(v::X25519_BOB_SECRET));
+    assert_eq!(
+        hex::encode(cipher.x25519_public(&alice).expect("public")),
+        v::X25519_ALICE_PUBLIC,
+        "{name}: X25519 public key"
+    );
+    assert_eq!(
+        hex::encode(cipher.x25519_public(&bob).expect("public")),
+        v::X25519_BOB_PUBLIC,
+        "{name}: X25519 public key"
+    );
+    let ab = cipher
+        .x25519(&alice, &hex32(v::X25519_BOB_PUBLIC))
+        .expect("agree");
+    let ba = cipher
+        .x25519(&bob, &hex32(v::X25519_ALICE_PUBLIC))
+        .expect("agree");
+    assert_eq!(
+        hex::encode(ab.expose()),
+        v::X25519_SHARED,
+        "{name}: X25519 shared secret"
+    );
+    assert_eq!(ab, ba);
+    assert_eq!(
+        kind(cipher.x25519(&alice, &[0u8; 32])),
+        Some(ErrorKind::InvalidInput),
+        "{name}: low-order point"
+    );
+
     envelope_vector(cipher);
 }
 

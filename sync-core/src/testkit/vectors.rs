@@ -51,3 +51,18 @@ pub const ENVELOPE_ROOT_KEY: &str = HASH_KEY;
 /// See [`ENVELOPE_ROOT_KEY`].
 /// Verified independently: libsodium (PyNaCl) opens it with keys derived by `hashlib.blake2b`.
 pub const ENVELOPE: &str = "01000000017caee439046f7d93ef516d7ed8f2a0a56b0479145b412e3059ee43fcd5c5fe014875ad67cc3f0c9d45c5348d11066c5b1451e1d50d3ab07cd1691a6de0e5945c4ab7a5e03e87ab05dd0bfa63c9c4701ac754efe1adf6d8bb92ff0db441017b5496b2bfa410f775602f45e599b68f2c5b7f8390adf13be3d52edb528b0e4c8782538ecc286eca9237";
+
+/// X25519 (RFC 7748 §6.1): Alice's secret key.
+pub const X25519_ALICE_SECRET: &str =
+    "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a";
+/// X25519: Alice's public key.
+pub const X25519_ALICE_PUBLIC: &str =
+    "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+/// X25519: Bob's secret key.
+pub const X25519_BOB_SECRET: &str =
+    "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb";
+/// X25519: Bob's public key.
+pub const X25519_BOB_PUBLIC: &str =
+    "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
+/// X25519: the shared secret.
+pub const X25519_SHARED: &str = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
