@@ -14,7 +14,8 @@
 //!
 //! ```sql
 //! CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL,
-//!                       deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL);
+//!                       deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL,
+//!                       sync BLOB NOT NULL);
 //! CREATE INDEX records_by_collection ON records (collection, id);
 //! CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
@@ -44,7 +45,7 @@ pub const APPLICATION_ID: i64 = 0x4852_5448;
 pub const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &[&str] = &[
-    "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL)",
+    "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
     "CREATE INDEX records_by_collection ON records (collection, id)",
     "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
     "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
@@ -108,12 +109,14 @@ fn row_to_record(row: &SqliteRow) -> Result<StoredRecord> {
     let envelope: Vec<u8> = row
         .try_get("envelope")
         .map_err(|e| map_sqlx(e, "read envelope"))?;
+    let sync: Vec<u8> = row.try_get("sync").map_err(|e| map_sqlx(e, "read sync"))?;
     Ok(StoredRecord {
         id: RecordId::from_slice(&id)?,
         collection: CollectionId::from_slice(&collection)?,
         envelope,
         deleted: deleted != 0,
         pending_seq: pending.map(seq_from_sql).transpose()?,
+        sync,
     })
 }
 
@@ -125,10 +128,10 @@ fn seq_from_sql(seq: i64) -> Result<u64> {
     u64::try_from(seq).map_err(|_| Error::corrupt("negative sequence number in store"))
 }
 
-/// Rows per multi-row INSERT (5 parameters each; SQLite allows 32,766).
+/// Rows per multi-row INSERT (6 parameters each; SQLite allows 32,766).
 const PUT_CHUNK: usize = 128;
 
-const COLUMNS: &str = "id, collection, deleted, pending_seq, envelope";
+const COLUMNS: &str = "id, collection, deleted, pending_seq, envelope, sync";
 
 impl SqliteStorage {
     /// Registry name.
@@ -263,11 +266,11 @@ impl SqliteStorage {
         // statement, a later row with the same id updates the earlier one, as separate
         // statements would.
         for chunk in batch.puts.chunks(PUT_CHUNK) {
-            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql = format!(
-                "INSERT INTO records (id, collection, deleted, pending_seq, envelope) VALUES {values} \
+                "INSERT INTO records (id, collection, deleted, pending_seq, envelope, sync) VALUES {values} \
                  ON CONFLICT (id) DO UPDATE SET collection = excluded.collection, deleted = excluded.deleted, \
-                 pending_seq = excluded.pending_seq, envelope = excluded.envelope"
+                 pending_seq = excluded.pending_seq, envelope = excluded.envelope, sync = excluded.sync"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
@@ -276,7 +279,8 @@ impl SqliteStorage {
                     .bind(&r.collection.0[..])
                     .bind(i64::from(r.deleted))
                     .bind(r.pending_seq.map(seq_to_sql).transpose()?)
-                    .bind(&r.envelope[..]);
+                    .bind(&r.envelope[..])
+                    .bind(&r.sync[..]);
             }
             q.execute(&mut **tx)
                 .await
@@ -479,6 +483,20 @@ impl Storage for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| map_sqlx(e, "scan records"))?;
+        rows.iter().map(row_to_record).collect()
+    }
+
+    async fn scan_all(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<StoredRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after: &[u8] = after.map(|a| &a.0[..]).unwrap_or(&[]);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM records WHERE id > ? ORDER BY id LIMIT ?"
+        )))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| map_sqlx(e, "scan records"))?;
         rows.iter().map(row_to_record).collect()
     }
 

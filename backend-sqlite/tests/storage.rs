@@ -118,6 +118,7 @@ async fn integrity_check_reports_a_damaged_file() {
                 envelope: vec![7; 300],
                 deleted: false,
                 pending_seq: Some(u64::from(n) + 1),
+                sync: Vec::new(),
             });
         }
         s.commit(batch).await.expect("commit");

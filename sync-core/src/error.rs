@@ -44,6 +44,9 @@ pub enum ErrorKind {
     StorageFull,
     /// The storage engine failed in a way not covered above.
     Storage,
+    /// The server dropped history this device has not seen (it was silent longer than the
+    /// tombstone horizon): the device must re-sync from scratch.
+    ResyncRequired,
     /// A bug in hearth: an invariant did not hold.
     Internal,
 }
@@ -67,6 +70,7 @@ impl ErrorKind {
             Self::Io => "io",
             Self::StorageFull => "storage_full",
             Self::Storage => "storage",
+            Self::ResyncRequired => "resync_required",
             Self::Internal => "internal",
         }
     }

@@ -28,12 +28,15 @@
 
 pub mod cipher;
 pub mod consent;
+pub mod engine;
 pub mod envelope;
 pub mod error;
 pub mod keyring;
 pub mod memory;
 pub mod model;
 pub mod registry;
+pub mod relay;
+pub mod retry;
 pub mod storage;
 pub mod store;
 pub mod strategy;
@@ -44,17 +47,23 @@ pub mod testkit;
 
 pub use cipher::{Cipher, CipherExt, KdfCost, Passphrase, SecretKey};
 pub use consent::{ConsentPolicy, ConsentRequest, Decision, DenyAll, DenyReason};
+pub use engine::{
+    Choice, ConflictInfo, LastSync, Progress, SyncConfig, SyncEngine, SyncReport, SyncState,
+};
 pub use envelope::{Padding, Payload, RecordKeys};
 pub use error::{Error, ErrorKind, Result, Status};
 pub use memory::MemoryStorage;
 pub use model::{
     Causality, CollectionId, DeviceId, Hlc, HlcClock, Record, RecordId, SpaceId, VersionVector,
 };
+pub use relay::{MemoryRelay, RelayConfig};
 pub use storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
 pub use store::{OpenOptions, Page, Store, StoreBuilder, StoreInfo, WriteBatch, WriteSummary};
-pub use strategy::{Conflict, ConflictStrategy, LastWriterWins, Resolution, Version};
+pub use strategy::{
+    Conflict, ConflictStrategy, LastWriterWins, Merge, Priority, Resolution, UserChoice, Version,
+};
 pub use transport::{
-    OutgoingEnvelope, PullPage, PushRequest, PushResponse, RemoteEnvelope, Transport,
+    OutgoingEnvelope, PullPage, PushRequest, PushResponse, RemoteEnvelope, SpaceRef, Transport,
 };
 
 #[doc(hidden)]

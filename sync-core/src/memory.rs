@@ -97,6 +97,21 @@ impl Storage for MemoryStorage {
         Ok(out)
     }
 
+    async fn scan_all(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<StoredRecord>> {
+        let g = self.lock()?;
+        let mut ids: Vec<&RecordId> = g
+            .records
+            .keys()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .collect();
+        ids.sort_unstable();
+        Ok(ids
+            .into_iter()
+            .take(limit)
+            .filter_map(|id| g.records.get(id).cloned())
+            .collect())
+    }
+
     async fn outbox(&self, after_seq: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
         let g = self.lock()?;
         let out = g

@@ -47,6 +47,10 @@ pub struct StoredRecord {
     pub deleted: bool,
     /// The device sequence of a local write not yet acknowledged by the server, if any.
     pub pending_seq: Option<u64>,
+    /// The sync engine's bookkeeping for this record (server sequences it replaces, a kept
+    /// ancestor, unresolved siblings). Opaque to storage; contains no plaintext (siblings and
+    /// ancestors are sealed envelopes).
+    pub sync: Vec<u8>,
 }
 
 impl fmt::Debug for StoredRecord {
@@ -57,6 +61,7 @@ impl fmt::Debug for StoredRecord {
             .field("envelope_len", &self.envelope.len())
             .field("deleted", &self.deleted)
             .field("pending_seq", &self.pending_seq)
+            .field("sync_len", &self.sync.len())
             .finish()
     }
 }
@@ -169,6 +174,10 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         limit: usize,
         include_deleted: bool,
     ) -> Result<Vec<StoredRecord>>;
+
+    /// Up to `limit` records of every collection with ids strictly after `after`, ordered by id,
+    /// tombstones included: for maintenance walks (re-sync sweeps, tombstone collection).
+    async fn scan_all(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<StoredRecord>>;
 
     /// Up to `limit` pending local writes with sequence numbers above `after_seq`, in order.
     async fn outbox(&self, after_seq: u64, limit: usize) -> Result<Vec<OutboxEntry>>;

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::cipher::{Cipher, KdfCost, Passphrase};
+use crate::engine::row::RowSync;
 use crate::envelope::{MAX_VALUE_LEN, Padding, Payload, RecordKeys};
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyring::Keyring;
@@ -352,9 +353,6 @@ impl Store {
             None if options.create => {
                 let mut space = [0u8; SpaceId::LEN];
                 cipher.fill_random(&mut space)?;
-                let mut device = [0u8; DeviceId::LEN];
-                cipher.fill_random(&mut device)?;
-                let device = DeviceId(device);
                 let (keyring, root) = Keyring::create(
                     cipher.as_ref(),
                     &options.passphrase,
@@ -362,20 +360,7 @@ impl Store {
                     SpaceId(space),
                     storage.name(),
                 )?;
-                let state = DeviceState {
-                    device,
-                    clock: HlcClock::new(device),
-                    seq: 0,
-                };
-                let batch = Batch {
-                    guards: vec![(META_KEYRING.to_owned(), None)],
-                    meta: vec![
-                        (META_KEYRING.to_owned(), Some(keyring.encode()?)),
-                        (META_DEVICE.to_owned(), Some(encode_state(&state)?)),
-                    ],
-                    ..Batch::default()
-                };
-                storage.commit(batch).await?;
+                let state = Self::initialise(storage.as_ref(), cipher.as_ref(), &keyring).await?;
                 (keyring, root, state)
             }
             None => {
@@ -385,6 +370,17 @@ impl Store {
                 ));
             }
         };
+        Self::finish_open(storage, cipher, options, keyring, root, state)
+    }
+
+    fn finish_open(
+        storage: Arc<dyn Storage>,
+        cipher: Arc<dyn Cipher>,
+        options: OpenOptions,
+        keyring: Keyring,
+        root: crate::cipher::SecretKey,
+        state: DeviceState,
+    ) -> Result<Store> {
         let keys = RecordKeys::derive(cipher.as_ref(), keyring.space, keyring.key_id, &root)?;
         drop(root);
         let encoded = encode_state(&state)?;
@@ -400,6 +396,63 @@ impl Store {
                 writer: tokio::sync::Mutex::new(Writer { state, encoded }),
             }),
         })
+    }
+
+    /// Writes a new store's key header and a fresh device identity, atomically, refusing to
+    /// overwrite an existing store.
+    async fn initialise(
+        storage: &dyn Storage,
+        cipher: &dyn Cipher,
+        keyring: &Keyring,
+    ) -> Result<DeviceState> {
+        let mut device = [0u8; DeviceId::LEN];
+        cipher.fill_random(&mut device)?;
+        let device = DeviceId(device);
+        let state = DeviceState {
+            device,
+            clock: HlcClock::new(device),
+            seq: 0,
+        };
+        let batch = Batch {
+            guards: vec![(META_KEYRING.to_owned(), None)],
+            meta: vec![
+                (META_KEYRING.to_owned(), Some(keyring.encode()?)),
+                (META_DEVICE.to_owned(), Some(encode_state(&state)?)),
+            ],
+            ..Batch::default()
+        };
+        storage.commit(batch).await.map_err(|e| match e.kind() {
+            ErrorKind::Conflict => Error::new(ErrorKind::Config, "a store already exists here"),
+            _ => e,
+        })?;
+        Ok(state)
+    }
+
+    /// The key backup of this store's space: its key header (the root key wrapped by the
+    /// passphrase's KEK, which a server cannot open). Upload it so new devices can join.
+    pub fn key_backup(&self) -> Result<Vec<u8>> {
+        self.inner.keyring.encode()
+    }
+
+    /// Creates a store on `storage` (which must be empty) that joins the space of `backup` (a
+    /// [`Store::key_backup`] of another device): same space and root key, a new device id. A
+    /// passphrase that does not open the backup is [`ErrorKind::WrongPassphrase`] and writes
+    /// nothing.
+    pub async fn join(
+        storage: Arc<dyn Storage>,
+        cipher: Arc<dyn Cipher>,
+        options: OpenOptions,
+        backup: &[u8],
+    ) -> Result<Store> {
+        if storage.meta_get(META_KEYRING).await?.is_some() {
+            return Err(Error::new(ErrorKind::Config, "a store already exists here"));
+        }
+        let mut keyring = Keyring::decode(backup)?;
+        let root = keyring.unlock(cipher.as_ref(), &options.passphrase)?;
+        keyring.storage = storage.name().to_owned();
+        keyring.cipher = cipher.name().to_owned();
+        let state = Self::initialise(storage.as_ref(), cipher.as_ref(), &keyring).await?;
+        Self::finish_open(storage, cipher, options, keyring, root, state)
     }
 
     /// The storage under this store.
@@ -519,7 +572,7 @@ impl Store {
         let mut w = inner.writer.lock().await;
         let mut state = w.state.clone();
         let now = (inner.clock)();
-        let mut staged: HashMap<RecordId, (VersionVector, bool)> = HashMap::new();
+        let mut staged: HashMap<RecordId, (VersionVector, bool, RowSync)> = HashMap::new();
         let mut puts = Vec::with_capacity(batch.ops.len());
         let mut summary = WriteSummary::default();
 
@@ -547,21 +600,26 @@ impl Store {
         let ids: Vec<RecordId> = ops.iter().map(|(id, ..)| *id).collect();
         let existing = inner.storage.get_many(&ids).await?;
         for ((id, collection, key, json), row) in ops.into_iter().zip(existing) {
-            let current = match staged.get(&id) {
-                Some((v, deleted)) => Some((v.clone(), *deleted)),
+            let current = match staged.remove(&id) {
+                Some(c) => Some(c),
                 None => match row {
                     Some(row) => {
                         let p = self.open_envelope(&id, &row.envelope)?;
-                        Some((p.version, p.value.is_none()))
+                        let sync = RowSync::decode(&row.sync)?
+                            .after_local_write(&row.envelope, row.pending_seq.is_some());
+                        Some((p.version, p.value.is_none(), sync))
                     }
                     None => None,
                 },
             };
-            if json.is_none() && current.as_ref().is_none_or(|(_, deleted)| *deleted) {
+            if json.is_none() && current.as_ref().is_none_or(|(_, deleted, _)| *deleted) {
                 summary.skipped += 1;
+                if let Some(c) = current {
+                    staged.insert(id, c);
+                }
                 continue;
             }
-            let mut version = current.map(|(v, _)| v).unwrap_or_default();
+            let (mut version, _, sync) = current.unwrap_or_default();
             state.seq += 1;
             version.set(state.device, state.seq);
             let hlc = state.clock.tick(now);
@@ -583,8 +641,9 @@ impl Store {
                 envelope,
                 deleted,
                 pending_seq: (!batch_local).then_some(state.seq),
+                sync: sync.encode(),
             });
-            staged.insert(id, (version, deleted));
+            staged.insert(id, (version, deleted, sync));
             summary.written += 1;
         }
         summary.last_seq = state.seq;
@@ -685,7 +744,80 @@ impl Store {
     }
 }
 
-fn record_from_payload(p: Payload) -> Result<Record> {
+/// Exclusive access to the store's write path, for the sync engine: allocates device sequence
+/// numbers and HLC ticks on a working copy of the device state, and commits a batch together
+/// with that state (guarded like every local write). Dropped without commit, nothing changes.
+pub(crate) struct WriterGuard<'a> {
+    store: &'a Store,
+    guard: tokio::sync::MutexGuard<'a, Writer>,
+    working: DeviceState,
+}
+
+impl WriterGuard<'_> {
+    /// The next device sequence number and HLC tick.
+    pub(crate) fn next_write(&mut self) -> (u64, crate::model::Hlc) {
+        self.working.seq += 1;
+        let now = (self.store.inner.clock)();
+        (self.working.seq, self.working.clock.tick(now))
+    }
+
+    /// Folds a remote timestamp into this device's clock.
+    pub(crate) fn observe(&mut self, hlc: &crate::model::Hlc) {
+        let now = (self.store.inner.clock)();
+        self.working.clock.observe(hlc, now);
+    }
+
+    /// Commits `batch` with the working device state.
+    pub(crate) async fn commit(&mut self, mut batch: Batch) -> Result<()> {
+        let encoded = encode_state(&self.working)?;
+        batch
+            .guards
+            .push((META_DEVICE.to_owned(), Some(self.guard.encoded.clone())));
+        batch
+            .meta
+            .push((META_DEVICE.to_owned(), Some(encoded.clone())));
+        self.store.inner.storage.commit(batch).await?;
+        self.guard.state = self.working.clone();
+        self.guard.encoded = encoded;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Takes the write path exclusively (see [`WriterGuard`]).
+    pub(crate) async fn writer(&self) -> WriterGuard<'_> {
+        let guard = self.inner.writer.lock().await;
+        let working = guard.state.clone();
+        WriterGuard {
+            store: self,
+            guard,
+            working,
+        }
+    }
+
+    /// The record keys of this store.
+    pub(crate) fn keys(&self) -> &RecordKeys {
+        &self.inner.keys
+    }
+
+    /// The padding policy.
+    pub(crate) fn padding(&self) -> Padding {
+        self.inner.padding
+    }
+
+    /// The wall clock, in milliseconds.
+    pub(crate) fn now_millis(&self) -> u64 {
+        (self.inner.clock)()
+    }
+
+    /// The fingerprint of the root key: a keyed hash the server compares without learning the
+    /// key.
+    pub fn key_fingerprint(&self) -> [u8; 32] {
+        self.inner.keyring.fingerprint
+    }
+}
+
+pub(crate) fn record_from_payload(p: Payload) -> Result<Record> {
     let value = match p.value {
         Some(json) => Some(
             serde_json::from_slice(&json)

@@ -106,3 +106,309 @@ impl ConflictStrategy for LastWriterWins {
 }
 
 crate::register_strategy!(LastWriterWins::NAME, || std::sync::Arc::new(LastWriterWins));
+
+/// Priority: the version whose value carries the higher number in `field` wins (a tombstone or
+/// a missing field counts as 0); equal priorities fall back to last-writer-wins. For apps where
+/// some writes (a supervisor's, a server-side job's) must win.
+#[derive(Debug, Clone)]
+pub struct Priority {
+    field: String,
+}
+
+impl Priority {
+    /// Registry name.
+    pub const NAME: &'static str = "priority";
+    /// The default field holding a write's priority.
+    pub const DEFAULT_FIELD: &'static str = "_priority";
+
+    /// A priority strategy reading `field`.
+    pub fn new(field: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+        }
+    }
+
+    fn priority(&self, v: &Version) -> f64 {
+        v.value
+            .as_ref()
+            .and_then(|v| v.get(&self.field))
+            .and_then(serde_json::Value::as_f64)
+            .filter(|p| p.is_finite())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_FIELD)
+    }
+}
+
+impl ConflictStrategy for Priority {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn resolve(&self, c: &Conflict<'_>) -> Result<Resolution> {
+        let (l, r) = (self.priority(c.local), self.priority(c.remote));
+        if l > r {
+            Ok(Resolution::TakeLocal)
+        } else if r > l {
+            Ok(Resolution::TakeRemote)
+        } else {
+            LastWriterWins.resolve(c)
+        }
+    }
+}
+
+/// Three-way JSON merge, field by field, against the common ancestor where known.
+///
+/// - A field changed on one side only takes that side's value; unchanged fields stay.
+/// - Objects merge recursively; fields added on either side are kept.
+/// - Arrays keep every element and the order each side wrote: the elements of the side with the
+///   later HLC, in its order, then the other side's new elements in theirs; elements one side
+///   removed from the ancestor are removed.
+/// - True conflicts (both sides changed a scalar differently, or changed its type) go to the
+///   later HLC, so every device picks the same value.
+/// - An edit wins over a concurrent delete.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Merge;
+
+impl Merge {
+    /// Registry name.
+    pub const NAME: &'static str = "merge";
+}
+
+fn merge_values(
+    ancestor: Option<&serde_json::Value>,
+    newer: &serde_json::Value,
+    older: &serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::Value;
+    if newer == older {
+        return newer.clone();
+    }
+    if let Some(o) = ancestor {
+        if newer == o {
+            return older.clone();
+        }
+        if older == o {
+            return newer.clone();
+        }
+    }
+    match (newer, older) {
+        (Value::Object(n), Value::Object(o2)) => {
+            let anc = ancestor.and_then(Value::as_object);
+            let mut keys: Vec<&String> = n.keys().chain(o2.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                let a = anc.and_then(|m| m.get(k));
+                match (n.get(k), o2.get(k)) {
+                    (Some(x), Some(y)) => {
+                        out.insert(k.clone(), merge_values(a, x, y));
+                    }
+                    (Some(x), None) | (None, Some(x)) => {
+                        // Present on one side only: added there, or removed on the other side.
+                        // A removal of an unchanged field wins; an edit wins over a removal.
+                        if a != Some(x) {
+                            out.insert(k.clone(), x.clone());
+                        }
+                    }
+                    (None, None) => {}
+                }
+            }
+            Value::Object(out)
+        }
+        (Value::Array(n), Value::Array(o2)) => {
+            let anc: &[Value] = ancestor
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice);
+            let removed = |x: &Value| anc.contains(x) && (!n.contains(x) || !o2.contains(x));
+            let mut out: Vec<Value> = Vec::with_capacity(n.len() + o2.len());
+            for x in n {
+                if !removed(x) {
+                    out.push(x.clone());
+                }
+            }
+            // The older side's elements it added (beyond what the newer side already has,
+            // counting duplicates), in its order.
+            let mut budget: Vec<&Value> = n.iter().collect();
+            for y in o2 {
+                if let Some(pos) = budget.iter().position(|b| *b == y) {
+                    budget.remove(pos);
+                } else if !removed(y) {
+                    out.push(y.clone());
+                }
+            }
+            Value::Array(out)
+        }
+        _ => newer.clone(),
+    }
+}
+
+impl ConflictStrategy for Merge {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn resolve(&self, c: &Conflict<'_>) -> Result<Resolution> {
+        let ancestor = c.ancestor.and_then(|a| a.value.as_ref());
+        let local_newer = c.local.hlc > c.remote.hlc;
+        let (newer, older) = if local_newer {
+            (c.local, c.remote)
+        } else {
+            (c.remote, c.local)
+        };
+        Ok(match (&newer.value, &older.value) {
+            (Some(n), Some(o)) => Resolution::Merged(Some(merge_values(ancestor, n, o))),
+            // An edit wins over a concurrent delete.
+            (Some(v), None) | (None, Some(v)) => Resolution::Merged(Some(v.clone())),
+            (None, None) => Resolution::Merged(None),
+        })
+    }
+}
+
+/// User choice: both versions are kept (the remote one as a sibling) and the record reports a
+/// conflict until the application resolves it. The engine applies a fallback strategy after a
+/// deadline (24 h by default).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UserChoice;
+
+impl UserChoice {
+    /// Registry name.
+    pub const NAME: &'static str = "user-choice";
+}
+
+impl ConflictStrategy for UserChoice {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn resolve(&self, _c: &Conflict<'_>) -> Result<Resolution> {
+        Ok(Resolution::DeferToUser)
+    }
+}
+
+crate::register_strategy!(Priority::NAME, || std::sync::Arc::new(Priority::default()));
+crate::register_strategy!(Merge::NAME, || std::sync::Arc::new(Merge));
+crate::register_strategy!(UserChoice::NAME, || std::sync::Arc::new(UserChoice));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DeviceId;
+    use serde_json::json;
+
+    fn v(value: serde_json::Value, millis: u64, dev: u8) -> Version {
+        Version {
+            value: Some(value),
+            version: VersionVector::new(),
+            hlc: Hlc {
+                millis,
+                counter: 0,
+                device: DeviceId([dev; 16]),
+            },
+        }
+    }
+
+    fn merged(r: Resolution) -> serde_json::Value {
+        match r {
+            Resolution::Merged(Some(v)) => v,
+            other => panic!("expected a merged value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn merge_takes_each_sides_field_changes() {
+        let anc = v(
+            json!({"title": "a", "body": "x", "tags": ["t1", "t2"], "n": 1}),
+            1,
+            1,
+        );
+        let local = v(
+            json!({"title": "A", "body": "x", "tags": ["t1", "t2", "t3"], "n": 1}),
+            5,
+            1,
+        );
+        let remote = v(
+            json!({"title": "a", "body": "y", "tags": ["t0", "t1"], "n": 2, "new": true}),
+            6,
+            2,
+        );
+        let c = Conflict {
+            collection: "c",
+            key: "k",
+            local: &local,
+            remote: &remote,
+            ancestor: Some(&anc),
+        };
+        let out = merged(Merge.resolve(&c).expect("merge"));
+        assert_eq!(out["title"], "A");
+        assert_eq!(out["body"], "y");
+        assert_eq!(out["n"], 2);
+        assert_eq!(out["new"], true);
+        // t2 removed by remote; t3 added by local; t0 added by remote; newer side's order first.
+        assert_eq!(out["tags"], json!(["t0", "t1", "t3"]));
+        let swapped = Conflict {
+            local: &remote,
+            remote: &local,
+            ..c
+        };
+        assert_eq!(
+            merged(Merge.resolve(&swapped).expect("merge")),
+            out,
+            "symmetric"
+        );
+    }
+
+    #[test]
+    fn merge_true_conflicts_go_to_the_later_write_and_edits_beat_deletes() {
+        let local = v(json!({"a": 1}), 10, 1);
+        let remote = v(json!({"a": 2}), 9, 2);
+        let c = Conflict {
+            collection: "c",
+            key: "k",
+            local: &local,
+            remote: &remote,
+            ancestor: None,
+        };
+        assert_eq!(merged(Merge.resolve(&c).expect("merge")), json!({"a": 1}));
+        let deleted = Version {
+            value: None,
+            ..remote.clone()
+        };
+        let c = Conflict {
+            remote: &deleted,
+            ..c
+        };
+        assert_eq!(merged(Merge.resolve(&c).expect("merge")), json!({"a": 1}));
+    }
+
+    #[test]
+    fn priority_then_lww() {
+        let hi = v(json!({"_priority": 5, "x": 1}), 1, 1);
+        let lo = v(json!({"x": 2}), 9, 2);
+        let c = Conflict {
+            collection: "c",
+            key: "k",
+            local: &hi,
+            remote: &lo,
+            ancestor: None,
+        };
+        assert_eq!(
+            Priority::default().resolve(&c).ok(),
+            Some(Resolution::TakeLocal)
+        );
+        let c = Conflict {
+            local: &lo,
+            remote: &hi,
+            ..c
+        };
+        assert_eq!(
+            Priority::default().resolve(&c).ok(),
+            Some(Resolution::TakeRemote)
+        );
+    }
+}

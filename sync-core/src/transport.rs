@@ -1,7 +1,9 @@
-//! The `Transport` trait: how a device exchanges sealed envelopes with its sync server.
+//! The `Transport` trait and the protocol types it carries.
 //!
-//! A transport moves only ciphertext and opaque ids. Retries are not its business: a retry layer
-//! wraps any transport and retries the errors that say they are temporary.
+//! A transport moves only ciphertext and opaque ids between a device and its sync server. The
+//! server keeps, per space, an ordered log of envelopes; each gets a server sequence number that
+//! is also the pull cursor. Retries are not a transport's business: [`crate::retry`] wraps any
+//! transport and retries the errors that say they are temporary.
 
 use std::fmt;
 
@@ -10,7 +12,21 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::model::{DeviceId, RecordId, SpaceId};
 
-/// One envelope a device pushes: its blind record id, its device sequence and the sealed bytes.
+/// What a device proves about the space it syncs: the space id and the fingerprint of the root
+/// key it holds. The server records the fingerprint of the first device and refuses any other,
+/// so a device with a wrong key (a wrong passphrase on a new device, a stale key after rotation)
+/// uploads nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct SpaceRef {
+    /// The space.
+    pub space: SpaceId,
+    /// The device speaking.
+    pub device: DeviceId,
+    /// Fingerprint of the root key the device holds.
+    pub fingerprint: [u8; 32],
+}
+
+/// One envelope a device pushes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OutgoingEnvelope {
     /// Blind record id.
@@ -18,6 +34,13 @@ pub struct OutgoingEnvelope {
     /// The pushing device's sequence number for this write. Push is idempotent by
     /// (device, seq): pushing the same pair twice stores it once.
     pub seq: u64,
+    /// Server sequence numbers of envelopes of the same record that this version has seen and
+    /// therefore replaces; the server drops them (compaction). Envelopes not named here (a
+    /// concurrent version this device has not seen) are kept.
+    pub supersedes: Vec<u64>,
+    /// True for a delete. Visible to the server so it can drop tombstones once every device has
+    /// seen them.
+    pub tombstone: bool,
     /// The sealed envelope.
     pub envelope: Vec<u8>,
 }
@@ -27,6 +50,8 @@ impl fmt::Debug for OutgoingEnvelope {
         f.debug_struct("OutgoingEnvelope")
             .field("record", &self.record)
             .field("seq", &self.seq)
+            .field("supersedes", &self.supersedes)
+            .field("tombstone", &self.tombstone)
             .field("len", &self.envelope.len())
             .finish()
     }
@@ -35,22 +60,22 @@ impl fmt::Debug for OutgoingEnvelope {
 /// A push of envelopes from one device of one space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushRequest {
-    /// The sync space.
-    pub space: SpaceId,
-    /// The pushing device.
-    pub device: DeviceId,
-    /// Envelopes in device-sequence order.
+    /// Who is pushing, to which space, holding which key.
+    pub from: SpaceRef,
+    /// Envelopes in increasing device-sequence order.
     pub envelopes: Vec<OutgoingEnvelope>,
 }
 
 /// The server's answer to a push.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct PushResponse {
-    /// The highest device sequence the server now holds for this device (acknowledged writes).
-    pub acked_seq: u64,
+    /// For every pushed envelope, in request order: its device sequence and the server sequence
+    /// it is stored under (also for envelopes the server already had: a retried push learns the
+    /// same numbers).
+    pub assigned: Vec<(u64, u64)>,
 }
 
-/// An envelope as the server serves it on pull.
+/// An envelope as the server serves it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RemoteEnvelope {
     /// The server's sequence number: the pull cursor after this envelope.
@@ -61,6 +86,8 @@ pub struct RemoteEnvelope {
     pub device: DeviceId,
     /// That device's sequence number.
     pub seq: u64,
+    /// True for a delete.
+    pub tombstone: bool,
     /// The sealed envelope.
     pub envelope: Vec<u8>,
 }
@@ -72,6 +99,7 @@ impl fmt::Debug for RemoteEnvelope {
             .field("record", &self.record)
             .field("device", &self.device)
             .field("seq", &self.seq)
+            .field("tombstone", &self.tombstone)
             .field("len", &self.envelope.len())
             .finish()
     }
@@ -82,13 +110,22 @@ impl fmt::Debug for RemoteEnvelope {
 pub struct PullPage {
     /// Envelopes with server sequence above the requested cursor, in order.
     pub envelopes: Vec<RemoteEnvelope>,
-    /// The cursor to ask for next.
+    /// The cursor to ask for next (the last envelope's server sequence, or the request's cursor
+    /// when the page is empty).
     pub next_cursor: u64,
     /// True when more envelopes wait beyond this page.
     pub more: bool,
+    /// Tombstones at or below this server sequence have been collected by the server: a device
+    /// may forget its own (synced) tombstones of records last synced at or below it.
+    pub gc_floor: u64,
 }
 
 /// Moves sealed envelopes between a device and its sync server.
+///
+/// Errors the engine relies on: [`ErrorKind::WrongKey`](crate::ErrorKind::WrongKey) when the
+/// space holds another key's fingerprint; [`ErrorKind::ResyncRequired`](crate::ErrorKind::ResyncRequired)
+/// when the cursor is older than history the server has already dropped (a device silent past
+/// the tombstone horizon); temporary errors for anything a retry may fix.
 #[async_trait]
 pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// The registry name of the implementation.
@@ -97,9 +134,10 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// Pushes envelopes; idempotent by (device, seq).
     async fn push(&self, request: PushRequest) -> Result<PushResponse>;
 
-    /// Pulls envelopes of `space` after `cursor`, at most `limit` of them (and at most the
-    /// server's page size in bytes).
-    async fn pull(&self, space: SpaceId, cursor: u64, limit: usize) -> Result<PullPage>;
+    /// Pulls envelopes of the space after `cursor`, at most `limit` of them (and at most the
+    /// server's page size in bytes). Pulling with `cursor` tells the server this device has
+    /// applied everything up to it.
+    async fn pull(&self, from: SpaceRef, cursor: u64, limit: usize) -> Result<PullPage>;
 
     /// The space's wrapped key backup, which the server cannot open.
     async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>>;

@@ -19,6 +19,11 @@ fn row(c: &CollectionId, n: u32, seq: Option<u64>, deleted: bool) -> StoredRecor
         envelope: format!("envelope-{n}").into_bytes(),
         deleted,
         pending_seq: seq,
+        sync: if n.is_multiple_of(3) {
+            Vec::new()
+        } else {
+            vec![n as u8; 40]
+        },
     }
 }
 
@@ -121,6 +126,24 @@ where
     assert_eq!(
         s.scan(&tasks, None, 1000, false).await.expect("scan").len(),
         5
+    );
+
+    // scan_all walks every collection in id order, tombstones included.
+    let mut everything = Vec::new();
+    let mut after: Option<RecordId> = None;
+    loop {
+        let page = s.scan_all(after.as_ref(), 16).await.expect("scan_all");
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|r| r.id);
+        everything.extend(page.into_iter().map(|r| r.id));
+    }
+    let mut expected_all: Vec<RecordId> = (0..50u32).chain(100..105).map(rid).collect();
+    expected_all.sort();
+    assert_eq!(
+        everything, expected_all,
+        "{name}: scan_all is ordered and complete"
     );
 
     // Outbox: ordered by sequence, resumable, limited.

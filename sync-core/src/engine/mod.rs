@@ -1,0 +1,1159 @@
+//! The sync engine: delta sync of sealed envelopes through any [`Transport`], exact conflict
+//! detection with version vectors, conflict strategies chosen per collection, observable states.
+//!
+//! One [`SyncEngine::sync`] round:
+//!
+//! 1. **Pull** pages after the stored cursor. Each page is applied, and the cursor advanced, in
+//!    one local transaction: a crash at any point neither loses nor double-applies a change.
+//!    Every envelope is opened and checked (authentic, bound to its record, its origin and
+//!    sequence consistent, not older than what this device already saw of its origin); one that
+//!    fails is rejected and reported, never applied, and the rest of the page goes on.
+//! 2. **Resolve**: a remote version that dominates the local one replaces it; one the local
+//!    version dominates is ignored; concurrent versions go to the collection's strategy. An
+//!    automatic resolution gets the pointwise maximum of both version vectors (so devices that
+//!    resolve the same conflict independently produce the same version, and it never conflicts
+//!    again) and is pushed like a local write.
+//! 3. **Push** the outbox in batches. Push is idempotent by (device, sequence); an
+//!    acknowledgement clears a record's pending flag only if no newer local write replaced it.
+//!
+//! A server that collected tombstones this device never saw answers
+//! [`ErrorKind::ResyncRequired`]; the engine then pulls everything from cursor 0 and removes
+//! records the server no longer has (deleted while this device was away), so nothing deleted
+//! comes back.
+
+pub mod row;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Causality, DeviceId, RecordId, VersionVector};
+use crate::registry;
+use crate::storage::{Batch, StoredRecord};
+use crate::store::{Store, WriteBatch, record_from_payload};
+use crate::strategy::{Conflict, ConflictStrategy, Resolution, Version};
+use crate::transport::{OutgoingEnvelope, PullPage, PushRequest, SpaceRef, Transport};
+use crate::{Payload, Record};
+
+pub use row::RowSync;
+
+const META_CURSOR: &str = "hearth.sync.cursor";
+const META_SEEN: &str = "hearth.sync.seen";
+const META_LAST: &str = "hearth.sync.last";
+const META_EPOCH: &str = "hearth.sync.epoch";
+const META_CONFLICTS: &str = "hearth.sync.conflicts";
+const META_GC_FLOOR: &str = "hearth.sync.gc-floor";
+/// Collection of local-only records naming each collection's strategy.
+pub const STRATEGY_COLLECTION: &str = "_hearth.strategy";
+
+/// How the engine syncs.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Envelopes per push.
+    pub push_batch: usize,
+    /// Envelopes asked for per pull page.
+    pub pull_page: usize,
+    /// Strategy for collections without one set (default `lww`).
+    pub default_strategy: String,
+    /// How long a `user-choice` conflict waits for the user (default 24 h).
+    pub user_choice_deadline: Duration,
+    /// The strategy applied when that deadline passes (default `lww`).
+    pub fallback_strategy: String,
+    /// Watchdog: a transport call that makes no progress for this long fails the round with a
+    /// visible error instead of hanging (default 60 s).
+    pub stall_timeout: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            push_batch: 500,
+            pull_page: 500,
+            default_strategy: "lww".into(),
+            user_choice_deadline: Duration::from_secs(24 * 3600),
+            fallback_strategy: "lww".into(),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Progress of a running sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Envelopes pushed so far.
+    pub pushed: u64,
+    /// Envelopes pulled so far.
+    pub pulled: u64,
+    /// Local writes waiting to be pushed when the round started.
+    pub pending: u64,
+}
+
+/// What the engine is doing, for a UI to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncState {
+    /// The network is down (as told by [`SyncEngine::set_online`]).
+    Offline,
+    /// A round is running.
+    Syncing {
+        /// How far it got.
+        progress: Progress,
+    },
+    /// Synced, but conflicts wait for the user.
+    Conflict {
+        /// How many records have unresolved siblings.
+        count: usize,
+    },
+    /// Synced, nothing waiting.
+    UpToDate {
+        /// When the round finished (milliseconds since the epoch).
+        at: u64,
+    },
+    /// The last round failed.
+    Error {
+        /// When a retry is planned (milliseconds since the epoch), if one is.
+        retry_at: Option<u64>,
+        /// What went wrong (no user data).
+        reason: String,
+    },
+}
+
+/// An envelope the engine refused to apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Where it was in the server's log.
+    pub server_seq: u64,
+    /// Why (an [`ErrorKind`] name, or `rollback` / `inconsistent`).
+    pub reason: String,
+}
+
+/// What one round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// Envelopes pushed.
+    pub pushed: u64,
+    /// Envelopes pulled.
+    pub pulled: u64,
+    /// Remote versions applied locally.
+    pub applied: u64,
+    /// Conflicts resolved automatically (including `user-choice` fallbacks after the deadline).
+    pub conflicts_resolved: u64,
+    /// Records waiting for the user.
+    pub conflicts_pending: u64,
+    /// Envelopes refused.
+    pub rejected: Vec<Rejection>,
+    /// True when the server asked for, and the engine did, a full re-sync.
+    pub resynced: bool,
+    /// Records removed by a re-sync because the server no longer has them (deleted elsewhere
+    /// while this device was away), including local edits to them.
+    pub discarded: u64,
+    /// Local tombstones forgotten after the server collected them.
+    pub tombstones_collected: u64,
+    /// Wall time of the round.
+    pub duration_ms: u64,
+}
+
+/// The persisted outcome of the last round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSync {
+    /// When it ended (milliseconds since the epoch).
+    pub at: u64,
+    /// What it did (partial if it failed).
+    pub report: SyncReport,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// A record with unresolved siblings.
+#[derive(Clone, Debug)]
+pub struct ConflictInfo {
+    /// The local version.
+    pub local: Record,
+    /// The concurrent remote versions.
+    pub siblings: Vec<Record>,
+    /// When the conflict arose (milliseconds since the epoch).
+    pub since: u64,
+}
+
+/// How the application resolves a `user-choice` conflict.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Choice {
+    /// Keep the local value.
+    Local,
+    /// Take the sibling at this index of [`ConflictInfo::siblings`].
+    Remote(usize),
+    /// A new value (`None` deletes).
+    Value(Option<serde_json::Value>),
+}
+
+/// Syncs one store through one transport. Cheap to share behind an `Arc`; one round at a time.
+pub struct SyncEngine {
+    store: Store,
+    transport: Arc<dyn Transport>,
+    config: SyncConfig,
+    state: watch::Sender<SyncState>,
+    online: AtomicBool,
+    round: tokio::sync::Mutex<()>,
+    strategies: std::sync::Mutex<HashMap<String, Arc<dyn ConflictStrategy>>>,
+}
+
+impl std::fmt::Debug for SyncEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncEngine")
+            .field("store", &self.store)
+            .field("transport", &self.transport.name())
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+fn page_err(what: &'static str) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("no progress: {what} did not complete within the stall timeout"),
+    )
+    .temporary()
+}
+
+fn decode_or_default<T: for<'de> Deserialize<'de> + Default>(bytes: Option<Vec<u8>>) -> Result<T> {
+    match bytes {
+        Some(b) => Ok(postcard::from_bytes(&b)?),
+        None => Ok(T::default()),
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(|e| Error::internal("sync metadata encoding").with_source(e))
+}
+
+/// Deterministic order of two versions with equal vectors but different contents: the later
+/// HLC, then the larger value bytes. Returns true when `a` wins.
+fn equal_version_tiebreak(a: &Payload, b: &Payload) -> bool {
+    (a.hlc, &a.value) > (b.hlc, &b.value)
+}
+
+struct PageCtx {
+    rows: HashMap<RecordId, StoredRecord>,
+    conflicts: Vec<RecordId>,
+    epoch: u32,
+}
+
+impl SyncEngine {
+    /// An engine for `store` over `transport`.
+    pub fn new(store: Store, transport: Arc<dyn Transport>, config: SyncConfig) -> Self {
+        let (state, _) = watch::channel(SyncState::UpToDate { at: 0 });
+        Self {
+            store,
+            transport,
+            config,
+            state,
+            online: AtomicBool::new(true),
+            round: tokio::sync::Mutex::new(()),
+            strategies: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The store this engine syncs.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Watches the engine's state.
+    pub fn subscribe(&self) -> watch::Receiver<SyncState> {
+        self.state.subscribe()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> SyncState {
+        self.state.borrow().clone()
+    }
+
+    /// Network up or down, as the platform reports it. While down, [`SyncEngine::sync`] fails
+    /// fast with a temporary [`ErrorKind::Unavailable`] and the state is [`SyncState::Offline`].
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::SeqCst);
+        if !online {
+            self.state.send_replace(SyncState::Offline);
+        }
+    }
+
+    fn from(&self) -> SpaceRef {
+        SpaceRef {
+            space: self.store.space(),
+            device: self.store.device(),
+            fingerprint: self.store.key_fingerprint(),
+        }
+    }
+
+    /// Chooses the conflict strategy of `collection` by registry name. Stored on this device
+    /// only (encrypted, never synced). An unknown name is an error listing the known ones.
+    pub async fn set_strategy(&self, collection: &str, name: &str) -> Result<()> {
+        registry::strategy(name)?;
+        let mut b = WriteBatch::new().local_only();
+        b.put(STRATEGY_COLLECTION, collection, &name)?;
+        self.store.write(b).await?;
+        if let Ok(mut cache) = self.strategies.lock() {
+            cache.remove(collection);
+        }
+        Ok(())
+    }
+
+    /// The strategy that resolves conflicts in `collection`.
+    pub async fn strategy_for(&self, collection: &str) -> Result<Arc<dyn ConflictStrategy>> {
+        if let Some(s) = self
+            .strategies
+            .lock()
+            .ok()
+            .and_then(|c| c.get(collection).cloned())
+        {
+            return Ok(s);
+        }
+        let name = match self.store.get(STRATEGY_COLLECTION, collection).await? {
+            Some(serde_json::Value::String(n)) => n,
+            _ => self.config.default_strategy.clone(),
+        };
+        let strategy = (registry::strategy(&name)?.make)();
+        if let Ok(mut cache) = self.strategies.lock() {
+            cache.insert(collection.to_owned(), strategy.clone());
+        }
+        Ok(strategy)
+    }
+
+    /// The outcome of the last round, if any.
+    pub async fn last_sync(&self) -> Result<Option<LastSync>> {
+        match self.store.storage().meta_get(META_LAST).await? {
+            Some(b) => Ok(Some(postcard::from_bytes(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs one sync round: pull and apply, resolve, push. Reports what it did; a failure
+    /// leaves everything applied so far committed and is reported in the state.
+    pub async fn sync(&self) -> Result<SyncReport> {
+        let _round = self.round.lock().await;
+        if !self.online.load(Ordering::SeqCst) {
+            self.state.send_replace(SyncState::Offline);
+            return Err(Error::new(ErrorKind::Unavailable, "offline").temporary());
+        }
+        let started = Instant::now();
+        let pending = self.store.storage().outbox_len().await?;
+        let mut report = SyncReport::default();
+        self.state.send_replace(SyncState::Syncing {
+            progress: Progress {
+                pending,
+                ..Progress::default()
+            },
+        });
+        let result = self.round(&mut report, pending).await;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        let now = self.store.now_millis();
+        let last = LastSync {
+            at: now,
+            report: report.clone(),
+            error: result.as_ref().err().map(ToString::to_string),
+        };
+        let persisted = self
+            .store
+            .storage()
+            .commit(Batch {
+                meta: vec![(META_LAST.to_owned(), Some(encode(&last)?))],
+                ..Batch::default()
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                persisted?;
+                let conflicts = self.conflict_ids().await?.len();
+                report.conflicts_pending = conflicts as u64;
+                self.state.send_replace(if conflicts > 0 {
+                    SyncState::Conflict { count: conflicts }
+                } else {
+                    SyncState::UpToDate { at: now }
+                });
+                Ok(report)
+            }
+            Err(e) => {
+                self.state.send_replace(SyncState::Error {
+                    retry_at: None,
+                    reason: e.to_string(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks the state as failed with a planned retry (used by schedulers such as
+    /// [`crate::retry`]'s callers); purely informational.
+    pub fn report_retry(&self, retry_at: u64, reason: impl Into<String>) {
+        self.state.send_replace(SyncState::Error {
+            retry_at: Some(retry_at),
+            reason: reason.into(),
+        });
+    }
+
+    fn progress(&self, report: &SyncReport, pending: u64) {
+        self.state.send_replace(SyncState::Syncing {
+            progress: Progress {
+                pushed: report.pushed,
+                pulled: report.pulled,
+                pending,
+            },
+        });
+    }
+
+    async fn round(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
+        match self.pull_all(report, pending).await {
+            Err(e) if e.kind() == ErrorKind::ResyncRequired => {
+                self.resync(report, pending).await?;
+            }
+            other => other?,
+        }
+        self.expire_conflicts(report).await?;
+        self.push_all(report, pending).await
+    }
+
+    async fn meta_u64(&self, key: &str) -> Result<u64> {
+        decode_or_default(self.store.storage().meta_get(key).await?)
+    }
+
+    async fn pull_all(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
+        let from = self.from();
+        let mut cursor = self.meta_u64(META_CURSOR).await?;
+        loop {
+            let page = tokio::time::timeout(
+                self.config.stall_timeout,
+                self.transport.pull(from, cursor, self.config.pull_page),
+            )
+            .await
+            .map_err(|_| page_err("a pull"))??;
+            let more = page.more;
+            let floor = page.gc_floor;
+            if !page.envelopes.is_empty() {
+                cursor = page.next_cursor;
+                self.apply_page(page, report, None).await?;
+                self.progress(report, pending);
+            }
+            if !more {
+                self.collect_tombstones(floor, report).await?;
+                return Ok(());
+            }
+        }
+    }
+
+    async fn conflict_ids(&self) -> Result<Vec<RecordId>> {
+        decode_or_default(self.store.storage().meta_get(META_CONFLICTS).await?)
+    }
+
+    fn open_version(&self, id: &RecordId, envelope: &[u8]) -> Result<(Payload, Version)> {
+        let p = self.store.open_envelope(id, envelope)?;
+        let value = match &p.value {
+            Some(json) => Some(
+                serde_json::from_slice(json)
+                    .map_err(|e| Error::corrupt("record value is not valid JSON").with_source(e))?,
+            ),
+            None => None,
+        };
+        let v = Version {
+            value,
+            version: p.version.clone(),
+            hlc: p.hlc,
+        };
+        Ok((p, v))
+    }
+
+    /// Applies one pulled page and advances the cursor, in one transaction. `resync_epoch` is
+    /// set during a full re-sync.
+    async fn apply_page(
+        &self,
+        page: PullPage,
+        report: &mut SyncReport,
+        resync_epoch: Option<u32>,
+    ) -> Result<()> {
+        let mut w = self.store.writer().await;
+        let ids: Vec<RecordId> = page.envelopes.iter().map(|e| e.record).collect();
+        let existing = self.store.storage().get_many(&ids).await?;
+        let mut ctx = PageCtx {
+            rows: ids
+                .iter()
+                .zip(existing)
+                .filter_map(|(id, r)| r.map(|r| (*id, r)))
+                .collect(),
+            conflicts: self.conflict_ids().await?,
+            epoch: match resync_epoch {
+                Some(e) => e,
+                None => self.meta_u64(META_EPOCH).await? as u32,
+            },
+        };
+        let mut seen: BTreeMap<DeviceId, u64> =
+            decode_or_default(self.store.storage().meta_get(META_SEEN).await?)?;
+        let mut touched: Vec<RecordId> = Vec::new();
+        let now = self.store.now_millis();
+        report.pulled += page.envelopes.len() as u64;
+
+        for e in &page.envelopes {
+            let reject = |report: &mut SyncReport, reason: &str| {
+                report.rejected.push(Rejection {
+                    server_seq: e.server_seq,
+                    reason: reason.to_owned(),
+                });
+            };
+            let (payload, remote) = match self.open_version(&e.record, &e.envelope) {
+                Ok(x) => x,
+                Err(err) => {
+                    tracing::warn!(server_seq = e.server_seq, kind = %err.kind(), "rejected a remote envelope");
+                    reject(report, err.kind().as_str());
+                    continue;
+                }
+            };
+            if payload.origin != e.device || payload.version.get(&payload.origin) > payload.seq {
+                reject(report, "inconsistent");
+                continue;
+            }
+            let last_seen = seen.get(&payload.origin).copied().unwrap_or(0);
+            if payload.seq <= last_seen && resync_epoch.is_none() {
+                // The server served a write of this origin older than one already seen: a
+                // replay or a rollback. Never applied.
+                reject(report, "rollback");
+                continue;
+            }
+            seen.insert(payload.origin, payload.seq.max(last_seen));
+            w.observe(&payload.hlc);
+
+            let Some(local_row) = ctx.rows.get(&e.record).cloned() else {
+                ctx.rows.insert(
+                    e.record,
+                    StoredRecord {
+                        id: e.record,
+                        collection: self.store.collection_id(&payload.collection)?,
+                        envelope: e.envelope.clone(),
+                        deleted: payload.value.is_none(),
+                        pending_seq: None,
+                        sync: RowSync {
+                            base: vec![e.server_seq],
+                            synced: true,
+                            epoch: ctx.epoch,
+                            ..RowSync::default()
+                        }
+                        .encode(),
+                    },
+                );
+                touched.push(e.record);
+                report.applied += 1;
+                continue;
+            };
+            let mut sync = RowSync::decode(&local_row.sync)?;
+            sync.epoch = ctx.epoch;
+            sync.synced = true;
+            let (local_payload, local) = self.open_version(&e.record, &local_row.envelope)?;
+            let remote_wins = match remote.version.compare(&local.version) {
+                Causality::After => true,
+                Causality::Equal => {
+                    local_payload.value != payload.value
+                        && equal_version_tiebreak(&payload, &local_payload)
+                }
+                Causality::Before => false,
+                Causality::Concurrent => {
+                    self.resolve_concurrent(
+                        &mut w,
+                        &mut ctx,
+                        local_row,
+                        sync,
+                        (&local_payload, &local),
+                        (&remote, &e.envelope),
+                        e.server_seq,
+                        now,
+                        report,
+                    )
+                    .await?;
+                    touched.push(e.record);
+                    continue;
+                }
+            };
+            let row = if remote_wins {
+                // Siblings the remote has seen are resolved by it.
+                let siblings: Vec<Vec<u8>> = sync
+                    .siblings
+                    .iter()
+                    .filter(|s| {
+                        self.open_version(&e.record, s)
+                            .map(|(_, v)| !remote.version.dominates(&v.version))
+                            .unwrap_or(false)
+                    })
+                    .cloned()
+                    .collect();
+                let conflict_since = if siblings.is_empty() {
+                    None
+                } else {
+                    sync.conflict_since
+                };
+                if siblings.is_empty() {
+                    ctx.conflicts.retain(|c| *c != e.record);
+                }
+                report.applied += 1;
+                StoredRecord {
+                    envelope: e.envelope.clone(),
+                    deleted: payload.value.is_none(),
+                    pending_seq: None,
+                    sync: RowSync {
+                        base: vec![e.server_seq],
+                        synced: true,
+                        epoch: ctx.epoch,
+                        ancestor: None,
+                        siblings,
+                        conflict_since,
+                    }
+                    .encode(),
+                    ..local_row
+                }
+            } else {
+                sync.add_base(e.server_seq);
+                StoredRecord {
+                    sync: sync.encode(),
+                    ..local_row
+                }
+            };
+            ctx.rows.insert(e.record, row);
+            touched.push(e.record);
+        }
+
+        touched.sort_unstable();
+        touched.dedup();
+        let puts = touched
+            .iter()
+            .filter_map(|id| ctx.rows.remove(id))
+            .collect();
+        w.commit(Batch {
+            puts,
+            meta: vec![
+                (META_CURSOR.to_owned(), Some(encode(&page.next_cursor)?)),
+                (META_SEEN.to_owned(), Some(encode(&seen)?)),
+                (META_CONFLICTS.to_owned(), Some(encode(&ctx.conflicts)?)),
+            ],
+            ..Batch::default()
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn resolve_concurrent(
+        &self,
+        w: &mut crate::store::WriterGuard<'_>,
+        ctx: &mut PageCtx,
+        local_row: StoredRecord,
+        mut sync: RowSync,
+        (local_payload, local): (&Payload, &Version),
+        (remote, remote_envelope): (&Version, &[u8]),
+        server_seq: u64,
+        now: u64,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let id = local_row.id;
+        let strategy = self.strategy_for(&local_payload.collection).await?;
+        let ancestor = match &sync.ancestor {
+            Some(env) => self
+                .open_version(&id, env)
+                .ok()
+                .map(|(_, v)| v)
+                .filter(|a| {
+                    local.version.dominates(&a.version) && remote.version.dominates(&a.version)
+                }),
+            None => None,
+        };
+        let conflict = Conflict {
+            collection: &local_payload.collection,
+            key: &local_payload.key,
+            local,
+            remote,
+            ancestor: ancestor.as_ref(),
+        };
+        let resolution = strategy.resolve(&conflict)?;
+        sync.add_base(server_seq);
+        let value = match resolution {
+            Resolution::DeferToUser => {
+                // Keep the remote version, sealed as it came, unless an equal one is kept.
+                let known = sync.siblings.iter().any(|s| {
+                    self.open_version(&id, s)
+                        .map(|(_, v)| v.version == remote.version)
+                        .unwrap_or(false)
+                });
+                if !known {
+                    sync.siblings.push(remote_envelope.to_vec());
+                }
+                sync.conflict_since.get_or_insert(now);
+                if !ctx.conflicts.contains(&id) {
+                    ctx.conflicts.push(id);
+                }
+                ctx.rows.insert(
+                    id,
+                    StoredRecord {
+                        sync: sync.encode(),
+                        ..local_row
+                    },
+                );
+                return Ok(());
+            }
+            Resolution::TakeLocal => local.value.clone(),
+            Resolution::TakeRemote => remote.value.clone(),
+            Resolution::Merged(v) => v,
+        };
+        let mut version = local.version.clone();
+        version.merge(&remote.version);
+        let hlc = local.hlc.max(remote.hlc);
+        let row = self.resolved_row(
+            w,
+            &local_row,
+            sync,
+            local_payload,
+            value,
+            version,
+            hlc,
+            false,
+        )?;
+        ctx.rows.insert(id, row);
+        report.conflicts_resolved += 1;
+        Ok(())
+    }
+
+    /// A new pending version of `local_row` with `value`, `version` and `hlc`.
+    #[allow(clippy::too_many_arguments)]
+    fn resolved_row(
+        &self,
+        w: &mut crate::store::WriterGuard<'_>,
+        local_row: &StoredRecord,
+        mut sync: RowSync,
+        local_payload: &Payload,
+        value: Option<serde_json::Value>,
+        mut version: VersionVector,
+        hlc: crate::model::Hlc,
+        own_dot: bool,
+    ) -> Result<StoredRecord> {
+        let (seq, tick) = w.next_write();
+        // An automatic resolution must be the same version on every device that makes it: no
+        // dot of its own, and the later of the two HLCs. A user's decision is a new write.
+        let hlc = if own_dot {
+            version.set(self.store.device(), seq);
+            tick
+        } else {
+            hlc
+        };
+        let json = match &value {
+            Some(v) => Some(
+                serde_json::to_vec(v)
+                    .map_err(|e| Error::internal("resolution encoding").with_source(e))?,
+            ),
+            None => None,
+        };
+        let payload = Payload {
+            collection: local_payload.collection.clone(),
+            key: local_payload.key.clone(),
+            value: json,
+            version,
+            hlc,
+            origin: self.store.device(),
+            seq,
+        };
+        let envelope = self.store.keys().seal(
+            self.store.cipher().as_ref(),
+            &local_row.id,
+            &payload,
+            self.store.padding(),
+        )?;
+        sync.ancestor = None;
+        Ok(StoredRecord {
+            id: local_row.id,
+            collection: local_row.collection,
+            envelope,
+            deleted: value.is_none(),
+            pending_seq: Some(seq),
+            sync: sync.encode(),
+        })
+    }
+
+    async fn push_all(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
+        let from = self.from();
+        let mut after = 0;
+        loop {
+            let entries = self
+                .store
+                .storage()
+                .outbox(after, self.config.push_batch)
+                .await?;
+            let Some(last) = entries.last() else {
+                return Ok(());
+            };
+            after = last.seq;
+            let mut envelopes = Vec::with_capacity(entries.len());
+            for e in &entries {
+                let sync = RowSync::decode(&e.record.sync)?;
+                envelopes.push(OutgoingEnvelope {
+                    record: e.record.id,
+                    seq: e.seq,
+                    supersedes: sync.base.clone(),
+                    tombstone: e.record.deleted,
+                    envelope: e.record.envelope.clone(),
+                });
+            }
+            let response = tokio::time::timeout(
+                self.config.stall_timeout,
+                self.transport.push(PushRequest { from, envelopes }),
+            )
+            .await
+            .map_err(|_| page_err("a push"))??;
+            if response.assigned.len() != entries.len() {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "the server acknowledged a different number of envelopes than were pushed",
+                ));
+            }
+            self.acknowledge(&entries, &response.assigned).await?;
+            report.pushed += entries.len() as u64;
+            self.progress(report, pending);
+        }
+    }
+
+    async fn acknowledge(
+        &self,
+        entries: &[crate::storage::OutboxEntry],
+        assigned: &[(u64, u64)],
+    ) -> Result<()> {
+        let mut w = self.store.writer().await;
+        let ids: Vec<RecordId> = entries.iter().map(|e| e.record.id).collect();
+        let rows = self.store.storage().get_many(&ids).await?;
+        let mut puts = Vec::with_capacity(rows.len());
+        for ((entry, (seq, server_seq)), row) in entries.iter().zip(assigned).zip(rows) {
+            if *seq != entry.seq {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "the server acknowledged sequences out of order",
+                ));
+            }
+            let Some(row) = row else { continue };
+            let mut sync = RowSync::decode(&row.sync)?;
+            sync.synced = true;
+            if row.pending_seq == Some(*seq) {
+                sync.base = if *server_seq == 0 {
+                    Vec::new()
+                } else {
+                    vec![*server_seq]
+                };
+                sync.ancestor = None;
+                puts.push(StoredRecord {
+                    pending_seq: None,
+                    sync: sync.encode(),
+                    ..row
+                });
+            } else {
+                // Rewritten since: the newer local version replaces the pushed one too.
+                sync.add_base(*server_seq);
+                puts.push(StoredRecord {
+                    sync: sync.encode(),
+                    ..row
+                });
+            }
+        }
+        w.commit(Batch {
+            puts,
+            ..Batch::default()
+        })
+        .await
+    }
+
+    /// Full re-sync after the server collected history this device missed.
+    async fn resync(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
+        report.resynced = true;
+        let epoch = self.meta_u64(META_EPOCH).await? as u32 + 1;
+        self.store
+            .storage()
+            .commit(Batch {
+                meta: vec![
+                    (META_EPOCH.to_owned(), Some(encode(&u64::from(epoch))?)),
+                    (META_CURSOR.to_owned(), Some(encode(&0u64)?)),
+                    (META_SEEN.to_owned(), None),
+                ],
+                ..Batch::default()
+            })
+            .await?;
+        let from = self.from();
+        let mut cursor = 0;
+        let mut floor = 0;
+        loop {
+            let page = tokio::time::timeout(
+                self.config.stall_timeout,
+                self.transport.pull(from, cursor, self.config.pull_page),
+            )
+            .await
+            .map_err(|_| page_err("a pull"))??;
+            floor = floor.max(page.gc_floor);
+            let more = page.more;
+            if !page.envelopes.is_empty() {
+                cursor = page.next_cursor;
+                self.apply_page(page, report, Some(epoch)).await?;
+                self.progress(report, pending);
+            }
+            if !more {
+                break;
+            }
+        }
+        // Sweep: a record the server confirmed before but not in this epoch was deleted while
+        // this device was away. Remove it, local edits included: nothing deleted comes back.
+        let mut after: Option<RecordId> = None;
+        loop {
+            let rows = self.store.storage().scan_all(after.as_ref(), 512).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.id);
+            let mut removes = Vec::new();
+            for r in &rows {
+                let sync = RowSync::decode(&r.sync)?;
+                if sync.synced && sync.epoch != epoch {
+                    removes.push(r.id);
+                }
+            }
+            if !removes.is_empty() {
+                report.discarded += removes.len() as u64;
+                let mut w = self.store.writer().await;
+                w.commit(Batch {
+                    removes,
+                    ..Batch::default()
+                })
+                .await?;
+            }
+        }
+        self.collect_tombstones(floor, report).await
+    }
+
+    /// Forgets local tombstones the server has collected (synced, not pending, last synced at
+    /// or below the server's floor), so local metadata does not grow without bound.
+    async fn collect_tombstones(&self, floor: u64, report: &mut SyncReport) -> Result<()> {
+        let done = self.meta_u64(META_GC_FLOOR).await?;
+        if floor <= done {
+            return Ok(());
+        }
+        let mut after: Option<RecordId> = None;
+        loop {
+            let rows = self.store.storage().scan_all(after.as_ref(), 512).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.id);
+            let mut removes = Vec::new();
+            for r in rows.iter().filter(|r| r.deleted && r.pending_seq.is_none()) {
+                let sync = RowSync::decode(&r.sync)?;
+                if sync.synced
+                    && sync.siblings.is_empty()
+                    && sync.base.iter().max().is_some_and(|m| *m <= floor)
+                {
+                    removes.push(r.id);
+                }
+            }
+            if !removes.is_empty() {
+                report.tombstones_collected += removes.len() as u64;
+                let mut w = self.store.writer().await;
+                w.commit(Batch {
+                    removes,
+                    ..Batch::default()
+                })
+                .await?;
+            }
+        }
+        let mut w = self.store.writer().await;
+        w.commit(Batch {
+            meta: vec![(META_GC_FLOOR.to_owned(), Some(encode(&floor)?))],
+            ..Batch::default()
+        })
+        .await
+    }
+
+    /// Records with unresolved siblings.
+    pub async fn conflicts(&self) -> Result<Vec<ConflictInfo>> {
+        let ids = self.conflict_ids().await?;
+        let rows = self.store.storage().get_many(&ids).await?;
+        let mut out = Vec::new();
+        for row in rows.into_iter().flatten() {
+            let sync = RowSync::decode(&row.sync)?;
+            if sync.siblings.is_empty() {
+                continue;
+            }
+            let local = self.store.open_row(&row)?;
+            let siblings = sync
+                .siblings
+                .iter()
+                .map(|s| record_from_payload(self.store.open_envelope(&row.id, s)?))
+                .collect::<Result<Vec<_>>>()?;
+            out.push(ConflictInfo {
+                local,
+                siblings,
+                since: sync.conflict_since.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Resolves a `user-choice` conflict: the chosen value becomes a new local version that has
+    /// seen every sibling, so it replaces them everywhere.
+    pub async fn resolve(&self, collection: &str, key: &str, choice: Choice) -> Result<()> {
+        let id = self.store.record_id(collection, key)?;
+        let mut w = self.store.writer().await;
+        let row = self
+            .store
+            .storage()
+            .get(&id)
+            .await?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such record"))?;
+        let mut sync = RowSync::decode(&row.sync)?;
+        if sync.siblings.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "this record has no conflict to resolve",
+            ));
+        }
+        let (local_payload, local) = self.open_version(&id, &row.envelope)?;
+        let siblings: Vec<Version> = sync
+            .siblings
+            .iter()
+            .map(|s| self.open_version(&id, s).map(|(_, v)| v))
+            .collect::<Result<_>>()?;
+        let value = match choice {
+            Choice::Local => local.value.clone(),
+            Choice::Remote(i) => siblings
+                .get(i)
+                .ok_or_else(|| Error::invalid("no sibling at that index"))?
+                .value
+                .clone(),
+            Choice::Value(v) => v,
+        };
+        let mut version = local.version.clone();
+        let mut hlc = local.hlc;
+        for s in &siblings {
+            version.merge(&s.version);
+            hlc = hlc.max(s.hlc);
+        }
+        sync.siblings.clear();
+        sync.conflict_since = None;
+        let new_row = self.resolved_row(
+            &mut w,
+            &row,
+            sync,
+            &local_payload,
+            value,
+            version,
+            hlc,
+            true,
+        )?;
+        let mut conflicts = self.conflict_ids().await?;
+        conflicts.retain(|c| *c != id);
+        w.commit(Batch {
+            puts: vec![new_row],
+            meta: vec![(META_CONFLICTS.to_owned(), Some(encode(&conflicts)?))],
+            ..Batch::default()
+        })
+        .await
+    }
+
+    /// Applies the fallback strategy to `user-choice` conflicts older than the deadline.
+    async fn expire_conflicts(&self, report: &mut SyncReport) -> Result<()> {
+        let ids = self.conflict_ids().await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = self.store.now_millis();
+        let deadline = self.config.user_choice_deadline.as_millis() as u64;
+        let fallback = (registry::strategy(&self.config.fallback_strategy)?.make)();
+        let mut w = self.store.writer().await;
+        let rows = self.store.storage().get_many(&ids).await?;
+        let mut remaining = Vec::new();
+        let mut puts = Vec::new();
+        for (id, row) in ids.iter().zip(rows) {
+            let Some(row) = row else { continue };
+            let mut sync = RowSync::decode(&row.sync)?;
+            if sync.siblings.is_empty() {
+                continue;
+            }
+            if sync
+                .conflict_since
+                .is_none_or(|t| now.saturating_sub(t) < deadline)
+            {
+                remaining.push(*id);
+                continue;
+            }
+            let (local_payload, mut current) = self.open_version(id, &row.envelope)?;
+            for s in std::mem::take(&mut sync.siblings) {
+                let (_, sib) = self.open_version(id, &s)?;
+                let c = Conflict {
+                    collection: &local_payload.collection,
+                    key: &local_payload.key,
+                    local: &current,
+                    remote: &sib,
+                    ancestor: None,
+                };
+                let value = match fallback.resolve(&c)? {
+                    Resolution::TakeRemote => sib.value.clone(),
+                    Resolution::Merged(v) => v,
+                    _ => current.value.clone(),
+                };
+                let mut version = current.version.clone();
+                version.merge(&sib.version);
+                current = Version {
+                    value,
+                    version,
+                    hlc: current.hlc.max(sib.hlc),
+                };
+            }
+            sync.conflict_since = None;
+            let row = self.resolved_row(
+                &mut w,
+                &row,
+                sync,
+                &local_payload,
+                current.value,
+                current.version,
+                current.hlc,
+                false,
+            )?;
+            puts.push(row);
+            report.conflicts_resolved += 1;
+        }
+        w.commit(Batch {
+            puts,
+            meta: vec![(META_CONFLICTS.to_owned(), Some(encode(&remaining)?))],
+            ..Batch::default()
+        })
+        .await
+    }
+
+    /// Size of the sync metadata this store keeps: bytes of per-record bookkeeping and the
+    /// number of version-vector entries, over every record (for reports and tests).
+    pub async fn metadata_size(&self) -> Result<MetadataSize> {
+        let mut size = MetadataSize::default();
+        let mut after: Option<RecordId> = None;
+        loop {
+            let rows = self.store.storage().scan_all(after.as_ref(), 512).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.id);
+            for r in &rows {
+                size.records += 1;
+                if r.deleted {
+                    size.tombstones += 1;
+                }
+                size.sync_bytes += r.sync.len() as u64;
+                let p = self.store.open_envelope(&r.id, &r.envelope)?;
+                size.version_entries += p.version.len() as u64;
+            }
+        }
+        Ok(size)
+    }
+}
+
+/// How much sync metadata a store holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataSize {
+    /// Rows, tombstones included.
+    pub records: u64,
+    /// Tombstone rows.
+    pub tombstones: u64,
+    /// Bytes of per-record sync bookkeeping.
+    pub sync_bytes: u64,
+    /// Version-vector entries over all records.
+    pub version_entries: u64,
+}

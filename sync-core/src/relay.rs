@@ -1,0 +1,320 @@
+//! `MemoryRelay`: the reference implementation of the sync server's semantics, in memory.
+//!
+//! The mock transport serves from it and the real server (issue 5) must behave the same:
+//!
+//! - Per space, an ordered log of envelopes; each gets the next server sequence number, which
+//!   is the pull cursor.
+//! - The first device to push records the space's key fingerprint; any request carrying another
+//!   fingerprint is refused with [`ErrorKind::WrongKey`] before anything is stored.
+//! - Push is idempotent by (device, seq): an envelope whose sequence is not above the highest
+//!   the device already pushed is not stored again; the answer names the server sequence it is
+//!   stored under (0 if a newer version has since replaced it).
+//! - Compaction: an envelope names the server sequences of the same record it replaces
+//!   (`supersedes`); those are dropped, so a returning device downloads current state, not
+//!   history. Concurrent versions (not named) are kept.
+//! - Tombstones are kept until every active device has pulled past them (the cursor a device
+//!   pulls with says what it has applied), where a device silent longer than the horizon
+//!   (default 90 days) no longer counts. A device whose cursor is older than a dropped
+//!   tombstone gets [`ErrorKind::ResyncRequired`] and must re-sync from cursor 0.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{DeviceId, RecordId, SpaceId};
+use crate::store::{WallClock, system_millis};
+use crate::transport::{PullPage, PushRequest, PushResponse, RemoteEnvelope, SpaceRef};
+
+/// Limits and timing of a relay.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayConfig {
+    /// Most envelopes in one pull page.
+    pub page_limit: usize,
+    /// Most envelope bytes in one pull page (a page always holds at least one envelope).
+    pub page_bytes: usize,
+    /// Most envelopes in one push.
+    pub push_limit: usize,
+    /// Largest envelope accepted.
+    pub max_envelope: usize,
+    /// A device silent longer than this no longer holds back tombstone collection.
+    pub horizon_millis: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            page_limit: 1000,
+            page_bytes: 4 * 1024 * 1024,
+            push_limit: 1000,
+            max_envelope: 17 * 1024 * 1024,
+            horizon_millis: 90 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    record: RecordId,
+    device: DeviceId,
+    seq: u64,
+    tombstone: bool,
+    envelope: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Space {
+    fingerprint: Option<[u8; 32]>,
+    next_seq: u64,
+    log: BTreeMap<u64, Entry>,
+    tombstones: BTreeSet<u64>,
+    stored: HashMap<(DeviceId, u64), u64>,
+    max_pushed: HashMap<DeviceId, u64>,
+    cursors: HashMap<DeviceId, (u64, u64)>,
+    floor: u64,
+    key_backup: Option<Vec<u8>>,
+}
+
+/// Counters a test or benchmark can read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Envelopes currently stored, all spaces.
+    pub envelopes: usize,
+    /// Envelope bytes currently stored.
+    pub bytes: usize,
+    /// Tombstones currently stored.
+    pub tombstones: usize,
+}
+
+/// The in-memory relay.
+#[derive(Clone)]
+pub struct MemoryRelay {
+    spaces: Arc<Mutex<HashMap<SpaceId, Space>>>,
+    config: RelayConfig,
+    clock: WallClock,
+}
+
+impl std::fmt::Debug for MemoryRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRelay")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryRelay {
+    fn default() -> Self {
+        Self::new(RelayConfig::default())
+    }
+}
+
+impl MemoryRelay {
+    /// A relay with `config` and the system clock.
+    pub fn new(config: RelayConfig) -> Self {
+        Self {
+            spaces: Arc::default(),
+            config,
+            clock: Arc::new(system_millis),
+        }
+    }
+
+    /// Replaces the clock (simulations move time forward by days).
+    #[must_use]
+    pub fn with_clock(mut self, clock: WallClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The relay's limits.
+    pub fn config(&self) -> RelayConfig {
+        self.config
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<SpaceId, Space>>> {
+        self.spaces
+            .lock()
+            .map_err(|_| Error::internal("relay lock poisoned"))
+    }
+
+    fn check_key(space: &mut Space, from: &SpaceRef, claim: bool) -> Result<()> {
+        match space.fingerprint {
+            Some(f) if f != from.fingerprint => Err(Error::new(
+                ErrorKind::WrongKey,
+                "this device holds a different key than the space: check the passphrase",
+            )),
+            Some(_) => Ok(()),
+            None => {
+                if claim {
+                    space.fingerprint = Some(from.fingerprint);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores a push. See the module docs for the rules.
+    pub fn push(&self, request: &PushRequest) -> Result<PushResponse> {
+        if request.envelopes.len() > self.config.push_limit {
+            return Err(Error::invalid(format!(
+                "a push holds at most {} envelopes",
+                self.config.push_limit
+            )));
+        }
+        let mut last = 0;
+        for e in &request.envelopes {
+            if e.seq <= last {
+                return Err(Error::invalid("pushed sequences must increase"));
+            }
+            last = e.seq;
+            if e.envelope.len() > self.config.max_envelope {
+                return Err(Error::invalid("envelope too large"));
+            }
+            if e.supersedes.len() > 1024 {
+                return Err(Error::invalid("an envelope supersedes at most 1024 others"));
+            }
+        }
+        let now = (self.clock)();
+        let mut spaces = self.lock()?;
+        let space = spaces.entry(request.from.space).or_default();
+        Self::check_key(space, &request.from, true)?;
+        let device = request.from.device;
+        let mut assigned = Vec::with_capacity(request.envelopes.len());
+        for e in &request.envelopes {
+            let max = space.max_pushed.get(&device).copied().unwrap_or(0);
+            if e.seq <= max {
+                let s = space.stored.get(&(device, e.seq)).copied().unwrap_or(0);
+                assigned.push((e.seq, s));
+                continue;
+            }
+            for s in &e.supersedes {
+                if space.log.get(s).is_some_and(|old| old.record == e.record)
+                    && let Some(old) = space.log.remove(s)
+                {
+                    space.tombstones.remove(s);
+                    space.stored.remove(&(old.device, old.seq));
+                }
+            }
+            space.next_seq += 1;
+            let server_seq = space.next_seq;
+            space.log.insert(
+                server_seq,
+                Entry {
+                    record: e.record,
+                    device,
+                    seq: e.seq,
+                    tombstone: e.tombstone,
+                    envelope: e.envelope.clone(),
+                },
+            );
+            if e.tombstone {
+                space.tombstones.insert(server_seq);
+            }
+            space.stored.insert((device, e.seq), server_seq);
+            space.max_pushed.insert(device, e.seq);
+            assigned.push((e.seq, server_seq));
+        }
+        Self::touch(space, device, None, now);
+        Self::collect(space, now, self.config.horizon_millis);
+        Ok(PushResponse { assigned })
+    }
+
+    fn touch(space: &mut Space, device: DeviceId, cursor: Option<u64>, now: u64) {
+        let e = space.cursors.entry(device).or_insert((0, now));
+        if let Some(c) = cursor {
+            e.0 = e.0.max(c);
+        }
+        e.1 = now;
+    }
+
+    /// Drops tombstones every active device has pulled past.
+    fn collect(space: &mut Space, now: u64, horizon: u64) {
+        let active_min = space
+            .cursors
+            .values()
+            .filter(|(_, seen)| now.saturating_sub(*seen) <= horizon)
+            .map(|(c, _)| *c)
+            .min()
+            .unwrap_or(u64::MAX);
+        while let Some(&s) = space.tombstones.first() {
+            if s > active_min {
+                break;
+            }
+            space.tombstones.pop_first();
+            if let Some(old) = space.log.remove(&s) {
+                space.stored.remove(&(old.device, old.seq));
+            }
+            space.floor = space.floor.max(s);
+        }
+    }
+
+    /// One page after `cursor`.
+    pub fn pull(&self, from: &SpaceRef, cursor: u64, limit: usize) -> Result<PullPage> {
+        let now = (self.clock)();
+        let mut spaces = self.lock()?;
+        let space = spaces.entry(from.space).or_default();
+        Self::check_key(space, from, false)?;
+        if cursor > space.next_seq {
+            return Err(Error::invalid(
+                "cursor is ahead of the server: it comes from another server or space",
+            ));
+        }
+        if cursor > 0 && cursor < space.floor {
+            return Err(Error::new(
+                ErrorKind::ResyncRequired,
+                "this device was away longer than the server keeps deletions; a full re-sync is needed",
+            ));
+        }
+        Self::touch(space, from.device, Some(cursor), now);
+        Self::collect(space, now, self.config.horizon_millis);
+        let limit = limit.clamp(1, self.config.page_limit);
+        let mut envelopes = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for (s, e) in space.log.range(cursor + 1..) {
+            if envelopes.len() == limit
+                || (!envelopes.is_empty() && bytes + e.envelope.len() > self.config.page_bytes)
+            {
+                more = true;
+                break;
+            }
+            bytes += e.envelope.len();
+            envelopes.push(RemoteEnvelope {
+                server_seq: *s,
+                record: e.record,
+                device: e.device,
+                seq: e.seq,
+                tombstone: e.tombstone,
+                envelope: e.envelope.clone(),
+            });
+        }
+        let next_cursor = envelopes.last().map_or(cursor, |e| e.server_seq);
+        Ok(PullPage {
+            envelopes,
+            next_cursor,
+            more,
+            gc_floor: space.floor,
+        })
+    }
+
+    /// The space's key backup.
+    pub fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock()?.get(&space).and_then(|s| s.key_backup.clone()))
+    }
+
+    /// Stores the space's key backup.
+    pub fn put_key_backup(&self, space: SpaceId, blob: Vec<u8>) -> Result<()> {
+        self.lock()?.entry(space).or_default().key_backup = Some(blob);
+        Ok(())
+    }
+
+    /// What the relay holds now.
+    pub fn stats(&self) -> Result<RelayStats> {
+        let spaces = self.lock()?;
+        let mut st = RelayStats::default();
+        for s in spaces.values() {
+            st.envelopes += s.log.len();
+            st.bytes += s.log.values().map(|e| e.envelope.len()).sum::<usize>();
+            st.tombstones += s.tombstones.len();
+        }
+        Ok(st)
+    }
+}

@@ -1,0 +1,545 @@
+//! The sync engine over the mock transport: delta sync, conflicts per strategy, deletes and
+//! tombstone collection, idempotent retries, bad envelopes, re-sync past the horizon.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{DAY, Device, World};
+use serde_json::json;
+use sync_core::{
+    Choice, ErrorKind, OutgoingEnvelope, PushRequest, SpaceRef, SyncConfig, SyncState, Transport,
+    WriteBatch,
+};
+use transport_mock::{Faults, MockTransport};
+
+async fn pair() -> (World, Device, Device) {
+    let world = World::new();
+    let a = Device::first(&world, Faults::NONE, 1).await;
+    let b = Device::join(&world, &a.store, Faults::NONE, 2).await;
+    (world, a, b)
+}
+
+#[tokio::test]
+async fn only_changes_travel_and_both_devices_converge() {
+    let (_w, a, b) = pair().await;
+    assert_eq!(a.store.space(), b.store.space());
+    assert_ne!(a.store.device(), b.store.device());
+    let mut batch = WriteBatch::new();
+    for i in 0..120 {
+        batch
+            .put("notes", format!("n{i:03}"), &json!({"i": i}))
+            .expect("put");
+    }
+    a.store.write(batch).await.expect("write");
+    let r = a.engine.sync().await.expect("sync a");
+    assert_eq!(r.pushed, 120);
+    let r = b.engine.sync().await.expect("sync b");
+    assert_eq!((r.pulled, r.applied), (120, 120));
+    assert_eq!(
+        b.store.get("notes", "n007").await.expect("get"),
+        Some(json!({"i": 7}))
+    );
+    assert_eq!(
+        a.store.info().await.expect("info").pending,
+        0,
+        "acked writes leave the outbox"
+    );
+
+    // Nothing new: a second round sends and applies nothing.
+    let up = a.transport.traffic().envelopes_up;
+    let r = a.engine.sync().await.expect("sync a");
+    assert_eq!((r.pushed, r.applied), (0, 0));
+    assert_eq!(
+        a.transport.traffic().envelopes_up,
+        up,
+        "a sync with nothing new sends no record"
+    );
+
+    // One edit travels as one envelope, and the server keeps only the newest version.
+    b.store
+        .put("notes", "n007", &json!({"i": 7, "edited": true}))
+        .await
+        .expect("put");
+    let r = b.engine.sync().await.expect("sync b");
+    assert_eq!(r.pushed, 1);
+    let r = a.engine.sync().await.expect("sync a");
+    assert_eq!(r.applied, 1);
+    assert_eq!(
+        a.store.get("notes", "n007").await.expect("get"),
+        Some(json!({"i": 7, "edited": true}))
+    );
+    assert_eq!(
+        a.transport.relay().stats().expect("stats").envelopes,
+        120,
+        "superseded versions are compacted"
+    );
+    assert_eq!(a.snapshot().await, b.snapshot().await);
+    assert!(matches!(a.engine.state(), SyncState::UpToDate { .. }));
+    let last = a
+        .engine
+        .last_sync()
+        .await
+        .expect("last")
+        .expect("persisted");
+    assert_eq!(last.error, None);
+}
+
+#[tokio::test]
+async fn concurrent_edits_resolve_the_same_way_on_both_devices() {
+    let (w, a, b) = pair().await;
+    a.store
+        .put("notes", "k", &json!("base"))
+        .await
+        .expect("put");
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    // Offline edits; B's clock runs two days behind, so HLC (not wall time) must order them.
+    b.skew
+        .store(u64::MAX - 2 * DAY + 1, std::sync::atomic::Ordering::SeqCst);
+    a.store
+        .put("notes", "k", &json!("from a"))
+        .await
+        .expect("put");
+    w.advance(1000);
+    b.store
+        .put("notes", "k", &json!("from b"))
+        .await
+        .expect("put");
+    a.engine.sync().await.expect("sync");
+    let r = b.engine.sync().await.expect("sync");
+    assert_eq!(r.conflicts_resolved, 1);
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    let va = a
+        .store
+        .get_record("notes", "k")
+        .await
+        .expect("get")
+        .expect("exists");
+    let vb = b
+        .store
+        .get_record("notes", "k")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(va.value, vb.value);
+    assert_eq!(va.version, vb.version, "both resolved to the same version");
+    // Both sides stop: another round changes nothing.
+    let r = a.engine.sync().await.expect("sync");
+    assert_eq!((r.conflicts_resolved, r.pushed), (0, 0));
+}
+
+#[tokio::test]
+async fn merge_strategy_merges_fields_from_both_sides() {
+    let (_w, a, b) = pair().await;
+    for d in [&a, &b] {
+        d.engine
+            .set_strategy("docs", "merge")
+            .await
+            .expect("strategy");
+    }
+    a.store
+        .put(
+            "docs",
+            "d",
+            &json!({"title": "t", "body": "b", "tags": ["x"]}),
+        )
+        .await
+        .expect("put");
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    a.store
+        .put(
+            "docs",
+            "d",
+            &json!({"title": "T", "body": "b", "tags": ["x", "a"]}),
+        )
+        .await
+        .expect("put");
+    b.store
+        .put(
+            "docs",
+            "d",
+            &json!({"title": "t", "body": "B", "tags": ["x", "b"]}),
+        )
+        .await
+        .expect("put");
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    a.engine.sync().await.expect("sync");
+    let va = a
+        .store
+        .get("docs", "d")
+        .await
+        .expect("get")
+        .expect("exists");
+    let vb = b
+        .store
+        .get("docs", "d")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(va, vb);
+    assert_eq!(va["title"], "T");
+    assert_eq!(va["body"], "B");
+    let tags = va["tags"].as_array().expect("array");
+    assert_eq!(
+        tags.len(),
+        3,
+        "every element either side wrote is kept: {tags:?}"
+    );
+    assert!(
+        a.engine
+            .set_strategy("docs", "no-such-strategy")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn user_choice_keeps_siblings_until_resolved_or_the_deadline() {
+    let (w, a, b) = pair().await;
+    for d in [&a, &b] {
+        d.engine
+            .set_strategy("tasks", "user-choice")
+            .await
+            .expect("strategy");
+    }
+    for key in ["t1", "t2"] {
+        a.store
+            .put("tasks", key, &json!("base"))
+            .await
+            .expect("put");
+    }
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    for key in ["t1", "t2"] {
+        a.store.put("tasks", key, &json!("a")).await.expect("put");
+        b.store.put("tasks", key, &json!("b")).await.expect("put");
+    }
+    a.engine.sync().await.expect("sync");
+    let r = b.engine.sync().await.expect("sync");
+    assert_eq!(r.conflicts_pending, 2);
+    assert_eq!(b.engine.state(), SyncState::Conflict { count: 2 });
+    let conflicts = b.engine.conflicts().await.expect("list");
+    assert_eq!(conflicts.len(), 2);
+    assert_eq!(conflicts[0].local.value, Some(json!("b")));
+    assert_eq!(conflicts[0].siblings[0].value, Some(json!("a")));
+
+    // The app resolves t1 by taking the remote value; t2 is left to the deadline.
+    b.engine
+        .resolve("tasks", "t1", Choice::Remote(0))
+        .await
+        .expect("resolve");
+    b.engine.sync().await.expect("sync");
+    a.engine.sync().await.expect("sync");
+    assert_eq!(
+        a.store.get("tasks", "t1").await.expect("get"),
+        Some(json!("a"))
+    );
+    assert_eq!(
+        b.store.get("tasks", "t1").await.expect("get"),
+        Some(json!("a"))
+    );
+    assert_eq!(b.engine.conflicts().await.expect("list").len(), 1);
+
+    w.advance(25 * 3600 * 1000);
+    for _ in 0..2 {
+        a.engine.sync().await.expect("sync");
+        b.engine.sync().await.expect("sync");
+    }
+    assert!(
+        b.engine.conflicts().await.expect("list").is_empty(),
+        "the fallback applied after 24 h"
+    );
+    assert!(a.engine.conflicts().await.expect("list").is_empty());
+    assert_eq!(a.snapshot().await, b.snapshot().await);
+}
+
+#[tokio::test]
+async fn deletes_propagate_and_tombstones_are_collected() {
+    let (_w, a, b) = pair().await;
+    a.store.put("notes", "gone", &json!(1)).await.expect("put");
+    a.store.put("notes", "kept", &json!(2)).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    assert!(b.store.delete("notes", "gone").await.expect("delete"));
+    b.engine.sync().await.expect("sync");
+    a.engine.sync().await.expect("sync");
+    assert_eq!(a.store.get("notes", "gone").await.expect("get"), None);
+    assert_eq!(
+        a.transport.relay().stats().expect("stats").tombstones,
+        1,
+        "kept until every device pulled past it"
+    );
+    // Once every device has pulled past the tombstone the server drops it; each device learns
+    // the server's collection floor on its next pull and forgets its own tombstone.
+    let mut collected = 0;
+    for _ in 0..3 {
+        collected += a.engine.sync().await.expect("sync").tombstones_collected;
+        collected += b.engine.sync().await.expect("sync").tombstones_collected;
+    }
+    assert_eq!(a.transport.relay().stats().expect("stats").tombstones, 0);
+    assert_eq!(collected, 2, "each device forgot its tombstone once");
+    for d in [&a, &b] {
+        let size = d.engine.metadata_size().await.expect("size");
+        assert_eq!(
+            (size.records, size.tombstones),
+            (1, 0),
+            "only the live record remains"
+        );
+    }
+    assert_eq!(a.snapshot().await, b.snapshot().await);
+}
+
+#[tokio::test]
+async fn lost_responses_and_duplicates_store_nothing_twice() {
+    let world = World::new();
+    let a = Device::first(&world, Faults::NONE, 1).await;
+    let b = Device::join(&world, &a.store, Faults::NONE, 2).await;
+    let mut batch = WriteBatch::new();
+    for i in 0..10 {
+        batch.put("notes", format!("k{i}"), &json!(i)).expect("put");
+    }
+    a.store.write(batch).await.expect("write");
+    // The server applies the push but the device never hears; it also arrives twice.
+    a.transport.set_faults(Faults {
+        lose_response: 1.0,
+        duplicate: 1.0,
+        ..Faults::NONE
+    });
+    let err = a.engine.sync().await.err().map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::Unavailable));
+    assert!(matches!(a.engine.state(), SyncState::Error { .. }));
+    assert_eq!(
+        a.store.info().await.expect("info").pending,
+        10,
+        "not acknowledged, still pending"
+    );
+    a.transport.set_faults(Faults::NONE);
+    let r = a.engine.sync().await.expect("retry");
+    assert_eq!(r.pushed, 10);
+    assert_eq!(
+        a.transport.relay().stats().expect("stats").envelopes,
+        10,
+        "the retry stored nothing twice"
+    );
+    let r = b.engine.sync().await.expect("sync");
+    assert_eq!(r.applied, 10);
+}
+
+#[tokio::test]
+async fn a_crash_after_the_server_applied_a_push_loses_and_duplicates_nothing() {
+    let world = World::new();
+    let mut a = Device::first(&world, Faults::NONE, 1).await;
+    let b = Device::join(&world, &a.store, Faults::NONE, 2).await;
+    a.store.put("notes", "x", &json!("one")).await.expect("put");
+    a.transport.set_faults(Faults {
+        lose_response: 1.0,
+        ..Faults::NONE
+    });
+    assert!(a.engine.sync().await.is_err());
+    a.restart().await;
+    a.transport.set_faults(Faults::NONE);
+    a.store
+        .put("notes", "y", &json!("two"))
+        .await
+        .expect("put after restart");
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    assert_eq!(b.snapshot().await.len(), 2);
+    assert_eq!(a.transport.relay().stats().expect("stats").envelopes, 2);
+}
+
+#[tokio::test]
+async fn bad_envelopes_are_rejected_and_reported_and_the_rest_applies() {
+    let (_w, a, b) = pair().await;
+    a.store.put("notes", "good", &json!(1)).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    // A forged push into the space with a valid fingerprint but garbage or moved ciphertext.
+    let good_row = a
+        .store
+        .storage()
+        .get(&a.store.record_id("notes", "good").expect("id"))
+        .await
+        .expect("get")
+        .expect("row");
+    let forged = |seq: u64, record: sync_core::RecordId, envelope: Vec<u8>| OutgoingEnvelope {
+        record,
+        seq,
+        supersedes: vec![],
+        tombstone: false,
+        envelope,
+    };
+    let mut truncated = good_row.envelope.clone();
+    truncated.truncate(20);
+    let mut future = good_row.envelope.clone();
+    future[0] = 7;
+    let other = a.store.record_id("notes", "other").expect("id");
+    let request = PushRequest {
+        from: SpaceRef {
+            space: a.store.space(),
+            device: sync_core::DeviceId([9; 16]),
+            fingerprint: a.store.key_fingerprint(),
+        },
+        envelopes: vec![
+            forged(1, other, good_row.envelope.clone()),
+            forged(2, other, truncated),
+            forged(3, other, future),
+        ],
+    };
+    a.transport.relay().push(&request).expect("forged push");
+    a.store.put("notes", "after", &json!(2)).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    let r = b.engine.sync().await.expect("sync survives bad envelopes");
+    let reasons: Vec<&str> = r.rejected.iter().map(|x| x.reason.as_str()).collect();
+    assert_eq!(reasons, ["tampered", "corrupt", "unsupported"]);
+    assert_eq!(
+        b.store.get("notes", "good").await.expect("get"),
+        Some(json!(1))
+    );
+    assert_eq!(
+        b.store.get("notes", "after").await.expect("get"),
+        Some(json!(2))
+    );
+    assert_eq!(b.store.get("notes", "other").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn a_device_with_another_key_is_refused_before_uploading() {
+    let world = World::new();
+    let a = Device::first(&world, Faults::NONE, 1).await;
+    a.store.put("notes", "k", &json!(1)).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    let stranger = Device::first(&world, Faults::NONE, 3).await;
+    let request = PushRequest {
+        from: SpaceRef {
+            space: a.store.space(),
+            device: stranger.store.device(),
+            fingerprint: stranger.store.key_fingerprint(),
+        },
+        envelopes: vec![],
+    };
+    let err = a.transport.push(request).await.err().map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::WrongKey));
+    assert_eq!(a.transport.relay().stats().expect("stats").envelopes, 1);
+}
+
+#[tokio::test]
+async fn a_device_back_after_the_horizon_resyncs_and_resurrects_nothing() {
+    let (w, a, b) = pair().await;
+    for k in ["deleted", "edited-then-deleted", "kept"] {
+        a.store.put("notes", k, &json!(k)).await.expect("put");
+    }
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    // B goes away; it edits a record offline that A deletes meanwhile.
+    b.store
+        .put("notes", "edited-then-deleted", &json!("b's offline edit"))
+        .await
+        .expect("put");
+    b.store
+        .put("notes", "new-offline", &json!("b"))
+        .await
+        .expect("put");
+    a.store.delete("notes", "deleted").await.expect("delete");
+    a.store
+        .delete("notes", "edited-then-deleted")
+        .await
+        .expect("delete");
+    a.engine.sync().await.expect("sync");
+    w.advance(100 * DAY);
+    a.engine.sync().await.expect("sync");
+    a.engine.sync().await.expect("sync");
+    assert_eq!(
+        a.transport.relay().stats().expect("stats").tombstones,
+        0,
+        "collected past the horizon"
+    );
+
+    let r = b.engine.sync().await.expect("resync");
+    assert!(r.resynced);
+    assert!(r.discarded >= 2, "{r:?}");
+    a.engine.sync().await.expect("sync");
+    assert_eq!(b.store.get("notes", "deleted").await.expect("get"), None);
+    assert_eq!(
+        b.store
+            .get("notes", "edited-then-deleted")
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        a.store.get("notes", "new-offline").await.expect("get"),
+        Some(json!("b"))
+    );
+    assert_eq!(a.snapshot().await, b.snapshot().await);
+}
+
+#[tokio::test]
+async fn offline_state_and_a_stalled_transport_become_visible_errors() {
+    let (_w, a, _b) = pair().await;
+    a.engine.set_online(false);
+    assert_eq!(a.engine.state(), SyncState::Offline);
+    assert_eq!(
+        a.engine.sync().await.err().map(|e| e.kind()),
+        Some(ErrorKind::Unavailable)
+    );
+    a.engine.set_online(true);
+
+    /// A transport whose pull never answers.
+    #[derive(Debug)]
+    struct Stuck(Arc<MockTransport>);
+    #[async_trait::async_trait]
+    impl Transport for Stuck {
+        fn name(&self) -> &'static str {
+            "stuck"
+        }
+        async fn push(&self, r: PushRequest) -> sync_core::Result<sync_core::PushResponse> {
+            self.0.push(r).await
+        }
+        async fn pull(
+            &self,
+            _: SpaceRef,
+            _: u64,
+            _: usize,
+        ) -> sync_core::Result<sync_core::PullPage> {
+            std::future::pending().await
+        }
+        async fn get_key_backup(
+            &self,
+            s: sync_core::SpaceId,
+        ) -> sync_core::Result<Option<Vec<u8>>> {
+            self.0.get_key_backup(s).await
+        }
+        async fn put_key_backup(&self, s: sync_core::SpaceId, b: Vec<u8>) -> sync_core::Result<()> {
+            self.0.put_key_backup(s, b).await
+        }
+        async fn share(&self, d: &str, b: Vec<u8>) -> sync_core::Result<()> {
+            self.0.share(d, b).await
+        }
+    }
+    let engine = sync_core::SyncEngine::new(
+        a.store.clone(),
+        Arc::new(Stuck(a.transport.clone())),
+        SyncConfig {
+            stall_timeout: Duration::from_millis(100),
+            ..SyncConfig::default()
+        },
+    );
+    let mut states = engine.subscribe();
+    let err = engine.sync().await.err();
+    assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Unavailable));
+    assert!(
+        err.map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("no progress")
+    );
+    let state = states.borrow_and_update().clone();
+    assert!(
+        matches!(state, SyncState::Error { ref reason, .. } if reason.contains("no progress")),
+        "{state:?}"
+    );
+}
