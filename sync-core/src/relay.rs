@@ -15,7 +15,9 @@
 //! - Tombstones are kept until every active device has pulled past them (the cursor a device
 //!   pulls with says what it has applied), where a device silent longer than the horizon
 //!   (default 90 days) no longer counts. A device whose cursor is older than a dropped
-//!   tombstone gets [`ErrorKind::ResyncRequired`] and must re-sync from cursor 0.
+//!   tombstone gets [`ErrorKind::ResyncRequired`] and must re-sync from cursor 0. A device
+//!   walking up from 0 presents, page after page, exactly the cursor it was last handed; that
+//!   continuation is served even below the floor.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -70,6 +72,9 @@ struct Space {
     stored: HashMap<(DeviceId, u64), u64>,
     max_pushed: HashMap<DeviceId, u64>,
     cursors: HashMap<DeviceId, (u64, u64)>,
+    /// The cursor each device was last handed (`next_cursor` of its last page): a device
+    /// walking up from 0 presents exactly that, even below the floor.
+    served: HashMap<DeviceId, u64>,
     floor: u64,
     key_backup: Option<Vec<u8>>,
 }
@@ -257,7 +262,8 @@ impl MemoryRelay {
                 "cursor is ahead of the server: it comes from another server or space",
             ));
         }
-        if cursor > 0 && cursor < space.floor {
+        let continuing = space.served.get(&from.device) == Some(&cursor);
+        if cursor > 0 && cursor < space.floor && !continuing {
             return Err(Error::new(
                 ErrorKind::ResyncRequired,
                 "this device was away longer than the server keeps deletions; a full re-sync is needed",
@@ -287,6 +293,7 @@ impl MemoryRelay {
             });
         }
         let next_cursor = envelopes.last().map_or(cursor, |e| e.server_seq);
+        space.served.insert(from.device, next_cursor);
         Ok(PullPage {
             envelopes,
             next_cursor,

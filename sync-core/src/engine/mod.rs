@@ -48,6 +48,9 @@ const META_LAST: &str = "hearth.sync.last";
 const META_EPOCH: &str = "hearth.sync.epoch";
 const META_CONFLICTS: &str = "hearth.sync.conflicts";
 const META_GC_FLOOR: &str = "hearth.sync.gc-floor";
+/// Set (to the re-sync's epoch) while a full re-sync is under way, so a crash in the middle
+/// resumes it, sweep included.
+const META_RESYNC: &str = "hearth.sync.resync";
 /// Collection of local-only records naming each collection's strategy.
 pub const STRATEGY_COLLECTION: &str = "_hearth.strategy";
 
@@ -406,7 +409,13 @@ impl SyncEngine {
     }
 
     async fn round(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
-        match self.pull_all(report, pending).await {
+        let resync_underway = self.store.storage().meta_get(META_RESYNC).await?.is_some();
+        let pulled = if resync_underway {
+            self.resync(report, pending).await
+        } else {
+            self.pull_all(report, pending).await
+        };
+        match pulled {
             Err(e) if e.kind() == ErrorKind::ResyncRequired => {
                 self.resync(report, pending).await?;
             }
@@ -862,23 +871,32 @@ impl SyncEngine {
         .await
     }
 
-    /// Full re-sync after the server collected history this device missed.
+    /// Full re-sync after the server collected history this device missed: pull everything
+    /// from cursor 0, then remove what the server no longer has. Resumable: a crash in the
+    /// middle continues from the last applied page and still sweeps.
     async fn resync(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
         report.resynced = true;
-        let epoch = self.meta_u64(META_EPOCH).await? as u32 + 1;
-        self.store
-            .storage()
-            .commit(Batch {
-                meta: vec![
-                    (META_EPOCH.to_owned(), Some(encode(&u64::from(epoch))?)),
-                    (META_CURSOR.to_owned(), Some(encode(&0u64)?)),
-                    (META_SEEN.to_owned(), None),
-                ],
-                ..Batch::default()
-            })
-            .await?;
+        let epoch = match self.store.storage().meta_get(META_RESYNC).await? {
+            Some(b) => postcard::from_bytes::<u64>(&b)? as u32,
+            None => {
+                let epoch = self.meta_u64(META_EPOCH).await? as u32 + 1;
+                self.store
+                    .storage()
+                    .commit(Batch {
+                        meta: vec![
+                            (META_RESYNC.to_owned(), Some(encode(&u64::from(epoch))?)),
+                            (META_EPOCH.to_owned(), Some(encode(&u64::from(epoch))?)),
+                            (META_CURSOR.to_owned(), Some(encode(&0u64)?)),
+                            (META_SEEN.to_owned(), None),
+                        ],
+                        ..Batch::default()
+                    })
+                    .await?;
+                epoch
+            }
+        };
         let from = self.from();
-        let mut cursor = 0;
+        let mut cursor = self.meta_u64(META_CURSOR).await?;
         let mut floor = 0;
         loop {
             let page = tokio::time::timeout(
@@ -886,7 +904,16 @@ impl SyncEngine {
                 self.transport.pull(from, cursor, self.config.pull_page),
             )
             .await
-            .map_err(|_| page_err("a pull"))??;
+            .map_err(|_| page_err("a pull"))?;
+            let page = match page {
+                // The server no longer recognises this walk (it restarted, or collected more
+                // in between): start it over from 0. Records already confirmed stay confirmed.
+                Err(e) if e.kind() == ErrorKind::ResyncRequired && cursor != 0 => {
+                    cursor = 0;
+                    continue;
+                }
+                other => other?,
+            };
             floor = floor.max(page.gc_floor);
             let more = page.more;
             if !page.envelopes.is_empty() {
@@ -922,6 +949,13 @@ impl SyncEngine {
                 .await?;
             }
         }
+        self.store
+            .storage()
+            .commit(Batch {
+                meta: vec![(META_RESYNC.to_owned(), None)],
+                ..Batch::default()
+            })
+            .await?;
         self.collect_tombstones(floor, report).await
     }
 
