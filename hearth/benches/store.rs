@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p hearth --features bench --bench store` (N from `HEARTH_BENCH_N`, default 100,000).
 
-use hearth::bench::{BenchOptions, store_put_get};
+use hearth::bench::{BenchOptions, store_put_get, sync_mock};
 
 #[tokio::main]
 async fn main() -> hearth::Result<()> {
@@ -21,11 +21,22 @@ async fn main() -> hearth::Result<()> {
         "{:<36} {:>9} {:>10} {:>12} {:>10} {:>7}",
         "workload", "n", "seconds", "records/s", "baseline s", "ratio"
     );
-    for r in store_put_get(dir.path(), "sqlite", "orion", &opts).await? {
+    let mut results = store_put_get(dir.path(), "sqlite", "orion", &opts).await?;
+    let (sync, bytes) = sync_mock(dir.path(), &opts).await?;
+    results.extend(sync);
+    for r in results {
         println!(
             "{:<36} {:>9} {:>10.3} {:>12.0} {:>10.3} {:>7.2}",
             r.workload, r.n, r.seconds, r.records_per_s, r.baseline_seconds, r.ratio
         );
     }
+    println!(
+        "sync bytes: initial {} (lower bound {}, ratio {:.3}); 1% delta {} ({:.2}% of initial)",
+        bytes.initial,
+        bytes.sealed_lower_bound,
+        bytes.initial as f64 / bytes.sealed_lower_bound as f64,
+        bytes.delta,
+        100.0 * bytes.delta as f64 / bytes.initial as f64
+    );
     Ok(())
 }

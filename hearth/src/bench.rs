@@ -134,6 +134,180 @@ async fn raw_pool(path: &Path) -> Result<sqlx::SqlitePool> {
     Ok(pool)
 }
 
+/// W3 initial sync of N records device A → in-process relay (mock transport) → fresh device B
+/// (both on SQLite files), then W4: 1 % of the records change on A and travel to B. Each is
+/// verified (B holds exactly A's data). Baseline: raw SQLite inserts of the same plaintext on
+/// the receiving side. `bytes` counts the wire (envelopes plus fixed per-envelope headers, up
+/// and down); [`SyncBenchBytes`] gives the lower bound.
+#[cfg(feature = "mock")]
+pub async fn sync_mock(
+    dir: &Path,
+    opts: &BenchOptions,
+) -> Result<(Vec<BenchResult>, SyncBenchBytes)> {
+    use std::sync::Arc;
+    use transport_mock::MockTransport;
+
+    use crate::{MemoryRelay, OpenOptions, SyncConfig, SyncEngine};
+
+    let data = dataset(opts);
+    let encoded: Vec<(String, Vec<u8>)> = data
+        .iter()
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                serde_json::to_vec(v).map_err(|e| Error::internal("encode").with_source(e))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let open = |name: &str| {
+        Store::builder()
+            .path(dir.join(name))
+            .passphrase("benchmark passphrase")
+            .storage("sqlite")
+            .cipher("orion")
+            .kdf_cost(KdfCost::INSECURE_FOR_TESTS)
+            .open()
+    };
+    let a = open("sync-a.db").await?;
+    let b_storage = (crate::registry::storage("sqlite")?.open)(
+        crate::StorageOptions::at(dir.join("sync-b.db")).create(true),
+    )
+    .await?;
+    let b = Store::join(
+        b_storage,
+        crate::crypto_orion::OrionCipher::shared(),
+        OpenOptions::new("benchmark passphrase").kdf_cost(KdfCost::INSECURE_FOR_TESTS),
+        &a.key_backup()?,
+    )
+    .await?;
+    for chunk in encoded.chunks(opts.batch.max(1)) {
+        let mut wb = WriteBatch::new();
+        for (k, v) in chunk {
+            wb.put_json("docs", k.as_str(), v.clone())?;
+        }
+        a.write(wb).await?;
+    }
+    let sealed: u64 = {
+        let mut total = 0u64;
+        let mut after = None;
+        loop {
+            let rows = a.storage().scan_all(after.as_ref(), 1000).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.id);
+            total += rows.iter().map(|r| r.envelope.len() as u64).sum::<u64>();
+        }
+        total
+    };
+    let relay = MemoryRelay::default();
+    let ta = Arc::new(MockTransport::new(relay.clone()));
+    let tb = Arc::new(MockTransport::new(relay));
+    let config = SyncConfig::default();
+    let ea = SyncEngine::new(a.clone(), ta.clone(), config.clone());
+    let eb = SyncEngine::new(b.clone(), tb.clone(), config);
+
+    // Baseline: the receiving side's floor, raw inserts of the same plaintext.
+    let raw = raw_pool(&dir.join("sync-raw.db")).await?;
+    let t = Instant::now();
+    for chunk in encoded.chunks(500) {
+        let mut tx = raw.begin().await.map_err(bench_err("baseline begin"))?;
+        for (k, v) in chunk {
+            sqlx::query("INSERT INTO kv (id, value) VALUES (?, ?)")
+                .bind(k.as_str())
+                .bind(&v[..])
+                .execute(&mut *tx)
+                .await
+                .map_err(bench_err("baseline insert"))?;
+        }
+        tx.commit().await.map_err(bench_err("baseline commit"))?;
+    }
+    let raw_s = t.elapsed().as_secs_f64();
+    raw.close().await;
+
+    let t = Instant::now();
+    ea.sync().await?;
+    eb.sync().await?;
+    let initial = t.elapsed().as_secs_f64();
+    let initial_bytes = ta.traffic().bytes_up + tb.traffic().bytes_down;
+    if b.info().await?.pending != 0 || b.get("docs", &data[0].0).await?.as_ref() != Some(&data[0].1)
+    {
+        return Err(Error::internal(
+            "initial sync benchmark: B does not hold A's data",
+        ));
+    }
+    let rss_initial = peak_rss_bytes();
+
+    // W4: 1 % of records change.
+    let delta_n = (opts.n / 100).max(1);
+    let mut wb = WriteBatch::new();
+    let mut changed = Vec::with_capacity(delta_n);
+    for (k, v) in data.iter().step_by(opts.n / delta_n).take(delta_n) {
+        let mut v = v.clone();
+        v["count"] = serde_json::json!(-1);
+        wb.put("docs", k.as_str(), &v)?;
+        changed.push((k.clone(), v));
+    }
+    a.write(wb).await?;
+    let up0 = ta.traffic().bytes_up;
+    let down0 = tb.traffic().bytes_down;
+    let t = Instant::now();
+    ea.sync().await?;
+    eb.sync().await?;
+    let delta = t.elapsed().as_secs_f64();
+    let delta_bytes = (ta.traffic().bytes_up - up0) + (tb.traffic().bytes_down - down0);
+    for (k, v) in &changed {
+        if b.get("docs", k).await?.as_ref() != Some(v) {
+            return Err(Error::internal(
+                "delta sync benchmark: a change did not arrive",
+            ));
+        }
+    }
+    a.close().await?;
+    b.close().await?;
+
+    let n = opts.n;
+    let results = vec![
+        BenchResult {
+            workload: "W3 initial sync (mock)".into(),
+            n,
+            seconds: initial,
+            records_per_s: n as f64 / initial,
+            bytes: initial_bytes,
+            peak_rss_bytes: rss_initial,
+            baseline_seconds: raw_s,
+            ratio: initial / raw_s,
+        },
+        BenchResult {
+            workload: "W4 1% delta (mock)".into(),
+            n: delta_n,
+            seconds: delta,
+            records_per_s: delta_n as f64 / delta,
+            bytes: delta_bytes,
+            peak_rss_bytes: peak_rss_bytes(),
+            baseline_seconds: initial,
+            ratio: delta / initial,
+        },
+    ];
+    Ok((
+        results,
+        SyncBenchBytes {
+            sealed_lower_bound: 2 * sealed,
+            initial: initial_bytes,
+            delta: delta_bytes,
+        },
+    ))
+}
+
+/// Bytes of a sync benchmark against the lower bound.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SyncBenchBytes {
+    /// Sum of sealed envelope sizes, up and down: what any end-to-end encrypted sync must move.
+    pub sealed_lower_bound: u64,
+    /// Bytes of the initial sync.
+    pub initial: u64,
+    /// Bytes of the 1 % delta.
+    pub delta: u64,
+}
+
 /// W1 put and W2 get on the given storage and cipher, against raw SQLite inserts and selects of
 /// the same plaintext bytes in the same run.
 pub async fn store_put_get(

@@ -34,6 +34,8 @@ pub use sync_core::*;
 pub use backend_sqlite;
 #[cfg(feature = "orion")]
 pub use crypto_orion;
+#[cfg(feature = "mock")]
+pub use transport_mock;
 
 /// Registers every implementation this build enables, explicitly.
 ///

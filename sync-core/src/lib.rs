@@ -63,7 +63,8 @@ pub use strategy::{
     Conflict, ConflictStrategy, LastWriterWins, Merge, Priority, Resolution, UserChoice, Version,
 };
 pub use transport::{
-    OutgoingEnvelope, PullPage, PushRequest, PushResponse, RemoteEnvelope, SpaceRef, Transport,
+    OutgoingEnvelope, PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope, SpaceRef,
+    Transport,
 };
 
 #[doc(hidden)]

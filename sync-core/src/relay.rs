@@ -16,8 +16,9 @@
 //!   pulls with says what it has applied), where a device silent longer than the horizon
 //!   (default 90 days) no longer counts. A device whose cursor is older than a dropped
 //!   tombstone gets [`ErrorKind::ResyncRequired`] and must re-sync from cursor 0. A device
-//!   walking up from 0 presents, page after page, exactly the cursor it was last handed; that
-//!   continuation is served even below the floor.
+//!   walking up from 0 (a first sync or a re-sync) presents, page after page, exactly the
+//!   cursor it was last handed; that continuation is served even below the floor until the
+//!   walk reaches the end of the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{DeviceId, RecordId, SpaceId};
 use crate::store::{WallClock, system_millis};
-use crate::transport::{PullPage, PushRequest, PushResponse, RemoteEnvelope, SpaceRef};
+use crate::transport::{
+    PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope, SpaceRef,
+};
 
 /// Limits and timing of a relay.
 #[derive(Clone, Copy, Debug)]
@@ -72,9 +75,9 @@ struct Space {
     stored: HashMap<(DeviceId, u64), u64>,
     max_pushed: HashMap<DeviceId, u64>,
     cursors: HashMap<DeviceId, (u64, u64)>,
-    /// The cursor each device was last handed (`next_cursor` of its last page): a device
-    /// walking up from 0 presents exactly that, even below the floor.
-    served: HashMap<DeviceId, u64>,
+    /// Devices walking up from cursor 0 (a first sync or a full re-sync), with the cursor each
+    /// was last handed: the walk continues with exactly that cursor, even below the floor.
+    walking: HashMap<DeviceId, u64>,
     floor: u64,
     key_backup: Option<Vec<u8>>,
 }
@@ -252,7 +255,8 @@ impl MemoryRelay {
     }
 
     /// One page after `cursor`.
-    pub fn pull(&self, from: &SpaceRef, cursor: u64, limit: usize) -> Result<PullPage> {
+    pub fn pull(&self, request: &PullRequest) -> Result<PullPage> {
+        let (from, cursor) = (&request.from, request.cursor);
         let now = (self.clock)();
         let mut spaces = self.lock()?;
         let space = spaces.entry(from.space).or_default();
@@ -262,7 +266,7 @@ impl MemoryRelay {
                 "cursor is ahead of the server: it comes from another server or space",
             ));
         }
-        let continuing = space.served.get(&from.device) == Some(&cursor);
+        let continuing = space.walking.get(&from.device) == Some(&cursor);
         if cursor > 0 && cursor < space.floor && !continuing {
             return Err(Error::new(
                 ErrorKind::ResyncRequired,
@@ -271,11 +275,16 @@ impl MemoryRelay {
         }
         Self::touch(space, from.device, Some(cursor), now);
         Self::collect(space, now, self.config.horizon_millis);
-        let limit = limit.clamp(1, self.config.page_limit);
+        let limit = request.limit.clamp(1, self.config.page_limit);
         let mut envelopes = Vec::new();
         let mut bytes = 0;
         let mut more = false;
+        let mut scanned = cursor;
         for (s, e) in space.log.range(cursor + 1..) {
+            if !request.include_own && e.device == from.device {
+                scanned = *s;
+                continue;
+            }
             if envelopes.len() == limit
                 || (!envelopes.is_empty() && bytes + e.envelope.len() > self.config.page_bytes)
             {
@@ -283,6 +292,7 @@ impl MemoryRelay {
                 break;
             }
             bytes += e.envelope.len();
+            scanned = *s;
             envelopes.push(RemoteEnvelope {
                 server_seq: *s,
                 record: e.record,
@@ -292,8 +302,12 @@ impl MemoryRelay {
                 envelope: e.envelope.clone(),
             });
         }
-        let next_cursor = envelopes.last().map_or(cursor, |e| e.server_seq);
-        space.served.insert(from.device, next_cursor);
+        let next_cursor = scanned;
+        if more && (cursor == 0 || continuing) {
+            space.walking.insert(from.device, next_cursor);
+        } else {
+            space.walking.remove(&from.device);
+        }
         Ok(PullPage {
             envelopes,
             next_cursor,

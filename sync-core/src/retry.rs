@@ -13,7 +13,7 @@ use backon::{ExponentialBuilder, Retryable};
 
 use crate::error::{Error, Result};
 use crate::model::SpaceId;
-use crate::transport::{PullPage, PushRequest, PushResponse, SpaceRef, Transport};
+use crate::transport::{PullPage, PullRequest, PushRequest, PushResponse, Transport};
 
 /// How often and how patiently to retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,8 +77,8 @@ impl Transport for RetryTransport {
             .await
     }
 
-    async fn pull(&self, from: SpaceRef, cursor: u64, limit: usize) -> Result<PullPage> {
-        (|| self.inner.pull(from, cursor, limit))
+    async fn pull(&self, request: PullRequest) -> Result<PullPage> {
+        (|| self.inner.pull(request))
             .retry(self.policy.backoff())
             .when(temporary)
             .await

@@ -412,3 +412,33 @@ mod tests {
         );
     }
 }
+
+#[cfg(all(test, feature = "testkit"))]
+mod laws {
+    #[test]
+    fn every_registered_strategy_keeps_the_laws() {
+        let names = crate::registry::strategy_names();
+        assert!(names.len() >= 4, "{names:?}");
+        for reg in crate::registry::strategies() {
+            crate::testkit::strategy_laws((reg.make)().as_ref(), 256);
+        }
+    }
+
+    /// "Keep mine" looks reasonable on one device and diverges across two.
+    #[derive(Debug)]
+    struct KeepMine;
+    impl super::ConflictStrategy for KeepMine {
+        fn name(&self) -> &'static str {
+            "keep-mine"
+        }
+        fn resolve(&self, _: &super::Conflict<'_>) -> crate::Result<super::Resolution> {
+            Ok(super::Resolution::TakeLocal)
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not symmetric")]
+    fn the_laws_catch_an_asymmetric_strategy() {
+        crate::testkit::strategy_laws(&KeepMine, 16);
+    }
+}

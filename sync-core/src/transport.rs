@@ -105,13 +105,28 @@ impl fmt::Debug for RemoteEnvelope {
     }
 }
 
+/// A pull: the envelopes of a space after a cursor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PullRequest {
+    /// Who is pulling, from which space, holding which key.
+    pub from: SpaceRef,
+    /// The server sequence after which to start; pulling with it tells the server the device
+    /// has applied everything up to it.
+    pub cursor: u64,
+    /// Most envelopes wanted (the server may return fewer, by its own count and byte limits).
+    pub limit: usize,
+    /// Also return the pulling device's own envelopes. Normal pulls skip them (the device wrote
+    /// them); a full re-sync needs them to confirm what the server holds.
+    pub include_own: bool,
+}
+
 /// One page of a pull.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct PullPage {
     /// Envelopes with server sequence above the requested cursor, in order.
     pub envelopes: Vec<RemoteEnvelope>,
-    /// The cursor to ask for next (the last envelope's server sequence, or the request's cursor
-    /// when the page is empty).
+    /// The cursor to ask for next: the last server sequence the server looked at (returned or
+    /// skipped as the device's own), or the request's cursor when there was nothing.
     pub next_cursor: u64,
     /// True when more envelopes wait beyond this page.
     pub more: bool,
@@ -134,10 +149,9 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// Pushes envelopes; idempotent by (device, seq).
     async fn push(&self, request: PushRequest) -> Result<PushResponse>;
 
-    /// Pulls envelopes of the space after `cursor`, at most `limit` of them (and at most the
-    /// server's page size in bytes). Pulling with `cursor` tells the server this device has
-    /// applied everything up to it.
-    async fn pull(&self, from: SpaceRef, cursor: u64, limit: usize) -> Result<PullPage>;
+    /// Pulls envelopes of the space after the request's cursor (at most its limit, and at most
+    /// the server's page size in bytes).
+    async fn pull(&self, request: PullRequest) -> Result<PullPage>;
 
     /// The space's wrapped key backup, which the server cannot open.
     async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>>;

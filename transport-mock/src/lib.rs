@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sync_core::{
-    Error, ErrorKind, MemoryRelay, PullPage, PushRequest, PushResponse, Result, SpaceId, SpaceRef,
-    Transport,
+    Error, ErrorKind, MemoryRelay, PullPage, PullRequest, PushRequest, PushResponse, Result,
+    SpaceId, Transport,
 };
 
 pub mod mocks;
@@ -272,9 +272,9 @@ impl Transport for MockTransport {
         Ok(response)
     }
 
-    async fn pull(&self, from: SpaceRef, cursor: u64, limit: usize) -> Result<PullPage> {
+    async fn pull(&self, request: PullRequest) -> Result<PullPage> {
         let (lose, _, _, _) = self.enter().await?;
-        let page = self.relay.pull(&from, cursor, limit)?;
+        let page = self.relay.pull(&request)?;
         let bytes: u64 = page
             .envelopes
             .iter()

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use sync_core::transport::{PullPage, PushRequest, PushResponse, SpaceRef};
+use sync_core::transport::{PullPage, PullRequest, PushRequest, PushResponse};
 use sync_core::{
     Conflict, ConflictStrategy, ConsentPolicy, ConsentRequest, Decision, Resolution, Result,
     SpaceId, Transport,
@@ -20,7 +20,7 @@ mockall::mock! {
     impl Transport for Transport {
         fn name(&self) -> &'static str;
         async fn push(&self, request: PushRequest) -> Result<PushResponse>;
-        async fn pull(&self, from: SpaceRef, cursor: u64, limit: usize) -> Result<PullPage>;
+        async fn pull(&self, request: PullRequest) -> Result<PullPage>;
         async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>>;
         async fn put_key_backup(&self, space: SpaceId, blob: Vec<u8>) -> Result<()>;
         async fn share(&self, destination: &str, sealed: Vec<u8>) -> Result<()>;

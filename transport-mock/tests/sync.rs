@@ -56,6 +56,11 @@ async fn only_changes_travel_and_both_devices_converge() {
         up,
         "a sync with nothing new sends no record"
     );
+    assert_eq!(
+        a.transport.traffic().envelopes_down,
+        0,
+        "a device is not sent back its own envelopes"
+    );
 
     // One edit travels as one envelope, and the server keeps only the newest version.
     b.store
@@ -500,12 +505,7 @@ async fn offline_state_and_a_stalled_transport_become_visible_errors() {
         async fn push(&self, r: PushRequest) -> sync_core::Result<sync_core::PushResponse> {
             self.0.push(r).await
         }
-        async fn pull(
-            &self,
-            _: SpaceRef,
-            _: u64,
-            _: usize,
-        ) -> sync_core::Result<sync_core::PullPage> {
+        async fn pull(&self, _: sync_core::PullRequest) -> sync_core::Result<sync_core::PullPage> {
             std::future::pending().await
         }
         async fn get_key_backup(

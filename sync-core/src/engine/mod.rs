@@ -37,7 +37,7 @@ use crate::registry;
 use crate::storage::{Batch, StoredRecord};
 use crate::store::{Store, WriteBatch, record_from_payload};
 use crate::strategy::{Conflict, ConflictStrategy, Resolution, Version};
-use crate::transport::{OutgoingEnvelope, PullPage, PushRequest, SpaceRef, Transport};
+use crate::transport::{OutgoingEnvelope, PullPage, PullRequest, PushRequest, SpaceRef, Transport};
 use crate::{Payload, Record};
 
 pub use row::RowSync;
@@ -435,12 +435,28 @@ impl SyncEngine {
         loop {
             let page = tokio::time::timeout(
                 self.config.stall_timeout,
-                self.transport.pull(from, cursor, self.config.pull_page),
+                self.transport.pull(PullRequest {
+                    from,
+                    cursor,
+                    limit: self.config.pull_page,
+                    include_own: false,
+                }),
             )
             .await
             .map_err(|_| page_err("a pull"))??;
             let more = page.more;
             let floor = page.gc_floor;
+            if page.envelopes.is_empty() && page.next_cursor > cursor {
+                // Only this device's own envelopes were passed over: just move the cursor.
+                cursor = page.next_cursor;
+                self.store
+                    .storage()
+                    .commit(Batch {
+                        meta: vec![(META_CURSOR.to_owned(), Some(encode(&cursor)?))],
+                        ..Batch::default()
+                    })
+                    .await?;
+            }
             if !page.envelopes.is_empty() {
                 cursor = page.next_cursor;
                 self.apply_page(page, report, None).await?;
@@ -901,7 +917,12 @@ impl SyncEngine {
         loop {
             let page = tokio::time::timeout(
                 self.config.stall_timeout,
-                self.transport.pull(from, cursor, self.config.pull_page),
+                self.transport.pull(PullRequest {
+                    from,
+                    cursor,
+                    limit: self.config.pull_page,
+                    include_own: true,
+                }),
             )
             .await
             .map_err(|_| page_err("a pull"))?;
