@@ -543,3 +543,60 @@ async fn offline_state_and_a_stalled_transport_become_visible_errors() {
         "{state:?}"
     );
 }
+
+/// Fails the n-th pull, passing everything else through.
+#[derive(Debug)]
+struct FailNthPull {
+    inner: Arc<MockTransport>,
+    n: u64,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Transport for FailNthPull {
+    fn name(&self) -> &'static str {
+        "fail-nth-pull"
+    }
+    async fn push(&self, r: PushRequest) -> sync_core::Result<sync_core::PushResponse> {
+        self.inner.push(r).await
+    }
+    async fn pull(&self, r: sync_core::PullRequest) -> sync_core::Result<sync_core::PullPage> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == self.n {
+            return Err(sync_core::Error::new(ErrorKind::Unavailable, "connection dropped").temporary());
+        }
+        self.inner.pull(r).await
+    }
+    async fn get_key_backup(&self, s: sync_core::SpaceId) -> sync_core::Result<Option<Vec<u8>>> {
+        self.inner.get_key_backup(s).await
+    }
+    async fn put_key_backup(&self, s: sync_core::SpaceId, b: Vec<u8>) -> sync_core::Result<()> {
+        self.inner.put_key_backup(s, b).await
+    }
+    async fn share(&self, d: &str, b: Vec<u8>) -> sync_core::Result<()> {
+        self.inner.share(d, b).await
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_initial_sync_resumes_from_its_last_applied_page() {
+    let (_w, a, b) = pair().await;
+    let mut batch = WriteBatch::new();
+    for i in 0..100 {
+        batch.put("notes", format!("n{i:03}"), &json!(i)).expect("put");
+    }
+    a.store.write(batch).await.expect("write");
+    a.engine.sync().await.expect("sync");
+    let flaky = Arc::new(FailNthPull {
+        inner: b.transport.clone(),
+        n: 4,
+        calls: std::sync::atomic::AtomicU64::new(0),
+    });
+    let config = SyncConfig { pull_page: 10, ..SyncConfig::default() };
+    let engine = sync_core::SyncEngine::new(b.store.clone(), flaky, config);
+    assert!(engine.sync().await.is_err(), "the fourth page is lost");
+    assert_eq!(b.snapshot().await.len(), 30, "three pages were applied and kept");
+    let r = engine.sync().await.expect("resume");
+    assert_eq!(r.pulled, 70, "the resumed sync downloads only what is missing");
+    assert_eq!(b.transport.traffic().envelopes_down, 100, "nothing was downloaded twice");
+    assert_eq!(a.snapshot().await, b.snapshot().await);
+}
