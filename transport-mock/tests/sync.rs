@@ -562,7 +562,9 @@ impl Transport for FailNthPull {
     }
     async fn pull(&self, r: sync_core::PullRequest) -> sync_core::Result<sync_core::PullPage> {
         if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == self.n {
-            return Err(sync_core::Error::new(ErrorKind::Unavailable, "connection dropped").temporary());
+            return Err(
+                sync_core::Error::new(ErrorKind::Unavailable, "connection dropped").temporary(),
+            );
         }
         self.inner.pull(r).await
     }
@@ -582,7 +584,9 @@ async fn an_interrupted_initial_sync_resumes_from_its_last_applied_page() {
     let (_w, a, b) = pair().await;
     let mut batch = WriteBatch::new();
     for i in 0..100 {
-        batch.put("notes", format!("n{i:03}"), &json!(i)).expect("put");
+        batch
+            .put("notes", format!("n{i:03}"), &json!(i))
+            .expect("put");
     }
     a.store.write(batch).await.expect("write");
     a.engine.sync().await.expect("sync");
@@ -591,12 +595,26 @@ async fn an_interrupted_initial_sync_resumes_from_its_last_applied_page() {
         n: 4,
         calls: std::sync::atomic::AtomicU64::new(0),
     });
-    let config = SyncConfig { pull_page: 10, ..SyncConfig::default() };
+    let config = SyncConfig {
+        pull_page: 10,
+        ..SyncConfig::default()
+    };
     let engine = sync_core::SyncEngine::new(b.store.clone(), flaky, config);
     assert!(engine.sync().await.is_err(), "the fourth page is lost");
-    assert_eq!(b.snapshot().await.len(), 30, "three pages were applied and kept");
+    assert_eq!(
+        b.snapshot().await.len(),
+        30,
+        "three pages were applied and kept"
+    );
     let r = engine.sync().await.expect("resume");
-    assert_eq!(r.pulled, 70, "the resumed sync downloads only what is missing");
-    assert_eq!(b.transport.traffic().envelopes_down, 100, "nothing was downloaded twice");
+    assert_eq!(
+        r.pulled, 70,
+        "the resumed sync downloads only what is missing"
+    );
+    assert_eq!(
+        b.transport.traffic().envelopes_down,
+        100,
+        "nothing was downloaded twice"
+    );
     assert_eq!(a.snapshot().await, b.snapshot().await);
 }
