@@ -63,8 +63,8 @@ pub use strategy::{
     Conflict, ConflictStrategy, LastWriterWins, Merge, Priority, Resolution, UserChoice, Version,
 };
 pub use transport::{
-    OutgoingEnvelope, PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope, SpaceRef,
-    Transport,
+    Detached, OutgoingEnvelope, PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope,
+    SpaceRef, Transport,
 };
 
 #[doc(hidden)]

@@ -164,3 +164,39 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 }
 
 fn _object_safe(_: &dyn Transport) {}
+
+/// The transport of a store that has no server yet: every call fails with a permanent
+/// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) saying so. Lets local tools use
+/// the engine's conflict and strategy functions before sync is set up.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Detached;
+
+fn detached() -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::Unavailable,
+        "no sync server is configured for this store",
+    )
+    .permanent()
+}
+
+#[async_trait]
+impl Transport for Detached {
+    fn name(&self) -> &'static str {
+        "detached"
+    }
+    async fn push(&self, _: PushRequest) -> Result<PushResponse> {
+        Err(detached())
+    }
+    async fn pull(&self, _: PullRequest) -> Result<PullPage> {
+        Err(detached())
+    }
+    async fn get_key_backup(&self, _: SpaceId) -> Result<Option<Vec<u8>>> {
+        Err(detached())
+    }
+    async fn put_key_backup(&self, _: SpaceId, _: Vec<u8>) -> Result<()> {
+        Err(detached())
+    }
+    async fn share(&self, _: &str, _: Vec<u8>) -> Result<()> {
+        Err(detached())
+    }
+}

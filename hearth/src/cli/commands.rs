@@ -1,0 +1,292 @@
+//! The commands' bodies.
+
+use std::sync::Arc;
+
+use hearth::{Choice, Detached, Error, ErrorKind, KdfCost, Result, Store, SyncConfig, SyncEngine};
+use serde_json::{Value, json};
+
+use super::{Cli, Command, ConflictAction, StrategyAction, passphrase, read_json, say, store_path};
+
+/// Argon2id cost of new stores. `HEARTH_INSECURE_KDF=1` lowers it for test suites only.
+fn kdf_cost() -> KdfCost {
+    if std::env::var("HEARTH_INSECURE_KDF").is_ok_and(|v| v == "1") {
+        KdfCost::INSECURE_FOR_TESTS
+    } else {
+        KdfCost::DEFAULT
+    }
+}
+
+async fn open(cli: &Cli) -> Result<Store> {
+    let path = store_path(cli)?;
+    if !path.exists() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no store at {}", path.display()),
+        ));
+    }
+    let pass = passphrase(false)?;
+    Store::builder()
+        .path(path)
+        .passphrase(pass)
+        .create(false)
+        .open()
+        .await
+}
+
+fn engine(store: &Store) -> SyncEngine {
+    SyncEngine::new(store.clone(), Arc::new(Detached), SyncConfig::default())
+}
+
+fn print_json(v: &Value) {
+    println!("{v}");
+}
+
+fn parse_json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| Error::invalid(format!("not valid JSON: {e}")))
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init { storage, cipher } => {
+            let path = store_path(&cli)?;
+            if path.exists() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("a store already exists at {}", path.display()),
+                ));
+            }
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::new(ErrorKind::Io, format!("cannot create {}", dir.display()))
+                        .with_source(e)
+                })?;
+            }
+            let pass = passphrase(true)?;
+            let store = Store::builder()
+                .path(&path)
+                .passphrase(pass)
+                .storage(storage.as_str())
+                .cipher(cipher.as_str())
+                .kdf_cost(kdf_cost())
+                .create(true)
+                .open()
+                .await?;
+            let info = store.info().await?;
+            if cli.json {
+                print_json(&json!({
+                    "store": path.display().to_string(),
+                    "device": info.device.to_hex(),
+                    "space": info.space.to_hex(),
+                    "storage": info.storage,
+                    "cipher": info.cipher,
+                }));
+            } else {
+                say(
+                    cli.quiet,
+                    format!(
+                        "created {} ({} + {})",
+                        path.display(),
+                        info.storage,
+                        info.cipher
+                    ),
+                );
+                say(
+                    cli.quiet,
+                    format!("device {}  space {}", info.device, info.space),
+                );
+            }
+            store.close().await
+        }
+        Command::Put {
+            collection,
+            key,
+            value,
+            file,
+        } => {
+            let text = read_json(value.clone(), file.clone())?;
+            let value = parse_json(&text)?;
+            let store = open(&cli).await?;
+            let summary = store.put(collection, key, &value).await?;
+            if cli.json {
+                print_json(&json!({"written": summary.written, "seq": summary.last_seq}));
+            }
+            store.close().await
+        }
+        Command::Get { collection, key } => {
+            let store = open(&cli).await?;
+            let value = store.get(collection, key).await?;
+            store.close().await?;
+            match value {
+                Some(v) if cli.json => {
+                    print_json(&json!({"collection": collection, "key": key, "value": v}))
+                }
+                Some(v) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+                ),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("no record {collection}/{key}"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Command::List {
+            collection,
+            prefix,
+            limit,
+        } => {
+            let store = open(&cli).await?;
+            let rows = store.scan(collection, prefix.as_deref(), *limit).await?;
+            store.close().await?;
+            if cli.json {
+                for (k, v) in rows {
+                    print_json(&json!({"key": k, "value": v}));
+                }
+            } else {
+                for (k, v) in rows {
+                    println!("{k}\t{v}");
+                }
+            }
+            Ok(())
+        }
+        Command::Delete { collection, key } => {
+            let store = open(&cli).await?;
+            let existed = store.delete(collection, key).await?;
+            store.close().await?;
+            if !existed {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no record {collection}/{key}"),
+                ));
+            }
+            if cli.json {
+                print_json(&json!({"deleted": true}));
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let store = open(&cli).await?;
+            let info = store.info().await?;
+            let engine = engine(&store);
+            let last = engine.last_sync().await?;
+            let conflicts = engine.conflicts().await?.len();
+            store.close().await?;
+            if cli.json {
+                print_json(&json!({
+                    "device": info.device.to_hex(),
+                    "space": info.space.to_hex(),
+                    "storage": info.storage,
+                    "cipher": info.cipher,
+                    "key_fingerprint": info.fingerprint,
+                    "pending": info.pending,
+                    "last_seq": info.last_seq,
+                    "conflicts": conflicts,
+                    "last_sync": last.as_ref().map(|l| json!({"at": l.at, "error": l.error, "report": l.report})),
+                }));
+            } else {
+                println!("device      {}", info.device);
+                println!("space       {}", info.space);
+                println!("backends    {} + {}", info.storage, info.cipher);
+                println!("pending     {} change(s) not yet synced", info.pending);
+                println!("conflicts   {conflicts}");
+                match last {
+                    Some(l) => println!(
+                        "last sync   at {} ms: pushed {}, pulled {}, resolved {}{}",
+                        l.at,
+                        l.report.pushed,
+                        l.report.pulled,
+                        l.report.conflicts_resolved,
+                        l.error
+                            .map(|e| format!(", failed: {e}"))
+                            .unwrap_or_default()
+                    ),
+                    None => println!("last sync   never"),
+                }
+            }
+            Ok(())
+        }
+        Command::Check => {
+            let store = open(&cli).await?;
+            store.check().await?;
+            store.close().await?;
+            if cli.json {
+                print_json(&json!({"ok": true}));
+            } else {
+                say(cli.quiet, "ok: the store passed its integrity check");
+            }
+            Ok(())
+        }
+        Command::Strategy { action } => match action {
+            StrategyAction::Set { collection, name } => {
+                let store = open(&cli).await?;
+                engine(&store).set_strategy(collection, name).await?;
+                store.close().await?;
+                if cli.json {
+                    print_json(&json!({"collection": collection, "strategy": name}));
+                }
+                Ok(())
+            }
+            StrategyAction::List => {
+                let names = hearth::registry::strategy_names();
+                if cli.json {
+                    print_json(&json!(names));
+                } else {
+                    for n in names {
+                        println!("{n}");
+                    }
+                }
+                Ok(())
+            }
+        },
+        Command::Conflicts { action } => {
+            let store = open(&cli).await?;
+            let engine = engine(&store);
+            let result = match action {
+                ConflictAction::List => {
+                    let list = engine.conflicts().await?;
+                    for c in list {
+                        let siblings: Vec<Value> =
+                            c.siblings.iter().map(|s| json!(s.value)).collect();
+                        if cli.json {
+                            print_json(&json!({
+                                "collection": c.local.collection, "key": c.local.key,
+                                "local": c.local.value, "remote": siblings, "since": c.since,
+                            }));
+                        } else {
+                            println!(
+                                "{}/{}: local {} vs remote {}",
+                                c.local.collection,
+                                c.local.key,
+                                json!(c.local.value),
+                                Value::Array(siblings)
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+                ConflictAction::Resolve {
+                    collection,
+                    key,
+                    take,
+                    value,
+                } => {
+                    let choice = match (take.as_deref(), value) {
+                        (Some("local"), None) => Choice::Local,
+                        (Some("remote"), None) => Choice::Remote(0),
+                        (None, Some(v)) => Choice::Value(Some(parse_json(v)?)),
+                        _ => {
+                            return Err(Error::invalid("give --take local|remote or --value JSON"));
+                        }
+                    };
+                    engine.resolve(collection, key, choice).await
+                }
+            };
+            store.close().await?;
+            result
+        }
+    }
+}

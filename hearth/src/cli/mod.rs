@@ -1,0 +1,268 @@
+//! Command-line interface of `hearth` (see `main.rs` for the exit codes).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hearth::{Error, ErrorKind, Result};
+use serde_json::json;
+
+mod commands;
+
+/// Offline-first, end-to-end encrypted storage and sync.
+#[derive(Parser, Debug)]
+#[command(name = "hearth", version, about, long_about = None)]
+pub struct Cli {
+    /// The store file (default: the platform data directory, e.g. $XDG_DATA_HOME/hearth/default.db).
+    #[arg(long, global = true, env = "HEARTH_STORE")]
+    pub store: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less output.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a store (prints the recovery code once).
+    Init {
+        /// Storage backend.
+        #[arg(long, default_value = "sqlite")]
+        storage: String,
+        /// Cipher backend.
+        #[arg(long, default_value = "orion")]
+        cipher: String,
+    },
+    /// Write a JSON value.
+    Put {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+        /// The JSON value (omit with --file).
+        #[arg(value_name = "JSON")]
+        value: Option<String>,
+        /// Read the value from a file (`-` for standard input).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Print a value.
+    Get {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+    },
+    /// List records of a collection, sorted by key.
+    List {
+        /// Collection.
+        collection: String,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Delete a record (a tombstone that syncs).
+    Delete {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+    },
+    /// State of the store: device, pending changes, last sync, conflicts.
+    Status,
+    /// Check the store's integrity.
+    Check,
+    /// Conflict strategies per collection.
+    Strategy {
+        /// What to do.
+        #[command(subcommand)]
+        action: StrategyAction,
+    },
+    /// Conflicts waiting for a decision.
+    Conflicts {
+        /// What to do.
+        #[command(subcommand)]
+        action: ConflictAction,
+    },
+}
+
+/// `hearth strategy …`
+#[derive(Subcommand, Debug)]
+pub enum StrategyAction {
+    /// Choose the strategy of a collection (any registered name).
+    Set {
+        /// Collection.
+        collection: String,
+        /// Strategy name (`lww`, `priority`, `merge`, `user-choice`, or a plugin's).
+        name: String,
+    },
+    /// List the registered strategies.
+    List,
+}
+
+/// `hearth conflicts …`
+#[derive(Subcommand, Debug)]
+pub enum ConflictAction {
+    /// List unresolved conflicts.
+    List,
+    /// Resolve one.
+    Resolve {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+        /// Keep `local` or take `remote` (the first sibling).
+        #[arg(long, value_parser = ["local", "remote"], conflicts_with = "value")]
+        take: Option<String>,
+        /// Or write this JSON value.
+        #[arg(long)]
+        value: Option<String>,
+    },
+}
+
+/// Exit code of an error class.
+pub fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::WrongPassphrase | ErrorKind::WrongKey => 3,
+        ErrorKind::NotFound => 4,
+        ErrorKind::InvalidInput => 5,
+        ErrorKind::Unavailable => 6,
+        ErrorKind::Config | ErrorKind::NotCompiledIn | ErrorKind::Conflict => 8,
+        ErrorKind::Corrupt | ErrorKind::Tampered | ErrorKind::Unsupported => 9,
+        ErrorKind::ConsentDenied => 10,
+        ErrorKind::Io | ErrorKind::StorageFull => 11,
+        _ => 1,
+    }
+}
+
+/// What to do about an error, in one line.
+fn hint(e: &Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::NotFound if !e.message().contains("store") => {
+            "list what exists with `hearth list COLLECTION`"
+        }
+        ErrorKind::WrongPassphrase => {
+            "check the passphrase (HEARTH_PASSPHRASE or the prompt); `hearth recover` uses the recovery code"
+        }
+        ErrorKind::WrongKey => "this store holds a different key than the data or server expects",
+        ErrorKind::NotFound => "check the path (--store) or create a store with `hearth init`",
+        ErrorKind::InvalidInput => "fix the input and run the command again",
+        ErrorKind::Unavailable => "check the network and the server address, then try again",
+        ErrorKind::NotCompiledIn => "rebuild hearth with the cargo feature named above",
+        ErrorKind::Config => "see `hearth --help`; the message names what does not match",
+        ErrorKind::Corrupt | ErrorKind::Tampered => {
+            "the data was damaged or altered; restore from a backup (`hearth import`)"
+        }
+        ErrorKind::Io | ErrorKind::StorageFull => {
+            "check permissions and free space of the store's directory"
+        }
+        _ => "this is a bug in hearth; please report it with the command you ran",
+    }
+}
+
+/// Runs the command line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hearth: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let json_errors = cli.json;
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json_errors {
+                let line = json!({"error": e.kind().as_str(), "message": e.to_string()});
+                eprintln!("{line}");
+            } else {
+                eprintln!("hearth: {e}\n  {}", hint(&e));
+            }
+            ExitCode::from(exit_code(e.kind()))
+        }
+    }
+}
+
+/// The passphrase: `HEARTH_PASSPHRASE`, or a prompt on the terminal (never a flag).
+pub fn passphrase(confirm: bool) -> Result<hearth::Passphrase> {
+    if let Ok(p) = std::env::var("HEARTH_PASSPHRASE") {
+        return Ok(hearth::Passphrase::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::invalid(
+            "no passphrase: set HEARTH_PASSPHRASE or run on a terminal to be prompted",
+        ));
+    }
+    let first = rpassword::prompt_password("passphrase: ")
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot read the passphrase").with_source(e))?;
+    if first.is_empty() {
+        return Err(Error::invalid("the passphrase must not be empty"));
+    }
+    if confirm {
+        let again = rpassword::prompt_password("again: ")
+            .map_err(|e| Error::new(ErrorKind::Io, "cannot read the passphrase").with_source(e))?;
+        if again != first {
+            return Err(Error::invalid("the passphrases differ"));
+        }
+    }
+    Ok(hearth::Passphrase::new(first))
+}
+
+/// The store path: `--store`, or the platform data directory.
+pub fn store_path(cli: &Cli) -> Result<PathBuf> {
+    if let Some(p) = &cli.store {
+        return Ok(p.clone());
+    }
+    let dirs = directories::ProjectDirs::from("", "", "hearth").ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            "no home directory to put the store in; pass --store PATH",
+        )
+    })?;
+    Ok(dirs.data_dir().join("default.db"))
+}
+
+/// Reads a JSON value from an argument, a file, or standard input (`-`).
+pub fn read_json(arg: Option<String>, file: Option<PathBuf>) -> Result<String> {
+    match (arg, file) {
+        (Some(j), None) => Ok(j),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map_err(|e| {
+                Error::new(ErrorKind::Io, "cannot read standard input").with_source(e)
+            })?;
+            Ok(s)
+        }
+        (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| {
+            Error::new(ErrorKind::Io, format!("cannot read {}", f.display())).with_source(e)
+        }),
+        (Some(_), Some(_)) => Err(Error::invalid("give the value or --file, not both")),
+        (None, None) => Err(Error::invalid("give a JSON value or --file")),
+    }
+}
+
+/// Prints a line unless quiet.
+pub fn say(cli_quiet: bool, line: impl AsRef<str>) {
+    if !cli_quiet {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", line.as_ref());
+    }
+}

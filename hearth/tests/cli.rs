@@ -1,0 +1,133 @@
+//! The `hearth` binary driven as a user would.
+
+use assert_cmd::Command;
+use std::path::Path;
+
+fn hearth(store: &Path, pass: &str) -> Command {
+    let mut c = Command::cargo_bin("hearth").expect("binary");
+    c.env("HEARTH_STORE", store)
+        .env("HEARTH_PASSPHRASE", pass)
+        .env("HEARTH_INSECURE_KDF", "1");
+    c
+}
+
+fn stdout(c: &mut Command) -> String {
+    let out = c.output().expect("run");
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn init_put_get_list_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("nested/dir/store.db");
+    let out = stdout(hearth(&db, "pw").args(["--json", "init"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("init --json is JSON");
+    assert_eq!(v["storage"], "sqlite");
+    stdout(hearth(&db, "pw").args(["put", "notes", "a", r#"{"title":"hello"}"#]));
+    hearth(&db, "pw")
+        .args(["put", "notes", "b", "--file", "-"])
+        .write_stdin(r#"{"title":"from stdin"}"#)
+        .assert()
+        .success();
+    let got = stdout(hearth(&db, "pw").args(["--json", "get", "notes", "a"]));
+    let v: serde_json::Value = serde_json::from_str(got.trim()).expect("json");
+    assert_eq!(v["value"]["title"], "hello");
+    let list = stdout(hearth(&db, "pw").args(["--json", "list", "notes"]));
+    let keys: Vec<String> = list
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json line")["key"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(keys, ["a", "b"]);
+    stdout(hearth(&db, "pw").args(["delete", "notes", "a"]));
+    hearth(&db, "pw")
+        .args(["get", "notes", "a"])
+        .assert()
+        .code(4);
+    let status = stdout(hearth(&db, "pw").args(["--json", "status"]));
+    let v: serde_json::Value = serde_json::from_str(status.trim()).expect("json");
+    assert_eq!(v["pending"], 2, "two records changed since the last sync");
+}
+
+#[test]
+fn errors_have_distinct_codes_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    hearth(&db, "right").arg("init").assert().success();
+    hearth(&db, "right")
+        .args(["put", "notes", "k", "1"])
+        .assert()
+        .success();
+    let before = std::fs::read(&db).expect("read");
+
+    let out = hearth(&db, "wrong")
+        .args(["get", "notes", "k"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("passphrase") && !err.contains("wrong"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&db).expect("read") == before,
+        "a wrong passphrase changes nothing"
+    );
+
+    hearth(&db, "right")
+        .args(["put", "notes", "k", "{not json"])
+        .assert()
+        .code(5);
+    hearth(&dir.path().join("absent.db"), "right")
+        .args(["get", "notes", "k"])
+        .assert()
+        .code(4);
+    hearth(&db, "right")
+        .args(["strategy", "set", "notes", "no-such"])
+        .assert()
+        .code(4);
+    hearth(&db, "right").arg("init").assert().code(8);
+    hearth(&db, "right").arg("frobnicate").assert().code(2);
+    let out = hearth(&db, "right")
+        .args(["--json", "get", "notes", "missing"])
+        .output()
+        .expect("run");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stderr).expect("errors are JSON with --json");
+    assert_eq!(v["error"], "not_found");
+    assert_eq!(
+        stdout(hearth(&db, "right").args(["get", "notes", "k"])).trim(),
+        "1"
+    );
+}
+
+#[test]
+fn strategy_and_conflict_commands_work_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    hearth(&db, "pw").arg("init").assert().success();
+    hearth(&db, "pw")
+        .args(["strategy", "set", "docs", "merge"])
+        .assert()
+        .success();
+    let names = stdout(hearth(&db, "pw").args(["--json", "strategy", "list"]));
+    assert!(names.contains("user-choice"));
+    assert_eq!(
+        stdout(hearth(&db, "pw").args(["conflicts", "list"])).trim(),
+        ""
+    );
+    hearth(&db, "pw")
+        .args(["conflicts", "resolve", "docs", "x", "--take", "local"])
+        .assert()
+        .code(4);
+}
