@@ -131,3 +131,41 @@ fn strategy_and_conflict_commands_work_offline() {
         .assert()
         .code(4);
 }
+
+#[test]
+fn recovery_code_from_init_recovers_a_lost_passphrase() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let out = stdout(hearth(&db, "first").args(["--json", "init"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let code = v["recovery_code"].as_str().expect("code").to_owned();
+    hearth(&db, "first")
+        .args(["put", "notes", "k", "42"])
+        .assert()
+        .success();
+    hearth(&db, "first")
+        .env("HEARTH_NEW_PASSPHRASE", "second")
+        .args(["passphrase", "change"])
+        .assert()
+        .success();
+    hearth(&db, "first")
+        .args(["get", "notes", "k"])
+        .assert()
+        .code(3);
+    hearth(&db, "x")
+        .env("HEARTH_RECOVERY_CODE", "WRONG-CODE")
+        .env("HEARTH_NEW_PASSPHRASE", "third")
+        .arg("recover")
+        .assert()
+        .code(3);
+    hearth(&db, "x")
+        .env("HEARTH_RECOVERY_CODE", &code)
+        .env("HEARTH_NEW_PASSPHRASE", "third")
+        .arg("recover")
+        .assert()
+        .success();
+    assert_eq!(
+        stdout(hearth(&db, "third").args(["get", "notes", "k"])).trim(),
+        "42"
+    );
+}

@@ -561,3 +561,62 @@ async fn local_only_writes_never_enter_the_outbox() {
         store.record_id("notes", "synced").expect("id")
     );
 }
+
+#[tokio::test]
+async fn passphrase_change_and_recovery_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("keys.db");
+    let store = open(&db, PASS).await.expect("create");
+    store
+        .put("notes", "a", &json!("secret"))
+        .await
+        .expect("put");
+    let code = store
+        .create_recovery_code(KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .expect("code");
+    assert_eq!(code.len(), 32 + 7, "32 characters in eight groups: {code}");
+    store
+        .change_passphrase(&"new passphrase".into(), KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .expect("change");
+    store.close().await.expect("close");
+
+    assert_eq!(
+        open(&db, PASS).await.err().map(|e| e.kind()),
+        Some(ErrorKind::WrongPassphrase)
+    );
+    let store = open(&db, "new passphrase")
+        .await
+        .expect("new passphrase opens");
+    assert_eq!(
+        store.get("notes", "a").await.expect("get"),
+        Some(json!("secret"))
+    );
+    store.close().await.expect("close");
+
+    // The passphrase is lost: the recovery code (typed sloppily) sets a new one.
+    let storage = Arc::new(SqliteStorage::open(&db, false).await.expect("storage"));
+    let wrong = Store::recover(
+        storage.clone(),
+        Arc::new(OrionCipher),
+        OpenOptions::new("x"),
+        "AAAA-BBBB",
+    )
+    .await;
+    assert_eq!(
+        wrong.err().map(|e| e.kind()),
+        Some(ErrorKind::WrongPassphrase)
+    );
+    let sloppy = code.to_lowercase().replace('-', " ");
+    let opts = OpenOptions::new("third passphrase").kdf_cost(KdfCost::INSECURE_FOR_TESTS);
+    let store = Store::recover(storage, Arc::new(OrionCipher), opts, &sloppy)
+        .await
+        .expect("recover");
+    assert_eq!(
+        store.get("notes", "a").await.expect("get"),
+        Some(json!("secret"))
+    );
+    store.close().await.expect("close");
+    assert!(open(&db, "third passphrase").await.is_ok());
+}

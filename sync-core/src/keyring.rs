@@ -40,6 +40,29 @@ pub struct Keyring {
     pub wrapped_root: Vec<u8>,
     /// Fingerprint of the root key.
     pub fingerprint: [u8; HASH_LEN],
+    /// The root key wrapped a second time, under a KEK derived from a recovery code.
+    pub recovery: Option<RecoveryWrap>,
+}
+
+/// The root key wrapped under a recovery code's KEK.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecoveryWrap {
+    /// Argon2id cost.
+    pub kdf: KdfCost,
+    /// Argon2id salt.
+    pub salt: [u8; SALT_LEN],
+    /// `nonce || XChaCha20-Poly1305(KEK, root key)`, AAD `"hearth.keyring.recovery" || format || space || key_id`.
+    pub wrapped: Vec<u8>,
+}
+
+/// Normalises a recovery code as people type it: case and separators do not matter.
+pub fn normalise_recovery_code(code: &str) -> Passphrase {
+    let s: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    Passphrase::new(s)
 }
 
 impl std::fmt::Debug for Keyring {
@@ -85,6 +108,7 @@ impl Keyring {
             salt: [0; SALT_LEN],
             wrapped_root: Vec::new(),
             fingerprint: fingerprint(cipher, &root, &space)?,
+            recovery: None,
         };
         ring.wrap(cipher, passphrase, cost, &root)?;
         Ok((ring, root))
@@ -114,6 +138,70 @@ impl Keyring {
         self.kdf = cost;
         self.wrapped_root = cipher.seal_random_nonce(&kek, &self.aad(), root.expose())?;
         Ok(())
+    }
+
+    fn recovery_aad(&self) -> Vec<u8> {
+        let mut aad = b"hearth.keyring.recovery".to_vec();
+        aad.push(self.format);
+        aad.extend_from_slice(self.space.as_bytes());
+        aad.extend_from_slice(&self.key_id.to_be_bytes());
+        aad
+    }
+
+    /// Wraps `root` under a KEK derived from the recovery `code` (replacing any earlier one).
+    pub fn set_recovery(
+        &mut self,
+        cipher: &dyn Cipher,
+        code: &Passphrase,
+        cost: KdfCost,
+        root: &SecretKey,
+    ) -> Result<()> {
+        cost.validate()?;
+        let mut salt = [0u8; SALT_LEN];
+        cipher.fill_random(&mut salt)?;
+        let kek = cipher.password_kdf(code.expose(), &salt, cost)?;
+        let wrapped = cipher.seal_random_nonce(&kek, &self.recovery_aad(), root.expose())?;
+        self.recovery = Some(RecoveryWrap {
+            kdf: cost,
+            salt,
+            wrapped,
+        });
+        Ok(())
+    }
+
+    /// Unwraps the root key with the recovery code. No recovery code set is
+    /// [`ErrorKind::NotFound`]; a code that does not open it is [`ErrorKind::WrongPassphrase`].
+    pub fn unlock_with_recovery(
+        &self,
+        cipher: &dyn Cipher,
+        code: &Passphrase,
+    ) -> Result<SecretKey> {
+        let r = self
+            .recovery
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "this store has no recovery code"))?;
+        r.kdf
+            .validate()
+            .map_err(|_| Error::corrupt("key header has out-of-range KDF cost"))?;
+        let kek = cipher.password_kdf(code.expose(), &r.salt, r.kdf)?;
+        let root = Zeroizing::new(
+            cipher
+                .open_random_nonce(&kek, &self.recovery_aad(), &r.wrapped)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::Tampered => Error::new(
+                        ErrorKind::WrongPassphrase,
+                        "the recovery code does not unlock this store",
+                    ),
+                    _ => e,
+                })?,
+        );
+        let root = SecretKey::from_slice(&root)?;
+        if fingerprint(cipher, &root, &self.space)? != self.fingerprint {
+            return Err(Error::corrupt(
+                "key header fingerprint does not match its key",
+            ));
+        }
+        Ok(root)
     }
 
     /// Unwraps the root key. A passphrase that does not open it is

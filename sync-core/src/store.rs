@@ -261,7 +261,9 @@ struct Writer {
 struct Inner {
     storage: Arc<dyn Storage>,
     cipher: Arc<dyn Cipher>,
-    keyring: Keyring,
+    keyring: std::sync::RwLock<Keyring>,
+    /// The root key, kept to rewrap it (passphrase change, recovery code). Zeroized on drop.
+    root: crate::cipher::SecretKey,
     keys: RecordKeys,
     device: DeviceId,
     padding: Padding,
@@ -382,14 +384,14 @@ impl Store {
         state: DeviceState,
     ) -> Result<Store> {
         let keys = RecordKeys::derive(cipher.as_ref(), keyring.space, keyring.key_id, &root)?;
-        drop(root);
         let encoded = encode_state(&state)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 device: state.device,
                 storage,
                 cipher,
-                keyring,
+                keyring: std::sync::RwLock::new(keyring),
+                root,
                 keys,
                 padding: options.padding,
                 clock: options.clock,
@@ -431,7 +433,110 @@ impl Store {
     /// The key backup of this store's space: its key header (the root key wrapped by the
     /// passphrase's KEK, which a server cannot open). Upload it so new devices can join.
     pub fn key_backup(&self) -> Result<Vec<u8>> {
-        self.inner.keyring.encode()
+        self.keyring()?.encode()
+    }
+
+    fn keyring(&self) -> Result<Keyring> {
+        self.inner
+            .keyring
+            .read()
+            .map(|k| k.clone())
+            .map_err(|_| Error::internal("keyring lock poisoned"))
+    }
+
+    /// Replaces the key header, guarded by the current one: atomic, and refused if another
+    /// process changed it meanwhile.
+    async fn replace_keyring(&self, old: &Keyring, new: Keyring) -> Result<()> {
+        let _w = self.inner.writer.lock().await;
+        self.inner
+            .storage
+            .commit(Batch {
+                guards: vec![(META_KEYRING.to_owned(), Some(old.encode()?))],
+                meta: vec![(META_KEYRING.to_owned(), Some(new.encode()?))],
+                ..Batch::default()
+            })
+            .await?;
+        *self
+            .inner
+            .keyring
+            .write()
+            .map_err(|_| Error::internal("keyring lock poisoned"))? = new;
+        Ok(())
+    }
+
+    /// Changes the passphrase: rewraps the root key only (no record is re-encrypted), in one
+    /// atomic write. `cost` is the Argon2id cost for the new passphrase.
+    pub async fn change_passphrase(&self, new: &Passphrase, cost: KdfCost) -> Result<()> {
+        let old = self.keyring()?;
+        let mut next = old.clone();
+        next.wrap(self.inner.cipher.as_ref(), new, cost, &self.inner.root)?;
+        self.replace_keyring(&old, next).await
+    }
+
+    /// Makes a new recovery code (replacing any earlier one) and returns it: 32 base32
+    /// characters in groups of four. Show it to the user once; hearth keeps only the root key
+    /// wrapped under it.
+    pub async fn create_recovery_code(&self, cost: KdfCost) -> Result<String> {
+        let mut raw = zeroize::Zeroizing::new([0u8; 20]);
+        self.inner.cipher.fill_random(raw.as_mut())?;
+        let code = data_encoding::BASE32_NOPAD.encode(raw.as_ref());
+        let grouped: String = code
+            .as_bytes()
+            .chunks(4)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("-");
+        let old = self.keyring()?;
+        let mut next = old.clone();
+        next.set_recovery(
+            self.inner.cipher.as_ref(),
+            &crate::keyring::normalise_recovery_code(&grouped),
+            cost,
+            &self.inner.root,
+        )?;
+        self.replace_keyring(&old, next).await?;
+        Ok(grouped)
+    }
+
+    /// Opens the store held by `storage` with its recovery code and sets a new passphrase
+    /// (`options`' passphrase and KDF cost). A wrong code is [`ErrorKind::WrongPassphrase`] and
+    /// changes nothing.
+    pub async fn recover(
+        storage: Arc<dyn Storage>,
+        cipher: Arc<dyn Cipher>,
+        options: OpenOptions,
+        recovery_code: &str,
+    ) -> Result<Store> {
+        let bytes = storage
+            .meta_get(META_KEYRING)
+            .await?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "no hearth store here"))?;
+        let old = Keyring::decode(&bytes)?;
+        let code = crate::keyring::normalise_recovery_code(recovery_code);
+        let root = old.unlock_with_recovery(cipher.as_ref(), &code)?;
+        let mut next = old.clone();
+        next.wrap(
+            cipher.as_ref(),
+            &options.passphrase,
+            options.kdf_cost,
+            &root,
+        )?;
+        storage
+            .commit(Batch {
+                guards: vec![(META_KEYRING.to_owned(), Some(bytes))],
+                meta: vec![(META_KEYRING.to_owned(), Some(next.encode()?))],
+                ..Batch::default()
+            })
+            .await?;
+        Store::open(
+            storage,
+            cipher,
+            OpenOptions {
+                create: false,
+                ..options
+            },
+        )
+        .await
     }
 
     /// Creates a store on `storage` (which must be empty) that joins the space of `backup` (a
@@ -477,14 +582,15 @@ impl Store {
 
     /// Facts about the store, safe to print.
     pub async fn info(&self) -> Result<StoreInfo> {
+        let keyring = self.keyring()?;
         let w = self.inner.writer.lock().await;
         Ok(StoreInfo {
             space: self.inner.keys.space,
             device: self.inner.device,
-            storage: self.inner.keyring.storage.clone(),
-            cipher: self.inner.keyring.cipher.clone(),
-            key_id: self.inner.keyring.key_id,
-            fingerprint: hex8(&self.inner.keyring.fingerprint),
+            storage: keyring.storage.clone(),
+            cipher: keyring.cipher.clone(),
+            key_id: keyring.key_id,
+            fingerprint: hex8(&keyring.fingerprint),
             pending: self.inner.storage.outbox_len().await?,
             last_seq: w.state.seq,
         })
@@ -813,7 +919,11 @@ impl Store {
     /// The fingerprint of the root key: a keyed hash the server compares without learning the
     /// key.
     pub fn key_fingerprint(&self) -> [u8; 32] {
-        self.inner.keyring.fingerprint
+        self.inner
+            .keyring
+            .read()
+            .map(|k| k.fingerprint)
+            .unwrap_or([0; 32])
     }
 }
 

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use hearth::{Choice, Detached, Error, ErrorKind, KdfCost, Result, Store, SyncConfig, SyncEngine};
 use serde_json::{Value, json};
 
-use super::{Cli, Command, ConflictAction, StrategyAction, passphrase, read_json, say, store_path};
+use super::{
+    Cli, Command, ConflictAction, PassphraseAction, StrategyAction, passphrase, read_json, say,
+    secret_from, store_path,
+};
 
 /// Argon2id cost of new stores. `HEARTH_INSECURE_KDF=1` lowers it for test suites only.
 fn kdf_cost() -> KdfCost {
@@ -73,8 +76,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .open()
                 .await?;
             let info = store.info().await?;
+            let code = store.create_recovery_code(kdf_cost()).await?;
             if cli.json {
                 print_json(&json!({
+                    "recovery_code": code,
                     "store": path.display().to_string(),
                     "device": info.device.to_hex(),
                     "space": info.space.to_hex(),
@@ -218,6 +223,46 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 say(cli.quiet, "ok: the store passed its integrity check");
             }
+            Ok(())
+        }
+        Command::Passphrase {
+            action: PassphraseAction::Change,
+        } => {
+            let store = open(&cli).await?;
+            let new = secret_from("HEARTH_NEW_PASSPHRASE", "new passphrase: ", true)?;
+            store
+                .change_passphrase(&hearth::Passphrase::new(new), kdf_cost())
+                .await?;
+            store.close().await?;
+            say(cli.quiet, "passphrase changed");
+            Ok(())
+        }
+        Command::Recover => {
+            let path = store_path(&cli)?;
+            if !path.exists() {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no store at {}", path.display()),
+                ));
+            }
+            let code = secret_from("HEARTH_RECOVERY_CODE", "recovery code: ", false)?;
+            let new = secret_from("HEARTH_NEW_PASSPHRASE", "new passphrase: ", true)?;
+            let storage = (hearth::registry::storage("sqlite")?.open)(
+                hearth::StorageOptions::at(&path).create(false),
+            )
+            .await?;
+            let store = Store::recover(
+                storage,
+                (hearth::registry::cipher("orion")?.make)(),
+                hearth::OpenOptions::new(new).kdf_cost(kdf_cost()),
+                &code,
+            )
+            .await?;
+            store.close().await?;
+            say(
+                cli.quiet,
+                "recovered: the store now opens with the new passphrase",
+            );
             Ok(())
         }
         Command::Strategy { action } => match action {

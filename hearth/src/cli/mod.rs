@@ -91,6 +91,15 @@ pub enum Command {
         #[command(subcommand)]
         action: StrategyAction,
     },
+    /// Change the passphrase (the new one from HEARTH_NEW_PASSPHRASE or a prompt).
+    Passphrase {
+        /// What to do.
+        #[command(subcommand)]
+        action: PassphraseAction,
+    },
+    /// Unlock with the recovery code (HEARTH_RECOVERY_CODE or a prompt) and set a new
+    /// passphrase (HEARTH_NEW_PASSPHRASE or a prompt).
+    Recover,
     /// Conflicts waiting for a decision.
     Conflicts {
         /// What to do.
@@ -111,6 +120,13 @@ pub enum StrategyAction {
     },
     /// List the registered strategies.
     List,
+}
+
+/// `hearth passphrase …`
+#[derive(Subcommand, Debug)]
+pub enum PassphraseAction {
+    /// Rewrap the store's key under a new passphrase.
+    Change,
 }
 
 /// `hearth conflicts …`
@@ -224,6 +240,32 @@ pub fn passphrase(confirm: bool) -> Result<hearth::Passphrase> {
         }
     }
     Ok(hearth::Passphrase::new(first))
+}
+
+/// A secret from an environment variable, or a prompt on the terminal.
+pub fn secret_from(var: &str, prompt: &str, confirm: bool) -> Result<String> {
+    if let Ok(v) = std::env::var(var) {
+        return Ok(v);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::invalid(format!(
+            "set {var} or run on a terminal to be prompted"
+        )));
+    }
+    let first = rpassword::prompt_password(prompt)
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot read from the terminal").with_source(e))?;
+    if first.is_empty() {
+        return Err(Error::invalid("it must not be empty"));
+    }
+    if confirm {
+        let again = rpassword::prompt_password("again: ").map_err(|e| {
+            Error::new(ErrorKind::Io, "cannot read from the terminal").with_source(e)
+        })?;
+        if again != first {
+            return Err(Error::invalid("the two entries differ"));
+        }
+    }
+    Ok(first)
 }
 
 /// The store path: `--store`, or the platform data directory.
