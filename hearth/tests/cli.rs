@@ -169,3 +169,62 @@ fn recovery_code_from_init_recovers_a_lost_passphrase() {
         "42"
     );
 }
+
+#[test]
+fn export_and_import_round_trip_and_refuse_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let backup = dir.path().join("backup.hearth");
+    hearth(&db, "pw").arg("init").assert().success();
+    hearth(&db, "pw")
+        .args(["put", "notes", "k", r#"{"v":1}"#])
+        .assert()
+        .success();
+    hearth(&db, "pw")
+        .arg("export")
+        .arg(&backup)
+        .assert()
+        .success();
+    hearth(&db, "pw")
+        .arg("export")
+        .arg(&backup)
+        .assert()
+        .code(8);
+
+    let restored = dir.path().join("restored.db");
+    hearth(&restored, "wrong")
+        .arg("import")
+        .arg(&backup)
+        .assert()
+        .code(3);
+    assert!(!restored.exists(), "a failed import leaves nothing behind");
+    let mut damaged = std::fs::read(&backup).expect("read");
+    let n = damaged.len();
+    damaged[n / 2] ^= 1;
+    let bad = dir.path().join("bad.hearth");
+    std::fs::write(&bad, &damaged).expect("write");
+    hearth(&restored, "pw")
+        .arg("import")
+        .arg(&bad)
+        .assert()
+        .code(9);
+    assert!(!restored.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial files remain");
+
+    hearth(&restored, "pw")
+        .arg("import")
+        .arg(&backup)
+        .assert()
+        .success();
+    assert_eq!(
+        stdout(hearth(&restored, "pw").args(["get", "notes", "k"]))
+            .trim()
+            .replace(char::is_whitespace, ""),
+        r#"{"v":1}"#
+    );
+}

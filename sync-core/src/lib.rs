@@ -26,6 +26,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod cipher;
 pub mod consent;
 pub mod engine;

@@ -83,6 +83,11 @@ impl OpenOptions {
         }
     }
 
+    /// The passphrase these options unlock with.
+    pub fn passphrase(&self) -> &Passphrase {
+        &self.passphrase
+    }
+
     /// Create the store when it is empty.
     #[must_use]
     pub fn create(mut self, create: bool) -> Self {
@@ -899,6 +904,11 @@ impl Store {
             guard,
             working,
         }
+    }
+
+    /// The root key (for deriving backup keys).
+    pub(crate) fn root_key(&self) -> &crate::cipher::SecretKey {
+        &self.inner.root
     }
 
     /// The record keys of this store.

@@ -48,6 +48,16 @@ fn parse_json(text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| Error::invalid(format!("not valid JSON: {e}")))
 }
 
+/// A temporary path next to `path`, so the final rename stays on one file system.
+fn temp_beside(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".partial-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
@@ -222,6 +232,118 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_json(&json!({"ok": true}));
             } else {
                 say(cli.quiet, "ok: the store passed its integrity check");
+            }
+            Ok(())
+        }
+        Command::Export { file } => {
+            if file.exists() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("{} already exists", file.display()),
+                ));
+            }
+            let store = open(&cli).await?;
+            let tmp = temp_beside(file);
+            let result = async {
+                let f = tokio::fs::File::create(&tmp).await.map_err(|e| {
+                    Error::new(ErrorKind::Io, format!("cannot create {}", tmp.display()))
+                        .with_source(e)
+                })?;
+                let mut w = tokio::io::BufWriter::new(f);
+                let summary = store.export(&mut w).await?;
+                let f = w.into_inner();
+                f.sync_all().await.map_err(|e| {
+                    Error::new(ErrorKind::Io, "cannot flush the backup").with_source(e)
+                })?;
+                tokio::fs::rename(&tmp, file).await.map_err(|e| {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("cannot move the backup to {}", file.display()),
+                    )
+                    .with_source(e)
+                })?;
+                Ok::<_, Error>(summary)
+            }
+            .await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            store.close().await?;
+            let summary = result?;
+            if cli.json {
+                print_json(
+                    &json!({"file": file.display().to_string(), "rows": summary.rows, "bytes": summary.bytes}),
+                );
+            } else {
+                say(
+                    cli.quiet,
+                    format!(
+                        "wrote {} ({} records, {} bytes)",
+                        file.display(),
+                        summary.rows,
+                        summary.bytes
+                    ),
+                );
+            }
+            Ok(())
+        }
+        Command::Import { file } => {
+            let path = store_path(&cli)?;
+            if path.exists() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "a store already exists at {}; import into a new path",
+                        path.display()
+                    ),
+                ));
+            }
+            let pass = passphrase(false)?;
+            let f = tokio::fs::File::open(file).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("cannot open {}", file.display()),
+                )
+                .with_source(e)
+            })?;
+            let mut r = tokio::io::BufReader::new(f);
+            let tmp = temp_beside(&path);
+            let result = async {
+                let storage = (hearth::registry::storage("sqlite")?.open)(
+                    hearth::StorageOptions::at(&tmp).create(true),
+                )
+                .await?;
+                let (store, summary) = Store::import(
+                    &mut r,
+                    storage,
+                    (hearth::registry::cipher("orion")?.make)(),
+                    hearth::OpenOptions::new(pass),
+                )
+                .await?;
+                store.close().await?;
+                tokio::fs::rename(&tmp, &path).await.map_err(|e| {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("cannot move the store to {}", path.display()),
+                    )
+                    .with_source(e)
+                })?;
+                Ok::<_, Error>(summary)
+            }
+            .await;
+            if result.is_err() {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = tokio::fs::remove_file(format!("{}{suffix}", tmp.display())).await;
+                }
+            }
+            let summary = result?;
+            if cli.json {
+                print_json(&json!({"store": path.display().to_string(), "rows": summary.rows}));
+            } else {
+                say(
+                    cli.quiet,
+                    format!("restored {} records into {}", summary.rows, path.display()),
+                );
             }
             Ok(())
         }

@@ -91,6 +91,16 @@ pub enum Command {
         #[command(subcommand)]
         action: StrategyAction,
     },
+    /// Write an encrypted backup of the whole store to FILE (opened with the passphrase).
+    Export {
+        /// The backup file to write (must not exist).
+        file: PathBuf,
+    },
+    /// Restore a backup into a new store at --store (which must not exist).
+    Import {
+        /// The backup file.
+        file: PathBuf,
+    },
     /// Change the passphrase (the new one from HEARTH_NEW_PASSPHRASE or a prompt).
     Passphrase {
         /// What to do.
