@@ -297,6 +297,221 @@ pub async fn sync_mock(
     ))
 }
 
+/// Two synced devices on SQLite files through one in-process relay.
+#[cfg(feature = "mock")]
+struct Pair {
+    a: Store,
+    b: Store,
+    ea: crate::SyncEngine,
+    eb: crate::SyncEngine,
+    tb: std::sync::Arc<transport_mock::MockTransport>,
+    now: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[cfg(feature = "mock")]
+async fn pair(
+    dir: &Path,
+    tag: &str,
+    data: &[(String, serde_json::Value)],
+    batch: usize,
+) -> Result<Pair> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use crate::{MemoryRelay, OpenOptions, RelayConfig, SyncConfig, SyncEngine};
+    let now = Arc::new(AtomicU64::new(crate::store::system_millis()));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst)) as crate::store::WallClock
+    };
+    let opts = || {
+        OpenOptions::new("benchmark passphrase")
+            .create(true)
+            .kdf_cost(KdfCost::INSECURE_FOR_TESTS)
+            .clock(clock.clone())
+    };
+    let sqlite = crate::registry::storage("sqlite")?;
+    let cipher = crate::registry::cipher("orion")?;
+    let sa = (sqlite.open)(crate::StorageOptions::at(dir.join(format!("{tag}-a.db"))).create(true))
+        .await?;
+    let a = Store::open(sa, (cipher.make)(), opts()).await?;
+    let sb = (sqlite.open)(crate::StorageOptions::at(dir.join(format!("{tag}-b.db"))).create(true))
+        .await?;
+    let b = Store::join(sb, (cipher.make)(), opts(), &a.key_backup()?).await?;
+    let relay = MemoryRelay::new(RelayConfig::default()).with_clock(clock.clone());
+    let ta = Arc::new(transport_mock::MockTransport::new(relay.clone()));
+    let tb = Arc::new(transport_mock::MockTransport::new(relay));
+    let ea = SyncEngine::new(a.clone(), ta, SyncConfig::default());
+    let eb = SyncEngine::new(b.clone(), tb.clone(), SyncConfig::default());
+    for chunk in data.chunks(batch.max(1)) {
+        let mut wb = WriteBatch::new();
+        for (k, v) in chunk {
+            wb.put("docs", k.as_str(), v)?;
+        }
+        a.write(wb).await?;
+    }
+    ea.sync().await?;
+    eb.sync().await?;
+    Ok(Pair {
+        a,
+        b,
+        ea,
+        eb,
+        tb,
+        now,
+    })
+}
+
+/// W5: A and B change the same 10 % of records offline, both sync, both converge (verified).
+/// Baseline: the same number of changes made on one side only, synced the same way.
+#[cfg(feature = "mock")]
+pub async fn conflicts(dir: &Path, opts: &BenchOptions) -> Result<BenchResult> {
+    let data = dataset(opts);
+    let p = pair(dir, "w5", &data, opts.batch).await?;
+    let tenth = (opts.n / 10).max(1);
+    let edit = |store: &Store, who: &'static str, range: std::ops::Range<usize>| {
+        let mut wb = WriteBatch::new();
+        for (k, v) in &data[range] {
+            let mut v = v.clone();
+            v["title"] = serde_json::json!(format!("edited by {who}"));
+            if let Err(e) = wb.put("docs", k.as_str(), &v) {
+                return Err(e);
+            }
+        }
+        let store = store.clone();
+        Ok(async move { store.write(wb).await })
+    };
+    // Baseline: one-sided changes of another tenth.
+    edit(&p.a, "a", tenth..2 * tenth)?.await?;
+    let t = Instant::now();
+    p.ea.sync().await?;
+    p.eb.sync().await?;
+    let base = t.elapsed().as_secs_f64();
+    // Conflicts on the first tenth.
+    edit(&p.a, "a", 0..tenth)?.await?;
+    edit(&p.b, "b", 0..tenth)?.await?;
+    let t = Instant::now();
+    let mut resolved = 0;
+    for _ in 0..2 {
+        resolved += p.ea.sync().await?.conflicts_resolved;
+        resolved += p.eb.sync().await?.conflicts_resolved;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if resolved < tenth as u64 {
+        return Err(Error::internal(
+            "conflict benchmark: fewer conflicts resolved than made",
+        ));
+    }
+    for (k, _) in data.iter().take(tenth) {
+        if p.a
+            .get_record("docs", k)
+            .await?
+            .map(|r| (r.value, r.version))
+            != p.b
+                .get_record("docs", k)
+                .await?
+                .map(|r| (r.value, r.version))
+        {
+            return Err(Error::internal(
+                "conflict benchmark: devices did not converge",
+            ));
+        }
+    }
+    Ok(BenchResult {
+        workload: "W5 conflicts (10%, mock)".into(),
+        n: tenth,
+        seconds: secs,
+        records_per_s: tenth as f64 / secs,
+        bytes: p.tb.traffic().bytes_down,
+        peak_rss_bytes: peak_rss_bytes(),
+        baseline_seconds: base,
+        ratio: secs / base,
+    })
+}
+
+/// W6: 30 simulated days of edits (1,000 a day, 10 % of them deletes) on A, which syncs
+/// daily, while B is offline; then B syncs. Verifies B equals A and that no deleted record came
+/// back. `bytes` is what B downloaded; the baseline figure is the bytes of A's live changed
+/// records (what a perfect delta would move), reported in [`LongOffline`].
+#[cfg(feature = "mock")]
+pub async fn long_offline(dir: &Path, opts: &BenchOptions) -> Result<(BenchResult, LongOffline)> {
+    use std::sync::atomic::Ordering;
+    let data = dataset(opts);
+    let p = pair(dir, "w6", &data, opts.batch).await?;
+    let mut rng = fastrand::Rng::with_seed(opts.seed ^ 0x66);
+    let mut deleted = std::collections::BTreeSet::new();
+    let mut touched = std::collections::BTreeSet::new();
+    let mut edits = 0u64;
+    let down0 = p.tb.traffic().bytes_down;
+    for _day in 0..30 {
+        let mut wb = WriteBatch::new();
+        for i in 0..1000 {
+            let (k, v) = &data[rng.usize(..data.len())];
+            touched.insert(k.clone());
+            if i % 10 == 0 {
+                wb.delete("docs", k.as_str());
+                deleted.insert(k.clone());
+            } else {
+                let mut v = v.clone();
+                v["count"] = serde_json::json!(rng.i64(..));
+                wb.put("docs", k.as_str(), &v)?;
+                deleted.remove(k);
+            }
+            edits += 1;
+        }
+        p.a.write(wb).await?;
+        p.ea.sync().await?;
+        p.now.fetch_add(24 * 3600 * 1000, Ordering::SeqCst);
+    }
+    let t = Instant::now();
+    let report = p.eb.sync().await?;
+    let secs = t.elapsed().as_secs_f64();
+    let downloaded = p.tb.traffic().bytes_down - down0;
+    for k in &deleted {
+        if p.b.get("docs", k).await?.is_some() {
+            return Err(Error::internal(
+                "long-offline benchmark: a deleted record came back",
+            ));
+        }
+    }
+    for (k, _) in data.iter().step_by((data.len() / 500).max(1)) {
+        if p.a.get("docs", k).await? != p.b.get("docs", k).await? {
+            return Err(Error::internal("long-offline benchmark: B differs from A"));
+        }
+    }
+    let distinct = touched.len() as u64;
+    Ok((
+        BenchResult {
+            workload: "W6 30 days offline (mock)".into(),
+            n: edits as usize,
+            seconds: secs,
+            records_per_s: report.pulled as f64 / secs.max(1e-9),
+            bytes: downloaded,
+            peak_rss_bytes: peak_rss_bytes(),
+            // No time baseline: the ratio is envelopes downloaded per distinct changed record
+            // (1.0 = B downloads current state only, never history).
+            baseline_seconds: 0.0,
+            ratio: report.pulled as f64 / distinct.max(1) as f64,
+        },
+        LongOffline {
+            edits,
+            envelopes_pulled: report.pulled,
+            distinct_changed: distinct,
+        },
+    ))
+}
+
+/// Details of the long-offline workload.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LongOffline {
+    /// Edits A made while B was away.
+    pub edits: u64,
+    /// Envelopes B downloaded when it came back (current state of what changed, not history).
+    pub envelopes_pulled: u64,
+    /// Distinct records those edits touched: the least B must download.
+    pub distinct_changed: u64,
+}
+
 /// Bytes of a sync benchmark against the lower bound.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct SyncBenchBytes {
