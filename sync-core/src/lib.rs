@@ -33,6 +33,7 @@ pub mod error;
 pub mod keyring;
 pub mod memory;
 pub mod model;
+pub mod privacy;
 pub mod registry;
 pub mod storage;
 pub mod store;
@@ -49,6 +50,10 @@ pub use error::{Error, ErrorKind, Result, Status};
 pub use memory::MemoryStorage;
 pub use model::{
     Causality, CollectionId, DeviceId, Hlc, HlcClock, Record, RecordId, SpaceId, VersionVector,
+};
+pub use privacy::{
+    Anonymizer, AuditLog, ConsentPrompt, DestinationKey, DestinationKeyPair, GrantOptions, RuleSet,
+    ShareOutcome, Sharer, StoreConsent,
 };
 pub use storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
 pub use store::{OpenOptions, Page, Store, StoreBuilder, StoreInfo, WriteBatch, WriteSummary};
