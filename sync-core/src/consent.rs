@@ -4,6 +4,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
@@ -18,8 +19,24 @@ pub struct ConsentRequest {
     pub destination: String,
 }
 
+impl ConsentRequest {
+    /// A request for data of `data_type` to go to `destination` for `purpose`.
+    pub fn new(
+        data_type: impl Into<String>,
+        purpose: impl Into<String>,
+        destination: impl Into<String>,
+    ) -> Self {
+        Self {
+            data_type: data_type.into(),
+            purpose: purpose.into(),
+            destination: destination.into(),
+        }
+    }
+}
+
 /// Why a request was denied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DenyReason {
     /// No grant covers the request.
@@ -50,6 +67,8 @@ impl Decision {
 }
 
 /// Decides whether data may leave the device. Implementations record every decision.
+///
+/// The persisted implementation is [`StoreConsent`](crate::privacy::StoreConsent).
 #[async_trait]
 pub trait ConsentPolicy: Send + Sync + fmt::Debug + 'static {
     /// Decides `request`. Anything not explicitly granted is denied.

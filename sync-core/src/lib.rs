@@ -35,6 +35,7 @@ pub mod error;
 pub mod keyring;
 pub mod memory;
 pub mod model;
+pub mod privacy;
 pub mod registry;
 pub mod relay;
 pub mod retry;
@@ -56,6 +57,10 @@ pub use error::{Error, ErrorKind, Result, Status};
 pub use memory::MemoryStorage;
 pub use model::{
     Causality, CollectionId, DeviceId, Hlc, HlcClock, Record, RecordId, SpaceId, VersionVector,
+};
+pub use privacy::{
+    Anonymizer, AuditLog, ConsentPrompt, DestinationKey, DestinationKeyPair, GrantOptions, RuleSet,
+    ShareOutcome, Sharer, StoreConsent,
 };
 pub use relay::{MemoryRelay, RelayConfig};
 pub use storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};

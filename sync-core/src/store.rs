@@ -29,6 +29,8 @@ pub const META_DEVICE: &str = "hearth.device";
 pub const MAX_COLLECTION_LEN: usize = 256;
 /// Longest record key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
+/// Context of the parent key of [`Store::derive_local_key`].
+const LOCAL_KEYS_CONTEXT: &[u8] = b"hearth.local-keys";
 /// Rows read per storage call when scanning.
 const SCAN_PAGE: usize = 512;
 
@@ -270,6 +272,8 @@ struct Inner {
     /// The root key, kept to rewrap it (passphrase change, recovery code). Zeroized on drop.
     root: crate::cipher::SecretKey,
     keys: RecordKeys,
+    /// `subkey(root, "hearth.local-keys")`: the parent of [`Store::derive_local_key`]'s keys.
+    local_keys: crate::cipher::SecretKey,
     device: DeviceId,
     padding: Padding,
     clock: WallClock,
@@ -389,6 +393,8 @@ impl Store {
         state: DeviceState,
     ) -> Result<Store> {
         let keys = RecordKeys::derive(cipher.as_ref(), keyring.space, keyring.key_id, &root)?;
+        let local_keys =
+            crate::cipher::CipherExt::derive_subkey(cipher.as_ref(), &root, LOCAL_KEYS_CONTEXT)?;
         let encoded = encode_state(&state)?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -398,6 +404,7 @@ impl Store {
                 keyring: std::sync::RwLock::new(keyring),
                 root,
                 keys,
+                local_keys,
                 padding: options.padding,
                 clock: options.clock,
                 writer: tokio::sync::Mutex::new(Writer { state, encoded }),
@@ -583,6 +590,20 @@ impl Store {
     /// The sync space.
     pub fn space(&self) -> SpaceId {
         self.inner.keys.space
+    }
+
+    /// Derives a key for `context` from this store's root key, for keys that must persist with
+    /// the store without ever being stored: `subkey(subkey(root, "hearth.local-keys"), context)`.
+    ///
+    /// The same on every device of the space (they share the root key) and stable across
+    /// restarts; a root-key rotation changes it. The privacy pipeline derives its pseudonym root
+    /// here. Contexts are namespaced by the caller (`"hearth.pseudonym-root"`).
+    pub fn derive_local_key(&self, context: &[u8]) -> Result<crate::cipher::SecretKey> {
+        crate::cipher::CipherExt::derive_subkey(
+            self.inner.cipher.as_ref(),
+            &self.inner.local_keys,
+            context,
+        )
     }
 
     /// Facts about the store, safe to print.

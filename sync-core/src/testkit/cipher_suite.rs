@@ -232,6 +232,7 @@ pub fn cipher_suite(cipher: &dyn Cipher) {
     );
 
     envelope_vector(cipher);
+    privacy_vectors(cipher);
 }
 
 fn envelope_vector(cipher: &dyn Cipher) {
@@ -253,4 +254,65 @@ fn envelope_vector(cipher: &dyn Cipher) {
         Some(ErrorKind::Tampered),
         "envelope moved to another record"
     );
+}
+
+/// The privacy pipeline's formats: sealing to a destination and keyed pseudonyms.
+fn privacy_vectors(cipher: &dyn Cipher) {
+    use crate::privacy::destination::{DestinationKey, open_from_device, seal_with};
+    let name = cipher.name();
+    let eph = SecretKey::from_bytes(hex32(v::X25519_ALICE_SECRET));
+    let dest_secret = SecretKey::from_bytes(hex32(v::X25519_BOB_SECRET));
+    let dest = DestinationKey::from_bytes(hex32(v::X25519_BOB_PUBLIC));
+    let nonce: [u8; NONCE_LEN] = core::array::from_fn(|i| i as u8);
+    let sealed = seal_with(
+        cipher,
+        &eph,
+        &nonce,
+        &dest,
+        v::SHARE_DESTINATION,
+        v::SHARE_PURPOSE,
+        v::SHARE_PLAINTEXT,
+    )
+    .expect("seal to destination");
+    assert_eq!(
+        hex::encode(&sealed),
+        v::SHARE_SEALED,
+        "{name}: sealed-share vector"
+    );
+    let opened = open_from_device(
+        cipher,
+        &dest_secret,
+        v::SHARE_DESTINATION,
+        v::SHARE_PURPOSE,
+        &sealed,
+    )
+    .expect("open sealed share");
+    assert_eq!(&opened[..], v::SHARE_PLAINTEXT, "{name}: open sealed share");
+    assert_eq!(
+        kind(open_from_device(
+            cipher,
+            &dest_secret,
+            v::SHARE_DESTINATION,
+            "another-purpose",
+            &sealed
+        )),
+        Some(ErrorKind::Tampered),
+        "{name}: a share opened for another purpose"
+    );
+
+    let root = SecretKey::from_bytes(hex32(v::HASH_KEY));
+    for (purpose, expected) in [
+        ("usage-stats", v::PSEUDONYM_USAGE_STATS),
+        ("debugging", v::PSEUDONYM_DEBUGGING),
+    ] {
+        let key = cipher
+            .derive_subkey(&root, format!("hearth.pseudonym/{purpose}").as_bytes())
+            .expect("purpose key");
+        assert_eq!(
+            crate::privacy::anonymize::pseudonym_with(cipher, &key, "+15550123456")
+                .expect("pseudonym"),
+            expected,
+            "{name}: pseudonym vector for {purpose}"
+        );
+    }
 }

@@ -66,3 +66,23 @@ pub const X25519_BOB_PUBLIC: &str =
     "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
 /// X25519: the shared secret.
 pub const X25519_SHARED: &str = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
+
+/// A payload sealed to a destination (privacy pipeline, share format 1): ephemeral secret
+/// [`X25519_ALICE_SECRET`], destination key pair Bob's ([`X25519_BOB_SECRET`]), nonce `00..17`,
+/// destination [`SHARE_DESTINATION`], purpose [`SHARE_PURPOSE`], plaintext [`SHARE_PLAINTEXT`].
+/// Computed independently with libsodium (PyNaCl: `crypto_scalarmult`,
+/// `crypto_aead_xchacha20poly1305_ietf_encrypt`) and Python's `hashlib.blake2b`.
+pub const SHARE_SEALED: &str = "018520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a000102030405060708090a0b0c0d0e0f1011121314151617fc3011e4daad9be4e7d357066174c7f50010aba980feed6fc29c39226165a60c4098974f25e5dfe096a7230107e35341e819ff2c54370a8254c377b91554ebcde96a0be8751d";
+/// See [`SHARE_SEALED`].
+pub const SHARE_DESTINATION: &str = "example-analytics";
+/// See [`SHARE_SEALED`].
+pub const SHARE_PURPOSE: &str = "usage-stats";
+/// See [`SHARE_SEALED`].
+pub const SHARE_PLAINTEXT: &[u8] = br#"{"data_type":"app-usage","data":{"screen":"settings"}}"#;
+
+/// The pseudonym of `"+15550123456"` for purpose `"usage-stats"` under pseudonym root
+/// [`HASH_KEY`]: `BLAKE2b-256(subkey(root, "hearth.pseudonym/usage-stats"), text)[..16]`
+/// (Python's `hashlib.blake2b`).
+pub const PSEUDONYM_USAGE_STATS: &str = "1c754b5283bda2e66340f10e0f9c5d37";
+/// The same value's pseudonym for purpose `"debugging"`.
+pub const PSEUDONYM_DEBUGGING: &str = "dc5ac44ab2e3ba18f997032c9c8d8972";
