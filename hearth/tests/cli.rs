@@ -228,3 +228,46 @@ fn export_and_import_round_trip_and_refuse_damage() {
         r#"{"v":1}"#
     );
 }
+
+#[test]
+fn consent_grant_list_revoke_and_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    hearth(&db, "pw").arg("init").assert().success();
+    let out = stdout(hearth(&db, "pw").args([
+        "--json",
+        "consent",
+        "grant",
+        "usage-stats",
+        "improve-model",
+        "telemetry",
+        "--expires",
+        "30d",
+    ]));
+    let g: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let id = g["id"].as_str().expect("id").to_owned();
+    let list = stdout(hearth(&db, "pw").args(["--json", "consent", "list"]));
+    assert!(list.contains(&id) && list.contains("active"), "{list}");
+    hearth(&db, "pw")
+        .args(["consent", "grant", "a", "b", "c", "--expires", "soon"])
+        .assert()
+        .code(5);
+    hearth(&db, "pw")
+        .args(["consent", "revoke", &id])
+        .assert()
+        .success();
+    hearth(&db, "pw")
+        .args(["consent", "revoke", &id])
+        .assert()
+        .code(4);
+    let list = stdout(hearth(&db, "pw").args(["--json", "consent", "list"]));
+    assert!(list.contains("revoked"), "{list}");
+    let log = stdout(hearth(&db, "pw").args(["consent", "log"]));
+    assert!(
+        log.lines().count() >= 2,
+        "grant and revocation are audited: {log}"
+    );
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("each audit line is JSON");
+    }
+}

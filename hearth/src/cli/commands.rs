@@ -6,8 +6,8 @@ use hearth::{Choice, Detached, Error, ErrorKind, KdfCost, Result, Store, SyncCon
 use serde_json::{Value, json};
 
 use super::{
-    Cli, Command, ConflictAction, PassphraseAction, StrategyAction, passphrase, read_json, say,
-    secret_from, store_path,
+    Cli, Command, ConflictAction, ConsentAction, PassphraseAction, StrategyAction, passphrase,
+    read_json, say, secret_from, store_path,
 };
 
 /// Argon2id cost of new stores. `HEARTH_INSECURE_KDF=1` lowers it for test suites only.
@@ -56,6 +56,100 @@ fn temp_beside(path: &std::path::Path) -> std::path::PathBuf {
         .unwrap_or_default();
     name.push(format!(".partial-{}", std::process::id()));
     path.with_file_name(name)
+}
+
+async fn consent_command(
+    cli: &Cli,
+    consent: &hearth::StoreConsent,
+    action: &ConsentAction,
+) -> Result<()> {
+    match action {
+        ConsentAction::Grant {
+            data_type,
+            purpose,
+            destination,
+            expires,
+        } => {
+            let request = hearth::ConsentRequest::new(
+                data_type.as_str(),
+                purpose.as_str(),
+                destination.as_str(),
+            );
+            let mut options = hearth::GrantOptions::ongoing();
+            if let Some(e) = expires {
+                let d = humantime::parse_duration(e).map_err(|err| {
+                    Error::invalid(format!("--expires: {err} (use e.g. 30d, 12h)"))
+                })?;
+                options = options.expires_after(d);
+            }
+            let grant = consent.grant(&request, options).await?;
+            if cli.json {
+                print_json(&serde_json::to_value(&grant).unwrap_or(Value::Null));
+            } else {
+                say(
+                    cli.quiet,
+                    format!(
+                        "granted {}: {data_type} for {purpose} to {destination}",
+                        grant.id
+                    ),
+                );
+            }
+            Ok(())
+        }
+        ConsentAction::Revoke {
+            id_or_data_type,
+            purpose,
+            destination,
+        } => {
+            let n = match (purpose, destination) {
+                (Some(p), Some(d)) => {
+                    let request = hearth::ConsentRequest::new(
+                        id_or_data_type.as_str(),
+                        p.as_str(),
+                        d.as_str(),
+                    );
+                    consent.revoke_all(&request).await?
+                }
+                (None, None) => usize::from(consent.revoke(id_or_data_type).await?),
+                _ => {
+                    return Err(Error::invalid(
+                        "give a grant id, or DATA_TYPE PURPOSE DESTINATION",
+                    ));
+                }
+            };
+            if n == 0 {
+                return Err(Error::new(ErrorKind::NotFound, "no active grant matched"));
+            }
+            if cli.json {
+                print_json(&json!({"revoked": n}));
+            } else {
+                say(cli.quiet, format!("revoked {n} grant(s)"));
+            }
+            Ok(())
+        }
+        ConsentAction::List => {
+            let now = consent.now();
+            for g in consent.grants().await? {
+                let status = format!("{:?}", g.status(now)).to_lowercase();
+                if cli.json {
+                    let mut v = serde_json::to_value(&g).unwrap_or(Value::Null);
+                    v["status"] = json!(status);
+                    print_json(&v);
+                } else {
+                    println!(
+                        "{}  {}  {} for {} to {}",
+                        g.id, status, g.data_type, g.purpose, g.destination
+                    );
+                }
+            }
+            Ok(())
+        }
+        ConsentAction::Log => {
+            let lines = consent.audit().export_json_lines().await?;
+            print!("{lines}");
+            Ok(())
+        }
+    }
 }
 
 /// Runs one command.
@@ -409,6 +503,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Consent { action } => {
+            let store = open(&cli).await?;
+            let consent = hearth::StoreConsent::new(&store);
+            let result = consent_command(&cli, &consent, action).await;
+            store.close().await?;
+            result
+        }
         Command::Conflicts { action } => {
             let store = open(&cli).await?;
             let engine = engine(&store);

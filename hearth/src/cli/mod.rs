@@ -110,6 +110,12 @@ pub enum Command {
     /// Unlock with the recovery code (HEARTH_RECOVERY_CODE or a prompt) and set a new
     /// passphrase (HEARTH_NEW_PASSPHRASE or a prompt).
     Recover,
+    /// Consent for data leaving this device for other purposes (default deny).
+    Consent {
+        /// What to do.
+        #[command(subcommand)]
+        action: ConsentAction,
+    },
     /// Conflicts waiting for a decision.
     Conflicts {
         /// What to do.
@@ -130,6 +136,36 @@ pub enum StrategyAction {
     },
     /// List the registered strategies.
     List,
+}
+
+/// `hearth consent …`
+#[derive(Subcommand, Debug)]
+pub enum ConsentAction {
+    /// Allow DATA_TYPE to go to DESTINATION for PURPOSE.
+    Grant {
+        /// Kind of data (e.g. usage-stats).
+        data_type: String,
+        /// Why it leaves (e.g. improve-model).
+        purpose: String,
+        /// Where it goes (a configured destination name).
+        destination: String,
+        /// How long the grant lasts (e.g. 30d, 12h); default until revoked.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Revoke a grant by id, or every grant of DATA_TYPE PURPOSE DESTINATION.
+    Revoke {
+        /// A grant id, or the data type.
+        id_or_data_type: String,
+        /// Purpose (with a data type).
+        purpose: Option<String>,
+        /// Destination (with a data type).
+        destination: Option<String>,
+    },
+    /// List grants and their status.
+    List,
+    /// Print the audit log of every consent decision (JSON lines).
+    Log,
 }
 
 /// `hearth passphrase …`
