@@ -152,6 +152,128 @@ async fn consent_command(
     }
 }
 
+async fn bench(
+    cli: &Cli,
+    n: usize,
+    value_size: usize,
+    workloads: &[String],
+    storage: &str,
+    cipher: &str,
+) -> Result<()> {
+    use hearth::bench::{self, BenchOptions, BenchResult};
+    let want = |w: &str| workloads.iter().any(|x| x.eq_ignore_ascii_case(w));
+    for w in workloads {
+        if !["W1", "W2", "W3", "W4", "W5", "W6"]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(w))
+        {
+            return Err(Error::invalid(format!("unknown workload {w} (W1 to W6)")));
+        }
+    }
+    if n == 0 {
+        return Err(Error::invalid("--n must be at least 1"));
+    }
+    let opts = BenchOptions {
+        n,
+        value_size,
+        ..BenchOptions::default()
+    };
+    let dir = tempfile_dir()?;
+    let mut rows: Vec<BenchResult> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let progress = (!cli.json
+        && !cli.quiet
+        && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    .then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    });
+    let step = |msg: &str| {
+        if let Some(pb) = &progress {
+            pb.set_message(msg.to_owned());
+        }
+    };
+    if want("W1") || want("W2") {
+        step("W1/W2: put and get");
+        for r in bench::store_put_get(dir.path(), storage, cipher, &opts).await? {
+            let keep = (r.workload.starts_with("W1") && want("W1"))
+                || (r.workload.starts_with("W2") && want("W2"));
+            if keep {
+                rows.push(r);
+            }
+        }
+    }
+    if want("W3") || want("W4") {
+        step("W3/W4: initial and delta sync");
+        let (results, bytes) = bench::sync_mock(dir.path(), &opts).await?;
+        for r in results {
+            if (r.workload.starts_with("W3") && want("W3"))
+                || (r.workload.starts_with("W4") && want("W4"))
+            {
+                rows.push(r);
+            }
+        }
+        notes.push(format!(
+            "W3 bytes {} vs sealed lower bound {} (ratio {:.3}); W4 bytes {} = {:.2}% of W3",
+            bytes.initial,
+            bytes.sealed_lower_bound,
+            bytes.initial as f64 / bytes.sealed_lower_bound.max(1) as f64,
+            bytes.delta,
+            100.0 * bytes.delta as f64 / bytes.initial.max(1) as f64
+        ));
+    }
+    if want("W5") {
+        step("W5: conflicts");
+        rows.push(bench::conflicts(dir.path(), &opts).await?);
+    }
+    if want("W6") {
+        step("W6: 30 days offline");
+        let (r, d) = bench::long_offline(dir.path(), &opts).await?;
+        notes.push(format!(
+            "W6: {} edits while offline touched {} records; the returning device pulled {} envelopes and no deleted record came back",
+            d.edits, d.distinct_changed, d.envelopes_pulled
+        ));
+        rows.push(r);
+    }
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    if cli.json {
+        for r in &rows {
+            print_json(&serde_json::to_value(r).unwrap_or(Value::Null));
+        }
+    } else {
+        println!(
+            "{:<36} {:>9} {:>9} {:>11} {:>12} {:>10} {:>11} {:>7}",
+            "workload", "n", "seconds", "records/s", "bytes", "peak RSS", "baseline s", "ratio"
+        );
+        for r in &rows {
+            println!(
+                "{:<36} {:>9} {:>9.3} {:>11.0} {:>12} {:>9}M {:>11.3} {:>7.2}",
+                r.workload,
+                r.n,
+                r.seconds,
+                r.records_per_s,
+                r.bytes,
+                r.peak_rss_bytes / (1024 * 1024),
+                r.baseline_seconds,
+                r.ratio
+            );
+        }
+        for n in notes {
+            println!("{n}");
+        }
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<tempfile::TempDir> {
+    tempfile::tempdir().map_err(|e| {
+        Error::new(ErrorKind::Io, "cannot create a temporary directory").with_source(e)
+    })
+}
+
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
@@ -503,6 +625,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Bench {
+            n,
+            value_size,
+            workload,
+            storage,
+            cipher,
+        } => bench(&cli, *n, *value_size, workload, storage, cipher).await,
         Command::Consent { action } => {
             let store = open(&cli).await?;
             let consent = hearth::StoreConsent::new(&store);

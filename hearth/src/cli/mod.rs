@@ -110,6 +110,24 @@ pub enum Command {
     /// Unlock with the recovery code (HEARTH_RECOVERY_CODE or a prompt) and set a new
     /// passphrase (HEARTH_NEW_PASSPHRASE or a prompt).
     Recover,
+    /// Run the standard benchmark workloads against baselines measured in the same run.
+    Bench {
+        /// Records per workload.
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+        /// Approximate JSON size of each record.
+        #[arg(long, default_value_t = 1024)]
+        value_size: usize,
+        /// Workloads to run (W1 put, W2 get, W3 initial sync, W4 delta, W5 conflicts, W6 long offline).
+        #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4,W5,W6")]
+        workload: Vec<String>,
+        /// Storage backend for W1/W2.
+        #[arg(long, default_value = "sqlite")]
+        storage: String,
+        /// Cipher backend for W1/W2.
+        #[arg(long, default_value = "orion")]
+        cipher: String,
+    },
     /// Consent for data leaving this device for other purposes (default deny).
     Consent {
         /// What to do.
