@@ -374,12 +374,10 @@ pub async fn conflicts(dir: &Path, opts: &BenchOptions) -> Result<BenchResult> {
         for (k, v) in &data[range] {
             let mut v = v.clone();
             v["title"] = serde_json::json!(format!("edited by {who}"));
-            if let Err(e) = wb.put("docs", k.as_str(), &v) {
-                return Err(e);
-            }
+            wb.put("docs", k.as_str(), &v)?;
         }
         let store = store.clone();
-        Ok(async move { store.write(wb).await })
+        Ok::<_, Error>(async move { store.write(wb).await })
     };
     // Baseline: one-sided changes of another tenth.
     edit(&p.a, "a", tenth..2 * tenth)?.await?;
