@@ -118,13 +118,25 @@ impl RecordKeys {
         key_id: u32,
         root: &SecretKey,
     ) -> Result<Self> {
+        let blind = cipher.derive_subkey(root, b"hearth.blind-index")?;
+        Self::derive_with_blind_key(cipher, space, key_id, root, blind)
+    }
+
+    /// Like [`RecordKeys::derive`], with a blind-index key kept from before a rotation.
+    pub fn derive_with_blind_key(
+        cipher: &dyn Cipher,
+        space: SpaceId,
+        key_id: u32,
+        root: &SecretKey,
+        blind_key: SecretKey,
+    ) -> Result<Self> {
         let mut ctx = b"hearth.record-key/".to_vec();
         ctx.extend_from_slice(&key_id.to_be_bytes());
         Ok(Self {
             space,
             key_id,
             record_key: cipher.derive_subkey(root, &ctx)?,
-            blind_key: cipher.derive_subkey(root, b"hearth.blind-index")?,
+            blind_key,
         })
     }
 

@@ -42,6 +42,23 @@ pub struct Keyring {
     pub fingerprint: [u8; HASH_LEN],
     /// The root key wrapped a second time, under a KEK derived from a recovery code.
     pub recovery: Option<RecoveryWrap>,
+    /// After a rotation: the blind-index key sealed under the root key, so record ids survive
+    /// rotations. Absent before the first rotation (the key is then derived from the root).
+    pub index_key: Option<Vec<u8>>,
+    /// While a rotation re-encrypts the records: the previous key, sealed under the new root.
+    pub retired: Option<RetiredKey>,
+}
+
+/// The key a rotation replaced, kept (sealed under the new root) until every record has been
+/// re-encrypted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetiredKey {
+    /// Its key id.
+    pub key_id: u32,
+    /// The space its envelopes were sealed for.
+    pub space: SpaceId,
+    /// `nonce || XChaCha20-Poly1305(new root, old root)`, AAD `"hearth.keyring.retired" || key id`.
+    pub wrapped_root: Vec<u8>,
 }
 
 /// The root key wrapped under a recovery code's KEK.
@@ -109,6 +126,8 @@ impl Keyring {
             wrapped_root: Vec::new(),
             fingerprint: fingerprint(cipher, &root, &space)?,
             recovery: None,
+            index_key: None,
+            retired: None,
         };
         ring.wrap(cipher, passphrase, cost, &root)?;
         Ok((ring, root))
@@ -229,6 +248,94 @@ impl Keyring {
             ));
         }
         Ok(root)
+    }
+
+    /// The blind-index key: unsealed from the header after a rotation, else derived from `root`.
+    pub fn blind_key(&self, cipher: &dyn Cipher, root: &SecretKey) -> Result<SecretKey> {
+        match &self.index_key {
+            Some(sealed) => {
+                let k = Zeroizing::new(cipher.open_random_nonce(
+                    root,
+                    b"hearth.keyring.index",
+                    sealed,
+                )?);
+                SecretKey::from_slice(&k)
+            }
+            None => cipher.derive_subkey(root, b"hearth.blind-index"),
+        }
+    }
+
+    /// The retired root key, while a rotation is under way.
+    pub fn retired_root(
+        &self,
+        cipher: &dyn Cipher,
+        root: &SecretKey,
+    ) -> Result<Option<(RetiredKey, SecretKey)>> {
+        let Some(r) = &self.retired else {
+            return Ok(None);
+        };
+        let mut aad = b"hearth.keyring.retired".to_vec();
+        aad.extend_from_slice(&r.key_id.to_be_bytes());
+        let k = Zeroizing::new(cipher.open_random_nonce(root, &aad, &r.wrapped_root)?);
+        Ok(Some((r.clone(), SecretKey::from_slice(&k)?)))
+    }
+
+    /// The header after rotating to a fresh root key in a fresh space: the old root is kept
+    /// sealed under the new one until the records are re-encrypted; the blind-index key is
+    /// carried over so record ids stay the same; the recovery code is dropped (it wrapped the
+    /// old root). Returns the new header and root.
+    pub fn rotated(
+        &self,
+        cipher: &dyn Cipher,
+        old_root: &SecretKey,
+        passphrase: &Passphrase,
+        cost: KdfCost,
+    ) -> Result<(Keyring, SecretKey)> {
+        if self.retired.is_some() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "a key rotation is already under way; finish it first",
+            ));
+        }
+        let new_root = cipher.random_key()?;
+        let mut space = [0u8; SpaceId::LEN];
+        cipher.fill_random(&mut space)?;
+        let space = SpaceId(space);
+        let key_id = self
+            .key_id
+            .checked_add(1)
+            .ok_or_else(|| Error::internal("key id overflow"))?;
+        let blind = self.blind_key(cipher, old_root)?;
+        let mut retired_aad = b"hearth.keyring.retired".to_vec();
+        retired_aad.extend_from_slice(&self.key_id.to_be_bytes());
+        let mut next = Keyring {
+            format: KEYRING_FORMAT,
+            space,
+            storage: self.storage.clone(),
+            cipher: self.cipher.clone(),
+            key_id,
+            kdf: cost,
+            salt: [0; SALT_LEN],
+            wrapped_root: Vec::new(),
+            fingerprint: fingerprint(cipher, &new_root, &space)?,
+            recovery: None,
+            index_key: Some(cipher.seal_random_nonce(
+                &new_root,
+                b"hearth.keyring.index",
+                blind.expose(),
+            )?),
+            retired: Some(RetiredKey {
+                key_id: self.key_id,
+                space: self.space,
+                wrapped_root: cipher.seal_random_nonce(
+                    &new_root,
+                    &retired_aad,
+                    old_root.expose(),
+                )?,
+            }),
+        };
+        next.wrap(cipher, passphrase, cost, &new_root)?;
+        Ok((next, new_root))
     }
 
     /// Encodes the header.

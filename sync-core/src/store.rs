@@ -23,6 +23,8 @@ use crate::storage::{Batch, Storage, StorageOptions, StoredRecord};
 
 /// Metadata key of the key header.
 pub const META_KEYRING: &str = "hearth.keyring";
+/// Metadata key of a root-key rotation under way (the re-encryption cursor).
+pub const META_ROTATION: &str = "hearth.rotation";
 /// Metadata key of the device state (device id, HLC, sequence counter).
 pub const META_DEVICE: &str = "hearth.device";
 /// Longest collection name, in bytes.
@@ -272,6 +274,8 @@ struct Inner {
     /// The root key, kept to rewrap it (passphrase change, recovery code). Zeroized on drop.
     root: crate::cipher::SecretKey,
     keys: RecordKeys,
+    /// The retired record keys while a rotation re-encrypts the records.
+    previous: Option<RecordKeys>,
     /// `subkey(root, "hearth.local-keys")`: the parent of [`Store::derive_local_key`]'s keys.
     local_keys: crate::cipher::SecretKey,
     device: DeviceId,
@@ -392,7 +396,24 @@ impl Store {
         root: crate::cipher::SecretKey,
         state: DeviceState,
     ) -> Result<Store> {
-        let keys = RecordKeys::derive(cipher.as_ref(), keyring.space, keyring.key_id, &root)?;
+        let blind = keyring.blind_key(cipher.as_ref(), &root)?;
+        let keys = RecordKeys::derive_with_blind_key(
+            cipher.as_ref(),
+            keyring.space,
+            keyring.key_id,
+            &root,
+            blind.clone(),
+        )?;
+        let previous = match keyring.retired_root(cipher.as_ref(), &root)? {
+            Some((retired, old_root)) => Some(RecordKeys::derive_with_blind_key(
+                cipher.as_ref(),
+                retired.space,
+                retired.key_id,
+                &old_root,
+                blind,
+            )?),
+            None => None,
+        };
         let local_keys =
             crate::cipher::CipherExt::derive_subkey(cipher.as_ref(), &root, LOCAL_KEYS_CONTEXT)?;
         let encoded = encode_state(&state)?;
@@ -404,6 +425,7 @@ impl Store {
                 keyring: std::sync::RwLock::new(keyring),
                 root,
                 keys,
+                previous,
                 local_keys,
                 padding: options.padding,
                 clock: options.clock,
@@ -572,6 +594,140 @@ impl Store {
         Self::finish_open(storage, cipher, options, keyring, root, state)
     }
 
+    /// Rotates the root key: a fresh root key in a fresh sync space, then every record is
+    /// re-encrypted under it (see [`Store::finish_rotation`]). Record ids, values and version
+    /// vectors stay; the recovery code must be made again; other devices join the new space
+    /// with the passphrase. `passphrase` must unlock the store now and becomes the new one's.
+    ///
+    /// Crash-safe and resumable: the new key header and a rotation cursor are committed
+    /// together first; each batch of re-encrypted records advances the cursor in the same
+    /// transaction; until the last batch the old key stays (sealed under the new one), so every
+    /// record stays readable. After a crash, open the store and call `finish_rotation`.
+    pub async fn rotate_root_key(self, passphrase: &Passphrase, cost: KdfCost) -> Result<Store> {
+        let cipher = self.inner.cipher.clone();
+        let storage = self.inner.storage.clone();
+        let old = self.keyring()?;
+        old.unlock(cipher.as_ref(), passphrase)?;
+        let (next, _) = old.rotated(cipher.as_ref(), &self.inner.root, passphrase, cost)?;
+        {
+            let _w = self.inner.writer.lock().await;
+            let mut meta = vec![
+                (META_KEYRING.to_owned(), Some(next.encode()?)),
+                (
+                    META_ROTATION.to_owned(),
+                    Some(
+                        postcard::to_stdvec(&None::<RecordId>)
+                            .map_err(|e| Error::internal("rotation cursor").with_source(e))?,
+                    ),
+                ),
+            ];
+            for k in crate::engine::SYNC_META_KEYS {
+                meta.push(((*k).to_owned(), None));
+            }
+            storage
+                .commit(Batch {
+                    guards: vec![(META_KEYRING.to_owned(), Some(old.encode()?))],
+                    meta,
+                    ..Batch::default()
+                })
+                .await?;
+        }
+        let options = OpenOptions {
+            passphrase: passphrase.clone(),
+            create: false,
+            kdf_cost: cost,
+            padding: self.inner.padding,
+            clock: self.inner.clock.clone(),
+        };
+        drop(self);
+        let store = Store::open(storage, cipher, options).await?;
+        store.finish_rotation().await?;
+        Ok(store)
+    }
+
+    /// True while a root-key rotation has records left to re-encrypt.
+    pub async fn rotation_pending(&self) -> Result<bool> {
+        Ok(self.inner.storage.meta_get(META_ROTATION).await?.is_some())
+    }
+
+    /// Re-encrypts the records still sealed under the retired key, in batches, each committed
+    /// with the cursor; then forgets the retired key. Returns how many records it re-encrypted.
+    /// Does nothing when no rotation is under way. Every re-encrypted record becomes a pending
+    /// write of this device, to be uploaded to the new space.
+    pub async fn finish_rotation(&self) -> Result<u64> {
+        let mut done = 0u64;
+        let cipher = self.inner.cipher.as_ref();
+        loop {
+            let Some(bytes) = self.inner.storage.meta_get(META_ROTATION).await? else {
+                return Ok(done);
+            };
+            let cursor: Option<RecordId> = postcard::from_bytes(&bytes)?;
+            let rows = self.inner.storage.scan_all(cursor.as_ref(), 256).await?;
+            let mut w = self.writer().await;
+            let Some(last) = rows.last().map(|r| r.id) else {
+                // Every record is under the new key: forget the old one.
+                let current = self.keyring()?;
+                let mut next = current.clone();
+                next.retired = None;
+                w.commit(Batch {
+                    guards: vec![(META_KEYRING.to_owned(), Some(current.encode()?))],
+                    meta: vec![
+                        (META_KEYRING.to_owned(), Some(next.encode()?)),
+                        (META_ROTATION.to_owned(), None),
+                    ],
+                    ..Batch::default()
+                })
+                .await?;
+                drop(w);
+                *self
+                    .inner
+                    .keyring
+                    .write()
+                    .map_err(|_| Error::internal("keyring lock poisoned"))? = next;
+                return Ok(done);
+            };
+            let mut puts = Vec::new();
+            for row in rows {
+                let header = crate::envelope::EnvelopeHeader::parse(&row.envelope)?;
+                if header.key_id == self.inner.keys.key_id {
+                    continue;
+                }
+                let mut payload = self.open_envelope(&row.id, &row.envelope)?;
+                // Local-only records (never synced, never pending) stay local.
+                let local_only = row.pending_seq.is_none() && !RowSync::decode(&row.sync)?.synced;
+                let (seq, hlc) = w.next_write();
+                payload.version.set(self.inner.device, seq);
+                payload.hlc = hlc;
+                payload.origin = self.inner.device;
+                payload.seq = seq;
+                let envelope =
+                    self.inner
+                        .keys
+                        .seal(cipher, &row.id, &payload, self.inner.padding)?;
+                puts.push(StoredRecord {
+                    envelope,
+                    pending_seq: (!local_only).then_some(seq),
+                    // A fresh space: nothing of this record is on its server yet.
+                    sync: Vec::new(),
+                    ..row
+                });
+                done += 1;
+            }
+            w.commit(Batch {
+                puts,
+                meta: vec![(
+                    META_ROTATION.to_owned(),
+                    Some(
+                        postcard::to_stdvec(&Some(last))
+                            .map_err(|e| Error::internal("rotation cursor").with_source(e))?,
+                    ),
+                )],
+                ..Batch::default()
+            })
+            .await?;
+        }
+    }
+
     /// The storage under this store.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
@@ -683,7 +839,12 @@ impl Store {
     /// Opens an envelope sealed for `id` by any device of this space.
     pub fn open_envelope(&self, id: &RecordId, envelope: &[u8]) -> Result<Payload> {
         let cipher = self.inner.cipher.as_ref();
-        let payload = self.inner.keys.open(cipher, id, envelope)?;
+        let header = crate::envelope::EnvelopeHeader::parse(envelope)?;
+        let keys = match &self.inner.previous {
+            Some(prev) if header.key_id == prev.key_id => prev,
+            _ => &self.inner.keys,
+        };
+        let payload = keys.open(cipher, id, envelope)?;
         // The blind id is bound by the AAD; check the names inside agree with it too.
         if self
             .inner

@@ -575,6 +575,45 @@ pub async fn run(cli: Cli) -> Result<()> {
             say(cli.quiet, "passphrase changed");
             Ok(())
         }
+        Command::RotateKey => {
+            let path = store_path(&cli)?;
+            if !path.exists() {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no store at {}", path.display()),
+                ));
+            }
+            let pass = passphrase(false)?;
+            let store = Store::builder()
+                .path(&path)
+                .passphrase(pass.clone())
+                .create(false)
+                .open()
+                .await?;
+            let store = if store.rotation_pending().await? {
+                store.finish_rotation().await?;
+                store
+            } else {
+                store.rotate_root_key(&pass, kdf_cost()).await?
+            };
+            let info = store.info().await?;
+            store.close().await?;
+            if cli.json {
+                print_json(
+                    &json!({"key_id": info.key_id, "space": info.space.to_hex(), "pending": info.pending}),
+                );
+            } else {
+                say(
+                    cli.quiet,
+                    format!(
+                        "rotated to key {} in space {}; {} record(s) will upload on the next sync. \
+                     Make a new recovery code? It was tied to the old key.",
+                        info.key_id, info.space, info.pending
+                    ),
+                );
+            }
+            Ok(())
+        }
         Command::Recover => {
             let path = store_path(&cli)?;
             if !path.exists() {

@@ -107,6 +107,9 @@ pub enum Command {
         #[command(subcommand)]
         action: PassphraseAction,
     },
+    /// Rotate the root key: re-encrypt every record under a new key in a new sync space
+    /// (resumes an interrupted rotation). Other devices join again afterwards.
+    RotateKey,
     /// Unlock with the recovery code (HEARTH_RECOVERY_CODE or a prompt) and set a new
     /// passphrase (HEARTH_NEW_PASSPHRASE or a prompt).
     Recover,

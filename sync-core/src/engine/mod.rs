@@ -51,6 +51,16 @@ const META_GC_FLOOR: &str = "hearth.sync.gc-floor";
 /// Set (to the re-sync's epoch) while a full re-sync is under way, so a crash in the middle
 /// resumes it, sweep included.
 const META_RESYNC: &str = "hearth.sync.resync";
+/// Metadata keys of the engine's per-space sync state (reset when a store moves to a new space).
+pub(crate) const SYNC_META_KEYS: &[&str] = &[
+    META_CURSOR,
+    META_SEEN,
+    META_EPOCH,
+    META_CONFLICTS,
+    META_GC_FLOOR,
+    META_RESYNC,
+];
+
 /// Collection of local-only records naming each collection's strategy.
 pub const STRATEGY_COLLECTION: &str = "_hearth.strategy";
 
@@ -341,6 +351,12 @@ impl SyncEngine {
         if !self.online.load(Ordering::SeqCst) {
             self.state.send_replace(SyncState::Offline);
             return Err(Error::new(ErrorKind::Unavailable, "offline").temporary());
+        }
+        if self.store.rotation_pending().await? {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "a key rotation is under way; finish it (hearth rotate-key) before syncing",
+            ));
         }
         let started = Instant::now();
         let pending = self.store.storage().outbox_len().await?;
