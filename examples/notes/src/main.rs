@@ -11,7 +11,7 @@ use hearth::{KdfCost, MemoryRelay, Store, SyncConfig, SyncEngine, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 /// A note as the app sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Note {
     title: String,
     body: String,
@@ -139,14 +139,11 @@ async fn run() -> hearth::Result<()> {
     let mut n = laptop
         .get("2026-11-25-groceries")
         .await?
-        .unwrap_or_else(|| unreachable_note());
+        .unwrap_or_default();
     n.body = "oat milk, lentils".into();
     n.pinned = true;
     laptop.save("2026-11-25-groceries", &n).await?;
-    let mut m = phone
-        .get("2026-11-25-groceries")
-        .await?
-        .unwrap_or_else(|| unreachable_note());
+    let mut m = phone.get("2026-11-25-groceries").await?.unwrap_or_default();
     m.tags = vec!["shopping".into(), "weekly".into()];
     phone.save("2026-11-25-groceries", &m).await?;
 
@@ -164,15 +161,6 @@ async fn run() -> hearth::Result<()> {
     }
     println!("laptop and phone agree; both edits survived the merge");
     Ok(())
-}
-
-fn unreachable_note() -> Note {
-    Note {
-        title: String::new(),
-        body: String::new(),
-        tags: vec![],
-        pinned: false,
-    }
 }
 
 #[cfg(test)]
