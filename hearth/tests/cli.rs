@@ -290,3 +290,23 @@ fn rotate_key_keeps_the_data() {
     );
     hearth(&db, "wrong").arg("rotate-key").assert().code(3);
 }
+
+#[test]
+fn the_demo_converges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = hearth(&dir.path().join("unused.db"), "unused")
+        .arg("demo")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("converged"), "{text}");
+    assert!(
+        text.contains("refused"),
+        "the share without consent must be refused: {text}"
+    );
+}

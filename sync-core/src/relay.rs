@@ -327,6 +327,21 @@ impl MemoryRelay {
         Ok(())
     }
 
+    /// What the relay holds for `space`, as the server sees it: sequence, blind record id,
+    /// device, tombstone flag and envelope size per entry (for demos and tests).
+    pub fn entries(&self, space: SpaceId) -> Result<Vec<(u64, RecordId, DeviceId, bool, usize)>> {
+        let spaces = self.lock()?;
+        Ok(spaces
+            .get(&space)
+            .map(|s| {
+                s.log
+                    .iter()
+                    .map(|(seq, e)| (*seq, e.record, e.device, e.tombstone, e.envelope.len()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// What the relay holds now.
     pub fn stats(&self) -> Result<RelayStats> {
         let spaces = self.lock()?;

@@ -664,6 +664,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Demo => super::demo::run(cli.quiet).await,
         Command::Bench {
             n,
             value_size,

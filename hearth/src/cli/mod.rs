@@ -9,6 +9,8 @@ use hearth::{Error, ErrorKind, Result};
 use serde_json::json;
 
 mod commands;
+mod demo;
+mod demo_server;
 
 /// Offline-first, end-to-end encrypted storage and sync.
 #[derive(Parser, Debug)]
@@ -113,6 +115,9 @@ pub enum Command {
     /// Unlock with the recovery code (HEARTH_RECOVERY_CODE or a prompt) and set a new
     /// passphrase (HEARTH_NEW_PASSPHRASE or a prompt).
     Recover,
+    /// The main job on the embedded defaults: two devices, a server on loopback, offline edits,
+    /// conflicts, a delete, a consent-gated share, convergence.
+    Demo,
     /// Run the standard benchmark workloads against baselines measured in the same run.
     Bench {
         /// Records per workload.
