@@ -82,6 +82,21 @@ struct Space {
     key_backup: Option<Vec<u8>>,
 }
 
+/// One stored entry as the server sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryView {
+    /// Server sequence.
+    pub server_seq: u64,
+    /// Blind record id.
+    pub record: RecordId,
+    /// Pushing device.
+    pub device: DeviceId,
+    /// Tombstone flag.
+    pub tombstone: bool,
+    /// Envelope size in bytes (padded).
+    pub len: usize,
+}
+
 /// Counters a test or benchmark can read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayStats {
@@ -329,14 +344,20 @@ impl MemoryRelay {
 
     /// What the relay holds for `space`, as the server sees it: sequence, blind record id,
     /// device, tombstone flag and envelope size per entry (for demos and tests).
-    pub fn entries(&self, space: SpaceId) -> Result<Vec<(u64, RecordId, DeviceId, bool, usize)>> {
+    pub fn entries(&self, space: SpaceId) -> Result<Vec<EntryView>> {
         let spaces = self.lock()?;
         Ok(spaces
             .get(&space)
             .map(|s| {
                 s.log
                     .iter()
-                    .map(|(seq, e)| (*seq, e.record, e.device, e.tombstone, e.envelope.len()))
+                    .map(|(seq, e)| EntryView {
+                        server_seq: *seq,
+                        record: e.record,
+                        device: e.device,
+                        tombstone: e.tombstone,
+                        len: e.envelope.len(),
+                    })
                     .collect()
             })
             .unwrap_or_default())

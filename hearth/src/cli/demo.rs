@@ -273,7 +273,7 @@ pub async fn run(quiet: bool) -> Result<()> {
     ));
 
     n.step("What the server could see");
-    for line in server.what_it_sees().await? {
+    for line in server.what_it_sees(laptop.store.space()).await? {
         n.say(line);
     }
 

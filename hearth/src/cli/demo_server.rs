@@ -43,12 +43,28 @@ impl DemoServer {
     }
 
     /// Lines describing what the server holds.
-    pub async fn what_it_sees(&self) -> Result<Vec<String>> {
+    pub async fn what_it_sees(&self, space: hearth::SpaceId) -> Result<Vec<String>> {
         let stats = self.relay.stats()?;
-        Ok(vec![format!(
+        let mut lines: Vec<String> = self
+            .relay
+            .entries(space)?
+            .iter()
+            .map(|e| {
+                format!(
+                    "#{:<3} record {}…  device {}  {}{} bytes of ciphertext",
+                    e.server_seq,
+                    e.record,
+                    e.device,
+                    if e.tombstone { "tombstone, " } else { "" },
+                    e.len
+                )
+            })
+            .collect();
+        lines.push(format!(
             "{} envelopes, {} bytes of ciphertext, {} tombstones; per entry only a blind id, a device id, a sequence and a padded size",
             stats.envelopes, stats.bytes, stats.tombstones
-        )])
+        ));
+        Ok(lines)
     }
 
     /// Stops the server.
