@@ -11,7 +11,8 @@
 //!   stored under (0 if a newer version has since replaced it).
 //! - Compaction: an envelope names the server sequences of the same record it replaces
 //!   (`supersedes`); those are dropped, so a returning device downloads current state, not
-//!   history. Concurrent versions (not named) are kept.
+//!   history. Concurrent versions (not named) are kept. A device's newer envelope of a record
+//!   also replaces that device's own older one, named or not (its ack may have been lost).
 //! - Tombstones are kept until every active device has pulled past them (the cursor a device
 //!   pulls with says what it has applied), where a device silent longer than the horizon
 //!   (default 90 days) no longer counts. A device whose cursor is older than a dropped
@@ -73,6 +74,8 @@ struct Space {
     log: BTreeMap<u64, Entry>,
     tombstones: BTreeSet<u64>,
     stored: HashMap<(DeviceId, u64), u64>,
+    /// The newest entry each device pushed for each record.
+    latest: HashMap<(RecordId, DeviceId), u64>,
     max_pushed: HashMap<DeviceId, u64>,
     cursors: HashMap<DeviceId, (u64, u64)>,
     /// Devices walking up from cursor 0 (a first sync or a full re-sync), with the cursor each
@@ -208,12 +211,19 @@ impl MemoryRelay {
                 assigned.push((e.seq, s));
                 continue;
             }
-            for s in &e.supersedes {
+            // A device's newer write of a record has seen its older ones: drop the older one
+            // even when the device never heard the server sequence it got (a lost ack), or a
+            // later tombstone would leave it behind to come back after collection.
+            let own_previous = space.latest.get(&(e.record, device)).copied();
+            for s in e.supersedes.iter().chain(own_previous.as_ref()) {
                 if space.log.get(s).is_some_and(|old| old.record == e.record)
                     && let Some(old) = space.log.remove(s)
                 {
                     space.tombstones.remove(s);
                     space.stored.remove(&(old.device, old.seq));
+                    if space.latest.get(&(old.record, old.device)) == Some(s) {
+                        space.latest.remove(&(old.record, old.device));
+                    }
                 }
             }
             space.next_seq += 1;
@@ -232,6 +242,7 @@ impl MemoryRelay {
                 space.tombstones.insert(server_seq);
             }
             space.stored.insert((device, e.seq), server_seq);
+            space.latest.insert((e.record, device), server_seq);
             space.max_pushed.insert(device, e.seq);
             assigned.push((e.seq, server_seq));
         }
@@ -264,6 +275,9 @@ impl MemoryRelay {
             space.tombstones.pop_first();
             if let Some(old) = space.log.remove(&s) {
                 space.stored.remove(&(old.device, old.seq));
+                if space.latest.get(&(old.record, old.device)) == Some(&s) {
+                    space.latest.remove(&(old.record, old.device));
+                }
             }
             space.floor = space.floor.max(s);
         }

@@ -176,10 +176,15 @@ async fn run(seed: u64) -> Result<String, String> {
     }
     for round in 0..4 {
         for (i, d) in devices.iter().enumerate() {
-            d.engine
+            let r = d
+                .engine
                 .sync()
                 .await
                 .map_err(|e| format!("final round {round}: device {i} failed: {e}"))?;
+            log.push(format!(
+                "final {round}: d{i} pushed {} pulled {} applied {} resolved {} resynced {} discarded {} rejected {:?}",
+                r.pushed, r.pulled, r.applied, r.conflicts_resolved, r.resynced, r.discarded, r.rejected
+            ));
         }
     }
 

@@ -618,3 +618,74 @@ async fn an_interrupted_initial_sync_resumes_from_its_last_applied_page() {
     );
     assert_eq!(a.snapshot().await, b.snapshot().await);
 }
+
+#[tokio::test]
+async fn a_delete_after_a_lost_ack_leaves_nothing_to_come_back() {
+    // Found by the 10,000-seed simulation (seed 6353): the put's ack is lost, so the device
+    // never learns the put's server sequence and the later tombstone cannot name it. Once the
+    // tombstone was collected, a device syncing from scratch got the put back.
+    let (w, a, b) = pair().await;
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    a.store
+        .put("notes", "x", &json!("doomed"))
+        .await
+        .expect("put");
+    /// Delivers pushes to the server but loses every acknowledgement.
+    #[derive(Debug)]
+    struct LoseAcks(Arc<MockTransport>);
+    #[async_trait::async_trait]
+    impl Transport for LoseAcks {
+        fn name(&self) -> &'static str {
+            "lose-acks"
+        }
+        async fn push(&self, r: PushRequest) -> sync_core::Result<sync_core::PushResponse> {
+            self.0.push(r).await?;
+            Err(sync_core::Error::new(ErrorKind::Unavailable, "ack lost").temporary())
+        }
+        async fn pull(&self, r: sync_core::PullRequest) -> sync_core::Result<sync_core::PullPage> {
+            self.0.pull(r).await
+        }
+        async fn get_key_backup(
+            &self,
+            s: sync_core::SpaceId,
+        ) -> sync_core::Result<Option<Vec<u8>>> {
+            self.0.get_key_backup(s).await
+        }
+        async fn put_key_backup(&self, s: sync_core::SpaceId, b: Vec<u8>) -> sync_core::Result<()> {
+            self.0.put_key_backup(s, b).await
+        }
+        async fn share(&self, d: &str, b: Vec<u8>) -> sync_core::Result<()> {
+            self.0.share(d, b).await
+        }
+    }
+    let lossy = sync_core::SyncEngine::new(
+        a.store.clone(),
+        Arc::new(LoseAcks(a.transport.clone())),
+        SyncConfig::default(),
+    );
+    assert!(lossy.sync().await.is_err(), "the ack is lost");
+    assert_eq!(
+        a.transport.relay().stats().expect("stats").envelopes,
+        1,
+        "but the server stored the put"
+    );
+    assert!(a.store.delete("notes", "x").await.expect("delete"));
+    for _ in 0..3 {
+        a.engine.sync().await.expect("sync");
+        b.engine.sync().await.expect("sync");
+    }
+    assert_eq!(
+        a.transport.relay().stats().expect("stats").tombstones,
+        0,
+        "collected"
+    );
+    let c = Device::join(&w, &a.store, Faults::NONE, 3).await;
+    c.engine.sync().await.expect("fresh device syncs");
+    assert_eq!(
+        c.store.get("notes", "x").await.expect("get"),
+        None,
+        "the deleted record came back"
+    );
+    assert_eq!(a.transport.relay().stats().expect("stats").envelopes, 0);
+}
