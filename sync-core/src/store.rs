@@ -20,6 +20,8 @@ use crate::model::{CollectionId, DeviceId, HlcClock, Record, RecordId, SpaceId, 
 use crate::registry;
 use crate::storage::{Batch, Storage, StorageOptions, StoredRecord};
 
+pub mod sidecar;
+
 /// Metadata key of the key header.
 pub const META_KEYRING: &str = "hearth.keyring";
 /// Metadata key of the device state (device id, HLC, sequence counter).
@@ -312,12 +314,19 @@ impl Store {
     /// Opens (or, with [`OpenOptions::create`], creates) the store held by `storage`, unlocking
     /// it with the passphrase. A wrong passphrase is [`ErrorKind::WrongPassphrase`] and writes
     /// nothing; a store made by another storage or cipher is [`ErrorKind::Config`].
+    ///
+    /// The key header is read from the storage's metadata. A store encrypted at rest keeps it
+    /// in a file next to its database instead ([`sidecar`]): open those with [`Store::builder`];
+    /// here they are [`ErrorKind::Config`].
     pub async fn open(
         storage: Arc<dyn Storage>,
         cipher: Arc<dyn Cipher>,
         options: OpenOptions,
     ) -> Result<Store> {
         let keyring_bytes = storage.meta_get(META_KEYRING).await?;
+        if keyring_bytes.is_none() {
+            sidecar::refuse_sidecar_store(storage.as_ref()).await?;
+        }
         let (keyring, root, state) = match keyring_bytes {
             Some(bytes) => {
                 let keyring = Keyring::decode(&bytes)?;
@@ -782,7 +791,9 @@ impl StoreBuilder {
         })
     }
 
-    /// Resolves the names, opens the storage and unlocks the store.
+    /// Resolves the names, opens the storage and unlocks the store. For a storage whose
+    /// registry entry needs a page key, the key header is read from (or, for a new store,
+    /// written to) `<path>.keys` and the page key derived from the root key; see [`sidecar`].
     pub async fn open(self) -> Result<Store> {
         let passphrase = self
             .passphrase
@@ -803,6 +814,17 @@ impl StoreBuilder {
         let storage_reg = registry::storage(&storage_name)?;
         let cipher = (registry::cipher(&cipher_name)?.make)();
         let create = self.create.unwrap_or(true);
+        // Storages encrypted at rest keep their key header in a file next to the database.
+        if storage_reg.needs_page_key || sidecar::present(self.path.as_deref()) {
+            let mut opts = OpenOptions::new(passphrase).create(create);
+            if let Some(c) = self.kdf_cost {
+                opts.kdf_cost = c;
+            }
+            if let Some(p) = self.padding {
+                opts.padding = p;
+            }
+            return sidecar::open(storage_reg, cipher, self.path, opts).await;
+        }
         let mut storage_opts = StorageOptions::default().create(create);
         storage_opts.path = self.path;
         let storage = (storage_reg.open)(storage_opts).await?;
