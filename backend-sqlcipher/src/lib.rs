@@ -11,10 +11,11 @@
 //! password KDF is skipped (the passphrase already went through Argon2id) and a passphrase change
 //! never re-encrypts the file. It is set as a raw key right after the file is opened,
 //! `PRAGMA key = "x'<64 hex digits>'"`, with `PRAGMA cipher_compatibility = 4` so the on-disk
-//! format does not drift with SQLCipher's defaults. SQLCipher accepts any key when "connecting"
-//! and fails only at the first read, so the key is verified at once with a query: a key that does
-//! not decrypt the file is [`ErrorKind::WrongKey`], and nothing has been written to it. A missing
-//! page key is [`ErrorKind::InvalidInput`]. The store (`sync_core::Store::builder()`) keeps the
+//! format does not drift with SQLCipher's defaults, and 8 KiB pages ([`CIPHER_PAGE_SIZE`]).
+//! SQLCipher accepts any key when "connecting" and fails only at the first read, so the key is
+//! verified at once with a query: a key that does not decrypt the file is
+//! [`ErrorKind::WrongKey`], and nothing has been written to it. A missing page key is
+//! [`ErrorKind::InvalidInput`]. The store (`sync_core::Store::builder()`) keeps the
 //! key header that unlocks the root key in a sidecar file next to the database, since it must be
 //! readable before the page key exists.
 //!
@@ -76,6 +77,12 @@ use crate::worker::Worker;
 pub const APPLICATION_ID: i64 = 0x4852_5448;
 /// Schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 1;
+/// SQLCipher page size of hearth stores, in bytes. Part of the file format: SQLCipher cannot read
+/// it from the (encrypted) header, so every open sets it. SQLCipher reserves 80 bytes of every
+/// page for its IV and HMAC; with its default 4 KiB pages, three rows of a ~1 KiB record no
+/// longer fit a page and the file grew by 45 % over plain SQLite's for the same records; with
+/// 8 KiB pages it is the same size (docs/performance.md).
+pub const CIPHER_PAGE_SIZE: u32 = 8192;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL)",
@@ -286,8 +293,12 @@ fn open_connection(path: &Path, create: bool, page_key: &SecretKey) -> Result<Co
     conn.execute_batch(&pragma)
         .map_err(|e| map_sql(e, "set the page key"))?;
     drop(pragma);
-    conn.execute_batch("PRAGMA cipher_compatibility = 4;")
-        .map_err(|e| map_sql(e, "set the SQLCipher format"))?;
+    // The format: SQLCipher 4's defaults, except 8 KiB pages (see CIPHER_PAGE_SIZE). Neither is
+    // stored in the file (its header is encrypted), so both are set on every open.
+    conn.execute_batch(&format!(
+        "PRAGMA cipher_compatibility = 4; PRAGMA cipher_page_size = {CIPHER_PAGE_SIZE};"
+    ))
+    .map_err(|e| map_sql(e, "set the SQLCipher format"))?;
     // SQLCipher "connects" with any key; the first read tells whether it decrypts the file.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)

@@ -58,7 +58,11 @@ async fn passes_the_storage_conformance_suite() {
     .await;
     // The file the suite left is encrypted: no SQLite header.
     let bytes = std::fs::read(&path).expect("read");
-    assert!(bytes.len() >= 4096);
+    let page = backend_sqlcipher::CIPHER_PAGE_SIZE as usize;
+    assert!(
+        bytes.len() >= page && bytes.len().is_multiple_of(page),
+        "whole pages of the pinned size"
+    );
     assert_ne!(&bytes[..16], b"SQLite format 3\0");
 }
 
@@ -183,7 +187,7 @@ async fn integrity_check_reports_a_damaged_file() {
     }
     // Scribble over a page in the middle of the file.
     let mut bytes = std::fs::read(&path).expect("read");
-    let page = 4096;
+    let page = backend_sqlcipher::CIPHER_PAGE_SIZE as usize;
     let victim = (bytes.len() / page / 2) * page;
     for b in &mut bytes[victim + 100..victim + 3000] {
         *b = 0x5A;
