@@ -446,3 +446,50 @@ async fn a_store_written_with_one_cipher_is_read_byte_for_byte_by_the_other() {
         storage.close().await.expect("close");
     }
 }
+
+#[tokio::test]
+async fn a_key_header_file_is_never_replaced_and_leaves_no_temporary_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("once.db");
+    open(&db, "sqlcipher", "sodium", PASS)
+        .await
+        .expect("create")
+        .close()
+        .await
+        .expect("close");
+    let keys = sidecar::sidecar_path(&db);
+    let before = snapshot(dir.path());
+    let ring = sidecar::read(&SodiumCipher, &keys)
+        .expect("read")
+        .expect("present");
+    let (other, _root) = hearth::keyring::Keyring::create(
+        &SodiumCipher,
+        &Passphrase::new("another"),
+        KdfCost::INSECURE_FOR_TESTS,
+        ring.space,
+        "sqlcipher",
+    )
+    .expect("create");
+    let err = sidecar::write_new(&SodiumCipher, &keys, &other).err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Conflict));
+    assert!(
+        snapshot(dir.path()) == before,
+        "nothing replaced, no temporary file left"
+    );
+
+    // A fresh one is written whole: it reads back as what was written.
+    let fresh = dir.path().join("fresh.db.keys");
+    sidecar::write_new(&SodiumCipher, &fresh, &other).expect("write");
+    let back = sidecar::read(&OrionCipher, &fresh)
+        .expect("read")
+        .expect("present");
+    assert_eq!(
+        back.encode().expect("encode"),
+        other.encode().expect("encode")
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+}
