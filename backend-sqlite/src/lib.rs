@@ -598,6 +598,7 @@ pub const REGISTRATION: sync_core::registry::StorageRegistration =
     sync_core::registry::StorageRegistration {
         name: SqliteStorage::NAME,
         open: open_registered,
+        needs_page_key: false,
     };
 
 sync_core::register_storage!(SqliteStorage::NAME, open_registered);

@@ -1,8 +1,9 @@
 //! # hearth
 //!
 //! Offline-first apps that keep their data encrypted on the device. This is the facade: its
-//! cargo features choose the implementations (`sqlite` and `orion` by default), it links them so
-//! the registry can find them by name, and it re-exports the API of `sync-core`.
+//! cargo features choose the implementations (`sqlite` and `orion` by default; `sqlcipher` for a
+//! whole-file encrypted SQLCipher database, `sodium` for libsodium), it links them so the
+//! registry can find them by name, and it re-exports the API of `sync-core`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -30,10 +31,14 @@
 
 pub use sync_core::*;
 
+#[cfg(feature = "sqlcipher")]
+pub use backend_sqlcipher;
 #[cfg(feature = "sqlite")]
 pub use backend_sqlite;
 #[cfg(feature = "orion")]
 pub use crypto_orion;
+#[cfg(feature = "sodium")]
+pub use crypto_sodium;
 #[cfg(feature = "mock")]
 pub use transport_mock;
 
@@ -47,9 +52,17 @@ pub fn register_enabled() -> Result<()> {
     if !registry::storage_names().contains(&backend_sqlite::REGISTRATION.name) {
         registry::register_storage(backend_sqlite::REGISTRATION)?;
     }
+    #[cfg(feature = "sqlcipher")]
+    if !registry::storage_names().contains(&backend_sqlcipher::REGISTRATION.name) {
+        registry::register_storage(backend_sqlcipher::REGISTRATION)?;
+    }
     #[cfg(feature = "orion")]
     if !registry::cipher_names().contains(&crypto_orion::REGISTRATION.name) {
         registry::register_cipher(crypto_orion::REGISTRATION)?;
+    }
+    #[cfg(feature = "sodium")]
+    if !registry::cipher_names().contains(&crypto_sodium::REGISTRATION.name) {
+        registry::register_cipher(crypto_sodium::REGISTRATION)?;
     }
     Ok(())
 }

@@ -5,7 +5,9 @@
 //! root key ──BLAKE2b(context)──► record key (per key id), blind-index key, fingerprint key, …
 //! ```
 //!
-//! The header is stored in the storage's metadata. It holds the salt, the cost, the wrapped root
+//! The header is stored in the storage's metadata, or, for storages encrypted at rest (which
+//! cannot be read before the root key gives their page key), in a file next to the database
+//! (see [`crate::store::sidecar`]). It holds the salt, the cost, the wrapped root
 //! key and a fingerprint of the root key (a keyed hash a server can compare without learning the
 //! key). Changing the passphrase rewraps the root key only.
 

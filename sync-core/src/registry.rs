@@ -34,6 +34,10 @@ pub struct StorageRegistration {
     pub name: &'static str,
     /// Opens it.
     pub open: OpenStorageFn,
+    /// True for storages encrypted at rest (SQLCipher): they must be opened with
+    /// [`StorageOptions::page_key`], so the store keeps their key header in a sidecar file next
+    /// to the database rather than in the storage's metadata (see [`crate::store`]).
+    pub needs_page_key: bool,
 }
 
 /// A cipher implementation, registered by name.
@@ -243,12 +247,17 @@ pub fn validate() -> Result<()> {
     dup(strategies())
 }
 
-/// Registers a storage at link time: `register_storage!("name", open_fn);`.
+/// Registers a storage at link time: `register_storage!("name", open_fn);`, or for a storage
+/// encrypted at rest that must be opened with a page key,
+/// `register_storage!("name", open_fn, needs_page_key = true);`.
 #[macro_export]
 macro_rules! register_storage {
     ($name:expr, $open:expr) => {
+        $crate::register_storage!($name, $open, needs_page_key = false);
+    };
+    ($name:expr, $open:expr, needs_page_key = $needs:expr) => {
         $crate::__private::inventory::submit! {
-            $crate::registry::StorageRegistration { name: $name, open: $open }
+            $crate::registry::StorageRegistration { name: $name, open: $open, needs_page_key: $needs }
         }
     };
 }

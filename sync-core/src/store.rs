@@ -21,6 +21,8 @@ use crate::model::{CollectionId, DeviceId, HlcClock, Record, RecordId, SpaceId, 
 use crate::registry;
 use crate::storage::{Batch, Storage, StorageOptions, StoredRecord};
 
+pub mod sidecar;
+
 /// Metadata key of the key header.
 pub const META_KEYRING: &str = "hearth.keyring";
 /// Metadata key of a root-key rotation under way (the re-encryption cursor).
@@ -328,12 +330,19 @@ impl Store {
     /// Opens (or, with [`OpenOptions::create`], creates) the store held by `storage`, unlocking
     /// it with the passphrase. A wrong passphrase is [`ErrorKind::WrongPassphrase`] and writes
     /// nothing; a store made by another storage or cipher is [`ErrorKind::Config`].
+    ///
+    /// The key header is read from the storage's metadata. A store encrypted at rest keeps it
+    /// in a file next to its database instead ([`sidecar`]): open those with [`Store::builder`];
+    /// here they are [`ErrorKind::Config`].
     pub async fn open(
         storage: Arc<dyn Storage>,
         cipher: Arc<dyn Cipher>,
         options: OpenOptions,
     ) -> Result<Store> {
         let keyring_bytes = storage.meta_get(META_KEYRING).await?;
+        if keyring_bytes.is_none() {
+            sidecar::refuse_sidecar_store(storage.as_ref()).await?;
+        }
         let (keyring, root, state) = match keyring_bytes {
             Some(bytes) => {
                 let keyring = Keyring::decode(&bytes)?;
@@ -501,6 +510,7 @@ impl Store {
     /// Changes the passphrase: rewraps the root key only (no record is re-encrypted), in one
     /// atomic write. `cost` is the Argon2id cost for the new passphrase.
     pub async fn change_passphrase(&self, new: &Passphrase, cost: KdfCost) -> Result<()> {
+        self.refuse_at_rest("changing the passphrase")?;
         let old = self.keyring()?;
         let mut next = old.clone();
         next.wrap(self.inner.cipher.as_ref(), new, cost, &self.inner.root)?;
@@ -511,6 +521,7 @@ impl Store {
     /// characters in groups of four. Show it to the user once; hearth keeps only the root key
     /// wrapped under it.
     pub async fn create_recovery_code(&self, cost: KdfCost) -> Result<String> {
+        self.refuse_at_rest("a recovery code")?;
         let mut raw = zeroize::Zeroizing::new([0u8; 20]);
         self.inner.cipher.fill_random(raw.as_mut())?;
         let code = data_encoding::BASE32_NOPAD.encode(raw.as_ref());
@@ -604,6 +615,7 @@ impl Store {
     /// transaction; until the last batch the old key stays (sealed under the new one), so every
     /// record stays readable. After a crash, open the store and call `finish_rotation`.
     pub async fn rotate_root_key(self, passphrase: &Passphrase, cost: KdfCost) -> Result<Store> {
+        self.refuse_at_rest("rotating the root key")?;
         let cipher = self.inner.cipher.clone();
         let storage = self.inner.storage.clone();
         let old = self.keyring()?;
@@ -726,6 +738,19 @@ impl Store {
             })
             .await?;
         }
+    }
+
+    /// Key-header changes are written to storage metadata; a store encrypted at rest keeps its
+    /// header in a sidecar file and its page key derives from the root key, so these operations
+    /// are refused there rather than half done.
+    fn refuse_at_rest(&self, what: &str) -> Result<()> {
+        if self.inner.storage.capabilities().encrypted_at_rest {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{what} is not supported yet for stores encrypted at rest (SQLCipher)"),
+            ));
+        }
+        Ok(())
     }
 
     /// The storage under this store.
@@ -1216,7 +1241,9 @@ impl StoreBuilder {
         })
     }
 
-    /// Resolves the names, opens the storage and unlocks the store.
+    /// Resolves the names, opens the storage and unlocks the store. For a storage whose
+    /// registry entry needs a page key, the key header is read from (or, for a new store,
+    /// written to) `<path>.keys` and the page key derived from the root key; see [`sidecar`].
     pub async fn open(self) -> Result<Store> {
         let passphrase = self
             .passphrase
@@ -1237,6 +1264,17 @@ impl StoreBuilder {
         let storage_reg = registry::storage(&storage_name)?;
         let cipher = (registry::cipher(&cipher_name)?.make)();
         let create = self.create.unwrap_or(true);
+        // Storages encrypted at rest keep their key header in a file next to the database.
+        if storage_reg.needs_page_key || sidecar::present(self.path.as_deref()) {
+            let mut opts = OpenOptions::new(passphrase).create(create);
+            if let Some(c) = self.kdf_cost {
+                opts.kdf_cost = c;
+            }
+            if let Some(p) = self.padding {
+                opts.padding = p;
+            }
+            return sidecar::open(storage_reg, cipher, self.path, opts).await;
+        }
         let mut storage_opts = StorageOptions::default().create(create);
         storage_opts.path = self.path;
         let storage = (storage_reg.open)(storage_opts).await?;

@@ -383,6 +383,8 @@ async fn bad_envelopes_are_rejected_and_reported_and_the_rest_applies() {
     let mut future = good_row.envelope.clone();
     future[0] = 7;
     let other = a.store.record_id("notes", "other").expect("id");
+    let other2 = a.store.record_id("notes", "other2").expect("id");
+    let other3 = a.store.record_id("notes", "other3").expect("id");
     let request = PushRequest {
         from: SpaceRef {
             space: a.store.space(),
@@ -391,8 +393,8 @@ async fn bad_envelopes_are_rejected_and_reported_and_the_rest_applies() {
         },
         envelopes: vec![
             forged(1, other, good_row.envelope.clone()),
-            forged(2, other, truncated),
-            forged(3, other, future),
+            forged(2, other2, truncated),
+            forged(3, other3, future),
         ],
     };
     a.transport.relay().push(&request).expect("forged push");

@@ -233,6 +233,80 @@ pub fn cipher_suite(cipher: &dyn Cipher) {
 
     envelope_vector(cipher);
     privacy_vectors(cipher);
+    keyring_vector(cipher);
+}
+
+fn keyring_vector(cipher: &dyn Cipher) {
+    use crate::cipher::Passphrase;
+    use crate::keyring::Keyring;
+    let name = cipher.name();
+    let ring = Keyring::decode(&hex::decode(v::KEYRING).expect("hex")).expect("decode vector");
+    assert_eq!(
+        ring.encode().expect("encode"),
+        hex::decode(v::KEYRING).expect("hex"),
+        "{name}: key header re-encodes to the same bytes"
+    );
+    let root = ring
+        .unlock(cipher, &Passphrase::new(v::KEYRING_PASSPHRASE))
+        .expect("the shared key header vector must unlock");
+    assert_eq!(
+        hex::encode(root.expose()),
+        v::KEYRING_ROOT,
+        "{name}: key header vector root key"
+    );
+    assert_eq!(
+        kind(ring.unlock(cipher, &Passphrase::new("hearth keyring vectoR"))),
+        Some(ErrorKind::WrongPassphrase),
+        "{name}: key header vector with a wrong passphrase"
+    );
+    assert_eq!(
+        hex::encode(
+            cipher
+                .derive_subkey(&root, b"hearth.sqlcipher-page-key")
+                .expect("subkey")
+                .expose()
+        ),
+        v::PAGE_KEY,
+        "{name}: SQLCipher page key derivation"
+    );
+    assert_eq!(
+        hex::encode(
+            crate::store::sidecar::page_key(cipher, &root)
+                .expect("page key")
+                .expose()
+        ),
+        v::PAGE_KEY,
+        "{name}: the store derives the page key as the vector says"
+    );
+
+    // The same key header as a sidecar file: decodes, re-encodes byte for byte, and any damaged
+    // byte is Corrupt (never WrongPassphrase).
+    use crate::store::sidecar;
+    let file = hex::decode(v::SIDECAR).expect("hex");
+    let decoded = sidecar::decode(cipher, &file).expect("decode sidecar vector");
+    assert_eq!(
+        decoded.encode().expect("encode"),
+        ring.encode().expect("encode")
+    );
+    assert_eq!(
+        sidecar::encode(cipher, &decoded).expect("encode sidecar"),
+        file,
+        "{name}: sidecar encoding"
+    );
+    for i in 0..file.len() {
+        let mut t = file.clone();
+        t[i] ^= 0x10;
+        let k = kind(sidecar::decode(cipher, &t));
+        assert!(
+            matches!(k, Some(ErrorKind::Corrupt | ErrorKind::Unsupported)),
+            "{name}: sidecar byte {i} damaged gave {k:?}"
+        );
+    }
+    assert_eq!(
+        kind(sidecar::decode(cipher, &file[..file.len() - 1])),
+        Some(ErrorKind::Corrupt),
+        "{name}: truncated sidecar"
+    );
 }
 
 fn envelope_vector(cipher: &dyn Cipher) {

@@ -86,3 +86,18 @@ pub const SHARE_PLAINTEXT: &[u8] = br#"{"data_type":"app-usage","data":{"screen"
 pub const PSEUDONYM_USAGE_STATS: &str = "1c754b5283bda2e66340f10e0f9c5d37";
 /// The same value's pseudonym for purpose `"debugging"`.
 pub const PSEUDONYM_DEBUGGING: &str = "dc5ac44ab2e3ba18f997032c9c8d8972";
+/// A key header (format 1, postcard) made independently with libsodium (PyNaCl) and Python's
+/// `hashlib`, not with hearth: space `0x22` × 16, storage `"sqlcipher"`, cipher `"sodium"`,
+/// key id 1, Argon2id t = 1, m = 1024 KiB, salt `20..2f`, nonce `60..77`, root key
+/// [`KEYRING_ROOT`]. Every backend must unlock it with [`KEYRING_PASSPHRASE`].
+pub const KEYRING: &str = "01222222222222222222222222222222220973716c63697068657206736f6469756d01018008202122232425262728292a2b2c2d2e2f48606162636465666768696a6b6c6d6e6f70717273747576772c8e814a7b6f6352eeedd61b5c39aef7afb50b1a38f49d2e3b666d5768187f6f3873be8e50bc529db1c63b4631bb4981e161065f4d8abdf19bc51a166c3aeda8a1aa694de483489afc9e03105eaa9676000000";
+/// The passphrase of [`KEYRING`].
+pub const KEYRING_PASSPHRASE: &str = "hearth keyring vector";
+/// The root key wrapped in [`KEYRING`]: `40..5f`.
+pub const KEYRING_ROOT: &str = "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f";
+/// `derive_subkey(KEYRING_ROOT, "hearth.sqlcipher-page-key")`: the SQLCipher page key of a store
+/// with that root key (computed with `hashlib.blake2b`).
+pub const PAGE_KEY: &str = "afff48d8e835155b52f9b88d8ce6ed5f84f9bd2ca343a987aaec4e544c8337b2";
+/// [`KEYRING`] as a key header file (`<path>.keys`, sidecar format 1: magic, format, length,
+/// key header, BLAKE2b-256 checksum keyed with 32 zero bytes), computed with Python's `hashlib`.
+pub const SIDECAR: &str = "485254484b45595301000000a201222222222222222222222222222222220973716c63697068657206736f6469756d01018008202122232425262728292a2b2c2d2e2f48606162636465666768696a6b6c6d6e6f70717273747576772c8e814a7b6f6352eeedd61b5c39aef7afb50b1a38f49d2e3b666d5768187f6f3873be8e50bc529db1c63b4631bb4981e161065f4d8abdf19bc51a166c3aeda8a1aa694de483489afc9e03105eaa9676000000f96cb387cbcd4b18ea1fff153a7aa10b0fd247ed3c5916c0cd615b72a0fc52d3";

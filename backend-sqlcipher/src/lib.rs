@@ -1,0 +1,719 @@
+//! # backend-sqlcipher
+//!
+//! hearth's [`Storage`] over [SQLCipher](https://www.zetetic.net/sqlcipher/) through
+//! [rusqlite](https://docs.rs/rusqlite): the same schema and semantics as `backend-sqlite`, and
+//! the whole file (every page, the WAL, the schema, the metadata) encrypted with a page key.
+//!
+//! ## The page key
+//!
+//! The key comes from [`StorageOptions::page_key`]: a subkey of the store's root key
+//! (`derive_subkey(root, "hearth.sqlcipher-page-key")`), never the passphrase, so SQLCipher's own
+//! password KDF is skipped (the passphrase already went through Argon2id) and a passphrase change
+//! never re-encrypts the file. It is set as a raw key right after the file is opened,
+//! `PRAGMA key = "x'<64 hex digits>'"`, with `PRAGMA cipher_compatibility = 4` so the on-disk
+//! format does not drift with SQLCipher's defaults, and 8 KiB pages ([`CIPHER_PAGE_SIZE`]).
+//! SQLCipher accepts any key when "connecting" and fails only at the first read, so the key is
+//! verified at once with a query: a key that does not decrypt the file is
+//! [`ErrorKind::WrongKey`], and nothing has been written to it. A missing page key is
+//! [`ErrorKind::InvalidInput`]. The store (`sync_core::Store::builder()`) keeps the
+//! key header that unlocks the root key in a sidecar file next to the database, since it must be
+//! readable before the page key exists.
+//!
+//! ## Threads
+//!
+//! rusqlite is blocking, so every store owns one dedicated OS thread that owns the connection;
+//! the async methods send a job over a channel and await its answer. This keeps blocking SQLite
+//! calls (and the `fsync` of every commit) off the async runtime's worker threads, works under
+//! any runtime, never moves the connection between threads, and serialises access without a lock
+//! held across an await. The alternative, `tokio::task::spawn_blocking` with a
+//! `Mutex<Connection>`, would tie the crate to tokio's runtime, hop to a different pool thread on
+//! every call and make concurrent calls queue on the mutex from blocking threads. One connection
+//! suffices: hearth has one writer per store, and SQLCipher decrypts pages into its cache once.
+//!
+//! ## File
+//!
+//! WAL journal, `synchronous = NORMAL`, a 16 MiB page cache, checkpoints every 8192 pages, every
+//! [`Batch`] in one `BEGIN IMMEDIATE` transaction with its guards checked first, multi-row
+//! upserts. Schema (version 1, `PRAGMA user_version`, `PRAGMA application_id` "HRTH"), identical to
+//! `backend-sqlite`:
+//!
+//! ```sql
+//! CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL,
+//!                       deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL,
+//!                       sync BLOB NOT NULL);
+//! CREATE INDEX records_by_collection ON records (collection, id);
+//! CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL;
+//! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
+//! ```
+//!
+//! [`Storage::check`] runs `PRAGMA cipher_integrity_check` (every page's HMAC) and
+//! `PRAGMA integrity_check` (the b-trees).
+//!
+//! SQLCipher writes warnings (such as a page whose HMAC fails, by page number; never key
+//! material or data) to standard error by default on Linux; an application can change that
+//! process-wide with `PRAGMA cipher_log_level`. This crate does not, since libraries should not
+//! change process-wide settings.
+//!
+//! Registered as `"sqlcipher"`; its registry entry says it needs a page key.
+#![deny(missing_docs)]
+
+mod worker;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use sync_core::{
+    Batch, Capabilities, CollectionId, Error, ErrorKind, OutboxEntry, RecordId, Result, SecretKey,
+    Storage, StorageOptions, StoredRecord,
+};
+use zeroize::Zeroizing;
+
+use crate::worker::Worker;
+
+/// `PRAGMA application_id` of hearth stores: "HRTH".
+pub const APPLICATION_ID: i64 = 0x4852_5448;
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+/// SQLCipher page size of hearth stores, in bytes. Part of the file format: SQLCipher cannot read
+/// it from the (encrypted) header, so every open sets it. SQLCipher reserves 80 bytes of every
+/// page for its IV and HMAC; with its default 4 KiB pages, three rows of a ~1 KiB record no
+/// longer fit a page and the file grew by 45 % over plain SQLite's for the same records; with
+/// 8 KiB pages it is the same size (docs/performance.md).
+pub const CIPHER_PAGE_SIZE: u32 = 8192;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
+    "CREATE INDEX records_by_collection ON records (collection, id)",
+    "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
+];
+
+/// Rows per multi-row INSERT (6 parameters each; SQLite allows 32,766).
+const PUT_CHUNK: usize = 128;
+/// Ids per `WHERE id IN (…)` of `get_many`.
+const GET_CHUNK: usize = 500;
+
+const COLUMNS: &str = "id, collection, deleted, pending_seq, envelope, sync";
+
+/// Storage in a SQLCipher file.
+#[derive(Debug, Clone)]
+pub struct SqlcipherStorage {
+    worker: Arc<Worker>,
+    path: PathBuf,
+}
+
+/// Maps a rusqlite error to hearth's error, by SQLite result code. The message names the
+/// operation; SQLite's own text (which never contains our bound values) is kept as the cause.
+pub fn map_sql(e: rusqlite::Error, what: &'static str) -> Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(err, _) => {
+            let (kind, msg, temporary) = match err.extended_code & 0xff {
+                5 | 6 => (ErrorKind::Unavailable, "the database is busy", true),
+                8 => (ErrorKind::Io, "the database is read-only", false),
+                10 => (ErrorKind::Io, "disk I/O error", false),
+                11 => (ErrorKind::Corrupt, "the database file is corrupt", false),
+                13 => (
+                    ErrorKind::StorageFull,
+                    "the disk is full; nothing was written",
+                    false,
+                ),
+                14 => (ErrorKind::Io, "the database file cannot be opened", false),
+                23 => (ErrorKind::Io, "access to the database was denied", false),
+                26 => (
+                    ErrorKind::WrongKey,
+                    "the page key does not decrypt this file (or it is not a SQLCipher database)",
+                    false,
+                ),
+                _ => (ErrorKind::Storage, what, false),
+            };
+            let err = Error::new(kind, format!("{what}: {msg}")).with_source(e);
+            if temporary { err.temporary() } else { err }
+        }
+        _ => Error::new(ErrorKind::Storage, what).with_source(e),
+    }
+}
+
+fn row_to_record(row: &Row<'_>) -> Result<StoredRecord> {
+    let id: Vec<u8> = row.get(0).map_err(|e| map_sql(e, "read id"))?;
+    let collection: Vec<u8> = row.get(1).map_err(|e| map_sql(e, "read collection"))?;
+    let deleted: i64 = row.get(2).map_err(|e| map_sql(e, "read deleted"))?;
+    let pending: Option<i64> = row.get(3).map_err(|e| map_sql(e, "read pending_seq"))?;
+    let envelope: Vec<u8> = row.get(4).map_err(|e| map_sql(e, "read envelope"))?;
+    let sync: Vec<u8> = row.get(5).map_err(|e| map_sql(e, "read sync"))?;
+    Ok(StoredRecord {
+        id: RecordId::from_slice(&id)?,
+        collection: CollectionId::from_slice(&collection)?,
+        envelope,
+        deleted: deleted != 0,
+        pending_seq: pending.map(seq_from_sql).transpose()?,
+        sync,
+    })
+}
+
+fn seq_to_sql(seq: u64) -> Result<i64> {
+    i64::try_from(seq).map_err(|_| Error::invalid("sequence number out of range"))
+}
+
+fn seq_from_sql(seq: i64) -> Result<u64> {
+    u64::try_from(seq).map_err(|_| Error::corrupt("negative sequence number in store"))
+}
+
+enum SchemaState {
+    Ours,
+    Empty,
+}
+
+/// Classifies a decrypted database: a hearth store (of a schema we can read), an empty
+/// database, or something else (an error).
+fn schema_state(conn: &Connection) -> Result<SchemaState> {
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| map_sql(e, "read application id"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| map_sql(e, "read schema version"))?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| map_sql(e, "read schema"))?;
+    if app_id == APPLICATION_ID {
+        if version > SCHEMA_VERSION {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "store schema {version} is newer than this build supports ({SCHEMA_VERSION}); upgrade hearth"
+                ),
+            ));
+        }
+        return Ok(SchemaState::Ours);
+    }
+    if app_id != 0 || objects != 0 {
+        return Err(Error::corrupt(
+            "the file is a database but not a hearth store; refusing to modify it",
+        ));
+    }
+    Ok(SchemaState::Empty)
+}
+
+/// What the first bytes of an existing file say, before SQLCipher touches it.
+enum FileKind {
+    /// Zero bytes: SQLite initialises it.
+    Empty,
+    /// Something that may be a SQLCipher database (it has no plaintext header to check).
+    MaybeSqlcipher,
+}
+
+/// Refuses files that cannot be SQLCipher databases, without modifying them: a plaintext SQLite
+/// database (made by the `sqlite` storage or another application) and files whose size is not
+/// a whole number of pages (a SQLCipher file has no readable header; anything else that is not
+/// one fails the key check as [`ErrorKind::WrongKey`]).
+fn inspect_file(path: &Path) -> Result<FileKind> {
+    use std::io::Read;
+    let io_err = |what: &str, e: std::io::Error| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            _ => ErrorKind::Io,
+        };
+        Error::new(kind, format!("cannot {what} {}", path.display())).with_source(e)
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| io_err("open", e))?;
+    let len = f.metadata().map_err(|e| io_err("inspect", e))?.len();
+    if len == 0 {
+        return Ok(FileKind::Empty);
+    }
+    let mut header = [0u8; 16];
+    let mut read = 0;
+    while read < header.len() {
+        match f.read(&mut header[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => return Err(io_err("read", e)),
+        }
+    }
+    if &header[..read] == b"SQLite format 3\0" {
+        return Err(Error::corrupt(format!(
+            "{} is a plaintext SQLite database, not an encrypted hearth store; refusing to modify it",
+            path.display()
+        )));
+    }
+    if len < 512 || len % 512 != 0 {
+        return Err(Error::corrupt(format!(
+            "{} is not a SQLCipher database; refusing to modify it",
+            path.display()
+        )));
+    }
+    Ok(FileKind::MaybeSqlcipher)
+}
+
+/// Opens, keys, verifies and (when asked) initialises the database. Runs on the store's thread.
+fn open_connection(path: &Path, create: bool, page_key: &SecretKey) -> Result<Connection> {
+    let exists = path.exists();
+    if !exists && !create {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no store at {}", path.display()),
+        ));
+    }
+    let file = if exists {
+        inspect_file(path)?
+    } else {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("directory {} does not exist", dir.display()),
+            ));
+        }
+        FileKind::Empty
+    };
+    if matches!(file, FileKind::Empty) && !create {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "the file is empty, not a hearth store",
+        ));
+    }
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| map_sql(e, "open store"))?;
+
+    // The key first, before anything reads the file. PRAGMA takes no bound parameters; the
+    // text is hex of our own key, built here and wiped after use.
+    let mut pragma = Zeroizing::new(String::with_capacity(96));
+    pragma.push_str("PRAGMA key = \"x'");
+    for b in page_key.expose() {
+        pragma.push(char::from(HEX[usize::from(b >> 4)]));
+        pragma.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    pragma.push_str("'\";");
+    conn.execute_batch(&pragma)
+        .map_err(|e| map_sql(e, "set the page key"))?;
+    drop(pragma);
+    // The format: SQLCipher 4's defaults, except 8 KiB pages (see CIPHER_PAGE_SIZE). Neither is
+    // stored in the file (its header is encrypted), so both are set on every open.
+    conn.execute_batch(&format!(
+        "PRAGMA cipher_compatibility = 4; PRAGMA cipher_page_size = {CIPHER_PAGE_SIZE};"
+    ))
+    .map_err(|e| map_sql(e, "set the SQLCipher format"))?;
+    // SQLCipher "connects" with any key; the first read tells whether it decrypts the file.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| match map_sql(e, "verify the page key") {
+        e if e.kind() == ErrorKind::WrongKey => Error::new(
+            ErrorKind::WrongKey,
+            "the page key does not open this store (wrong key, or not a hearth SQLCipher store)",
+        ),
+        e => e,
+    })?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| map_sql(e, "open store"))?;
+    conn.set_prepared_statement_cache_capacity(64);
+
+    // Refuse a database that is not ours before any pragma below writes to it.
+    if let SchemaState::Empty = schema_state(&conn)?
+        && !create
+    {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "the file is an empty database, not a hearth store",
+        ));
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| map_sql(e, "set journal mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::new(
+            ErrorKind::Storage,
+            "the file system does not support SQLite's WAL journal",
+        ));
+    }
+    // See backend-sqlite and docs/performance.md for the cache and checkpoint sizes.
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -16384; \
+         PRAGMA wal_autocheckpoint = 8192; PRAGMA journal_size_limit = 67108864;",
+    )
+    .map_err(|e| map_sql(e, "configure store"))?;
+
+    let mut conn = conn;
+    prepare_schema(&mut conn, create)?;
+    Ok(conn)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn prepare_schema(conn: &mut Connection, create: bool) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| map_sql(e, "open store"))?;
+    match schema_state(&tx)? {
+        SchemaState::Ours => return Ok(()),
+        SchemaState::Empty if create => {}
+        SchemaState::Empty => {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "the file is an empty database, not a hearth store",
+            ));
+        }
+    }
+    for stmt in SCHEMA {
+        tx.execute(stmt, [])
+            .map_err(|e| map_sql(e, "create schema"))?;
+    }
+    // PRAGMAs cannot take bound parameters; both values are our constants.
+    tx.execute_batch(&format!(
+        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+    .map_err(|e| map_sql(e, "create schema"))?;
+    tx.commit().map_err(|e| map_sql(e, "create schema"))
+}
+
+fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
+    for (key, expected) in &batch.guards {
+        let actual: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .and_then(|mut s| s.query_row([key.as_str()], |r| r.get(0)).optional())
+            .map_err(|e| map_sql(e, "check guard"))?;
+        if actual.as_ref() != expected.as_ref() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "the store was changed by another writer; reopen it",
+            ));
+        }
+    }
+    // Multi-row upserts: one statement per 128 rows. Within one statement, a later row with the
+    // same id updates the earlier one, as separate statements would.
+    for chunk in batch.puts.chunks(PUT_CHUNK) {
+        let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO records ({COLUMNS}) VALUES {values} \
+             ON CONFLICT (id) DO UPDATE SET collection = excluded.collection, deleted = excluded.deleted, \
+             pending_seq = excluded.pending_seq, envelope = excluded.envelope, sync = excluded.sync"
+        );
+        let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 6);
+        for r in chunk {
+            params.push(rusqlite::types::Value::Blob(r.id.0.to_vec()));
+            params.push(rusqlite::types::Value::Blob(r.collection.0.to_vec()));
+            params.push(rusqlite::types::Value::Integer(i64::from(r.deleted)));
+            params.push(match r.pending_seq {
+                Some(seq) => rusqlite::types::Value::Integer(seq_to_sql(seq)?),
+                None => rusqlite::types::Value::Null,
+            });
+            params.push(rusqlite::types::Value::Blob(r.envelope.clone()));
+            params.push(rusqlite::types::Value::Blob(r.sync.clone()));
+        }
+        tx.prepare_cached(&sql)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(params.iter())))
+            .map_err(|e| map_sql(e, "write records"))?;
+    }
+    if !batch.removes.is_empty() {
+        let mut s = tx
+            .prepare_cached("DELETE FROM records WHERE id = ?1")
+            .map_err(|e| map_sql(e, "remove record"))?;
+        for id in &batch.removes {
+            s.execute([&id.0[..]])
+                .map_err(|e| map_sql(e, "remove record"))?;
+        }
+    }
+    if !batch.acks.is_empty() {
+        let mut s = tx
+            .prepare_cached(
+                "UPDATE records SET pending_seq = NULL WHERE id = ?1 AND pending_seq = ?2",
+            )
+            .map_err(|e| map_sql(e, "acknowledge write"))?;
+        for (id, seq) in &batch.acks {
+            s.execute(rusqlite::params![&id.0[..], seq_to_sql(*seq)?])
+                .map_err(|e| map_sql(e, "acknowledge write"))?;
+        }
+    }
+    for (key, value) in &batch.meta {
+        match value {
+            Some(v) => tx
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .and_then(|mut s| s.execute(rusqlite::params![key.as_str(), &v[..]])),
+            None => tx
+                .prepare_cached("DELETE FROM meta WHERE key = ?1")
+                .and_then(|mut s| s.execute([key.as_str()])),
+        }
+        .map_err(|e| map_sql(e, "write metadata"))?;
+    }
+    Ok(())
+}
+
+fn commit_batch(conn: &mut Connection, batch: &Batch) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| map_sql(e, "begin transaction"))?;
+    match apply(&tx, batch) {
+        Ok(()) => tx.commit().map_err(|e| map_sql(e, "commit")),
+        Err(e) => {
+            // Dropping the transaction rolls back too; an explicit rollback reports failures.
+            if let Err(rb) = tx.rollback() {
+                tracing::warn!(error = %rb, "rollback after a failed batch failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn query_records(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    what: &'static str,
+) -> Result<Vec<StoredRecord>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| map_sql(e, what))?;
+    let mut rows = stmt.query(params).map_err(|e| map_sql(e, what))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(|e| map_sql(e, what))? {
+        out.push(row_to_record(row)?);
+    }
+    Ok(out)
+}
+
+fn integrity(conn: &Connection) -> Result<()> {
+    let collect = |sql: &str, what: &'static str| -> Result<Vec<String>> {
+        let mut stmt = conn.prepare(sql).map_err(|e| map_sql(e, what))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| map_sql(e, what))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| map_sql(e, what))
+    };
+    // Every page's HMAC: any row is a page that fails authentication.
+    let bad_pages = collect("PRAGMA cipher_integrity_check", "cipher integrity check")?;
+    if !bad_pages.is_empty() {
+        return Err(Error::corrupt(format!(
+            "cipher integrity check found {} page(s) that fail authentication",
+            bad_pages.len()
+        )));
+    }
+    let rows = collect("PRAGMA integrity_check", "integrity check")?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        Ok(())
+    } else {
+        Err(Error::corrupt(format!(
+            "integrity check found {} problem(s)",
+            rows.len()
+        )))
+    }
+}
+
+impl SqlcipherStorage {
+    /// Registry name.
+    pub const NAME: &'static str = "sqlcipher";
+
+    /// Opens the encrypted store file at `path` with `page_key`, creating it when `create` is
+    /// true.
+    ///
+    /// Errors: a page key that does not decrypt the file is [`ErrorKind::WrongKey`] and leaves
+    /// it untouched; a missing file without `create` is [`ErrorKind::NotFound`]; a missing or
+    /// unwritable directory is [`ErrorKind::Io`]; a plaintext SQLite database or a file that
+    /// cannot be a SQLCipher database is [`ErrorKind::Corrupt`] and is left untouched; a newer
+    /// schema is [`ErrorKind::Unsupported`].
+    pub async fn open(path: impl AsRef<Path>, create: bool, page_key: &SecretKey) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let key = page_key.clone();
+        let open_path = path.clone();
+        let worker = Worker::start(path.clone(), move || {
+            open_connection(&open_path, create, &key)
+        })
+        .await?;
+        Ok(Self {
+            worker: Arc::new(worker),
+            path,
+        })
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[async_trait]
+impl Storage for SqlcipherStorage {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, true)
+    }
+
+    async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>> {
+        let id = *id;
+        self.worker
+            .call(move |conn| {
+                let sql = format!("SELECT {COLUMNS} FROM records WHERE id = ?1");
+                Ok(query_records(conn, &sql, [&id.0[..]], "read record")?
+                    .into_iter()
+                    .next())
+            })
+            .await
+    }
+
+    async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
+        let ids = ids.to_vec();
+        self.worker
+            .call(move |conn| {
+                let mut found = HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks(GET_CHUNK) {
+                    let placeholders = vec!["?"; chunk.len()].join(", ");
+                    let sql = format!("SELECT {COLUMNS} FROM records WHERE id IN ({placeholders})");
+                    let params = chunk.iter().map(|id| &id.0[..]);
+                    for r in query_records(
+                        conn,
+                        &sql,
+                        rusqlite::params_from_iter(params),
+                        "read records",
+                    )? {
+                        found.insert(r.id, r);
+                    }
+                }
+                Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+            })
+            .await
+    }
+
+    async fn scan(
+        &self,
+        collection: &CollectionId,
+        after: Option<&RecordId>,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredRecord>> {
+        let collection = *collection;
+        let after = after.copied();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.worker
+            .call(move |conn| {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM records WHERE collection = ?1 AND id > ?2 {} ORDER BY collection, id LIMIT ?3",
+                    if include_deleted { "" } else { "AND deleted = 0" }
+                );
+                let after: &[u8] = after.as_ref().map(|a| &a.0[..]).unwrap_or(&[]);
+                query_records(
+                    conn,
+                    &sql,
+                    rusqlite::params![&collection.0[..], after, limit],
+                    "scan records",
+                )
+            })
+            .await
+    }
+
+    async fn scan_all(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<StoredRecord>> {
+        let after = after.copied();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.worker
+            .call(move |conn| {
+                let sql =
+                    format!("SELECT {COLUMNS} FROM records WHERE id > ?1 ORDER BY id LIMIT ?2");
+                let after: &[u8] = after.as_ref().map(|a| &a.0[..]).unwrap_or(&[]);
+                query_records(conn, &sql, rusqlite::params![after, limit], "scan records")
+            })
+            .await
+    }
+
+    async fn outbox(&self, after_seq: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let after = seq_to_sql(after_seq)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .worker
+            .call(move |conn| {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM records WHERE pending_seq > ?1 ORDER BY pending_seq LIMIT ?2"
+                );
+                query_records(conn, &sql, rusqlite::params![after, limit], "read outbox")
+            })
+            .await?;
+        rows.into_iter()
+            .map(|record| {
+                let seq = record
+                    .pending_seq
+                    .ok_or_else(|| Error::internal("outbox row without sequence"))?;
+                Ok(OutboxEntry { seq, record })
+            })
+            .collect()
+    }
+
+    async fn outbox_len(&self) -> Result<u64> {
+        self.worker
+            .call(|conn| {
+                let n: i64 = conn
+                    .prepare_cached("SELECT count(*) FROM records WHERE pending_seq IS NOT NULL")
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(|e| map_sql(e, "count outbox"))?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            })
+            .await
+    }
+
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = key.to_owned();
+        self.worker
+            .call(move |conn| {
+                conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")
+                    .and_then(|mut s| s.query_row([key.as_str()], |r| r.get(0)).optional())
+                    .map_err(|e| map_sql(e, "read metadata"))
+            })
+            .await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() && batch.guards.is_empty() {
+            return Ok(());
+        }
+        self.worker
+            .call(move |conn| commit_batch(conn, &batch))
+            .await
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.worker.call(|conn| integrity(conn)).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.worker.close().await
+    }
+}
+
+fn open_registered(
+    opts: StorageOptions,
+) -> futures::future::BoxFuture<'static, Result<Arc<dyn Storage>>> {
+    Box::pin(async move {
+        let path = opts
+            .path
+            .ok_or_else(|| Error::invalid("the sqlcipher storage needs a file path"))?;
+        let key = opts.page_key.ok_or_else(|| {
+            Error::invalid("the sqlcipher storage needs a page key (a subkey of the root key)")
+        })?;
+        let s = SqlcipherStorage::open(path, opts.create, &key).await?;
+        Ok(Arc::new(s) as Arc<dyn Storage>)
+    })
+}
+
+/// This storage's registry entry, for explicit registration where link-time registration does
+/// not run.
+pub const REGISTRATION: sync_core::registry::StorageRegistration =
+    sync_core::registry::StorageRegistration {
+        name: SqlcipherStorage::NAME,
+        open: open_registered,
+        needs_page_key: true,
+    };
+
+sync_core::register_storage!(
+    SqlcipherStorage::NAME,
+    open_registered,
+    needs_page_key = true
+);

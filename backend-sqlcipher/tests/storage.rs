@@ -1,0 +1,336 @@
+//! backend-sqlcipher against the storage conformance suite on a real file, and what whole-file
+//! encryption must guarantee: a wrong key opens nothing and changes nothing, no plaintext
+//! reaches the disk, damage is a typed error.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use backend_sqlcipher::SqlcipherStorage;
+use sync_core::{
+    Batch, CollectionId, ErrorKind, RecordId, SecretKey, Storage, StorageOptions, StoredRecord,
+};
+
+fn key(byte: u8) -> SecretKey {
+    SecretKey::from_bytes([byte; 32])
+}
+
+fn files_of(db: &Path) -> Vec<PathBuf> {
+    ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|s| PathBuf::from(format!("{}{s}", db.display())))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn rows(n: u32, envelope: impl Fn(u32) -> Vec<u8>) -> Batch {
+    let mut batch = Batch::default();
+    for i in 0..n {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        batch.puts.push(StoredRecord {
+            id: RecordId(id),
+            collection: CollectionId([9; 32]),
+            envelope: envelope(i),
+            deleted: false,
+            pending_seq: Some(u64::from(i) + 1),
+            sync: Vec::new(),
+        });
+    }
+    batch
+}
+
+#[tokio::test]
+async fn passes_the_storage_conformance_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("suite.db");
+    sync_core::testkit::storage_suite(|| {
+        let path = path.clone();
+        async move {
+            Ok(
+                Arc::new(SqlcipherStorage::open(&path, true, &key(0x42)).await?)
+                    as Arc<dyn Storage>,
+            )
+        }
+    })
+    .await;
+    // The file the suite left is encrypted: no SQLite header.
+    let bytes = std::fs::read(&path).expect("read");
+    let page = backend_sqlcipher::CIPHER_PAGE_SIZE as usize;
+    assert!(
+        bytes.len() >= page && bytes.len().is_multiple_of(page),
+        "whole pages of the pinned size"
+    );
+    assert_ne!(&bytes[..16], b"SQLite format 3\0");
+}
+
+#[tokio::test]
+async fn a_wrong_page_key_is_wrong_key_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keyed.db");
+    let s = SqlcipherStorage::open(&path, true, &key(1))
+        .await
+        .expect("create");
+    s.commit(rows(100, |i| format!("row {i}").into_bytes()))
+        .await
+        .expect("commit");
+    s.close().await.expect("close");
+    let files_before = files_of(&path);
+    let before = std::fs::read(&path).expect("read");
+
+    for create in [false, true] {
+        let err = SqlcipherStorage::open(&path, create, &key(2)).await.err();
+        assert_eq!(
+            err.as_ref().map(|e| e.kind()),
+            Some(ErrorKind::WrongKey),
+            "{err:?}"
+        );
+    }
+    assert!(
+        std::fs::read(&path).expect("read") == before,
+        "a wrong key must not change the file"
+    );
+    assert_eq!(files_of(&path), files_before, "nor create journal files");
+
+    let s = SqlcipherStorage::open(&path, false, &key(1))
+        .await
+        .expect("right key");
+    assert_eq!(s.outbox_len().await.expect("len"), 100);
+    s.check().await.expect("healthy");
+    s.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn no_plaintext_reaches_the_files() {
+    const CANARY: &[u8] = b"CANARY-ENVELOPE-PLAINTEXT-7f3a";
+    const META_CANARY: &[u8] = b"CANARY-METADATA-VALUE-91c2";
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Control: the same rows in a plain SQLite file are found, so the search below can fail.
+    let plain = dir.path().join("plain.db");
+    {
+        let conn = rusqlite::Connection::open(&plain).expect("open plain");
+        conn.execute_batch("CREATE TABLE t (v BLOB)")
+            .expect("create");
+        conn.execute("INSERT INTO t VALUES (?1)", [CANARY])
+            .expect("insert");
+    }
+    assert!(contains(&std::fs::read(&plain).expect("read"), CANARY));
+
+    let path = dir.path().join("canary.db");
+    let s = SqlcipherStorage::open(&path, true, &key(7))
+        .await
+        .expect("create");
+    let envelope = |i: u32| {
+        let mut e = CANARY.to_vec();
+        e.extend_from_slice(format!(" row {i}").as_bytes());
+        e
+    };
+    let mut batch = rows(500, envelope);
+    batch
+        .meta
+        .push(("canary".to_owned(), Some(META_CANARY.to_vec())));
+    s.commit(batch).await.expect("commit");
+    let check = |stage: &str| {
+        let files = files_of(&path);
+        assert!(!files.is_empty());
+        for f in files {
+            let bytes = std::fs::read(&f).expect("read");
+            for c in [CANARY, META_CANARY, b"SQLite format 3", b"CREATE TABLE"] {
+                assert!(
+                    !contains(&bytes, c),
+                    "{stage}: {} contains {}",
+                    f.display(),
+                    String::from_utf8_lossy(c)
+                );
+            }
+        }
+    };
+    // While open the writes sit in the WAL; after closing they are checkpointed into the file.
+    assert!(path.with_extension("db-wal").exists(), "WAL mode");
+    check("open");
+    s.close().await.expect("close");
+    check("closed");
+
+    let s = SqlcipherStorage::open(&path, false, &key(7))
+        .await
+        .expect("reopen");
+    let mut id = [0u8; 32];
+    id[..4].copy_from_slice(&3u32.to_be_bytes());
+    assert_eq!(
+        s.get(&RecordId(id)).await.expect("get").map(|r| r.envelope),
+        Some(envelope(3)),
+        "the data is all there, behind the key"
+    );
+    assert_eq!(
+        s.meta_get("canary").await.expect("meta"),
+        Some(META_CANARY.to_vec())
+    );
+    s.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn integrity_check_reports_a_damaged_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("damaged.db");
+    {
+        let s = SqlcipherStorage::open(&path, true, &key(3))
+            .await
+            .expect("open");
+        s.commit(rows(2000, |_| vec![7; 300]))
+            .await
+            .expect("commit");
+        s.check().await.expect("healthy store passes");
+        s.close().await.expect("close");
+    }
+    // Scribble over a page in the middle of the file.
+    let mut bytes = std::fs::read(&path).expect("read");
+    let page = backend_sqlcipher::CIPHER_PAGE_SIZE as usize;
+    let victim = (bytes.len() / page / 2) * page;
+    for b in &mut bytes[victim + 100..victim + 3000] {
+        *b = 0x5A;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let result = match SqlcipherStorage::open(&path, false, &key(3)).await {
+        Ok(s) => {
+            let r = s.check().await;
+            s.close().await.expect("close");
+            r
+        }
+        Err(e) => Err(e),
+    };
+    let err = result.err();
+    assert_eq!(
+        err.as_ref().map(|e| e.kind()),
+        Some(ErrorKind::Corrupt),
+        "{err:?}"
+    );
+    assert!(
+        err.map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("fail authentication")
+    );
+}
+
+#[tokio::test]
+async fn files_that_are_not_sqlcipher_stores_are_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let text = dir.path().join("notes.txt");
+    let content = b"these are my notes, not a database\n".repeat(200);
+    std::fs::write(&text, &content).expect("write");
+    let err = SqlcipherStorage::open(&text, true, &key(1)).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::Corrupt));
+    assert!(std::fs::read(&text).expect("read") == content);
+
+    // A plaintext SQLite database (another app's, or a store of the `sqlite` storage).
+    let plain = dir.path().join("plain.db");
+    {
+        let conn = rusqlite::Connection::open(&plain).expect("open plain");
+        conn.execute_batch(
+            "CREATE TABLE contacts (name TEXT); INSERT INTO contacts VALUES ('ada');",
+        )
+        .expect("create");
+    }
+    let before = std::fs::read(&plain).expect("read");
+    let err = SqlcipherStorage::open(&plain, true, &key(1)).await.err();
+    assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Corrupt));
+    assert!(
+        err.map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("plaintext SQLite")
+    );
+    assert!(std::fs::read(&plain).expect("read") == before);
+
+    // Whole pages of random bytes cannot be told from a store with another key.
+    let noise = dir.path().join("noise.db");
+    let mut bytes = vec![0u8; 8192];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i * 7919 % 251) as u8;
+    }
+    std::fs::write(&noise, &bytes).expect("write");
+    let err = SqlcipherStorage::open(&noise, true, &key(1)).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::WrongKey));
+    assert!(std::fs::read(&noise).expect("read") == bytes);
+}
+
+#[tokio::test]
+async fn missing_files_directories_and_keys_are_typed_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let absent = dir.path().join("absent.db");
+    let err = SqlcipherStorage::open(&absent, false, &key(1))
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::NotFound));
+    assert!(!absent.exists());
+
+    let err = SqlcipherStorage::open(dir.path().join("no/such/dir/x.db"), true, &key(1))
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::Io));
+
+    // /proc is read-only for everyone, root included.
+    let err = SqlcipherStorage::open("/proc/hearth-readonly-test.db", true, &key(1))
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::Io));
+
+    // Through the registry: a page key is required, and the entry says so.
+    let reg = sync_core::registry::storage("sqlcipher").expect("registered");
+    assert!(reg.needs_page_key);
+    let opts = StorageOptions::at(dir.path().join("nokey.db")).create(true);
+    let err = (reg.open)(opts).await.err().map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::InvalidInput));
+    assert!(!dir.path().join("nokey.db").exists());
+    let opts = StorageOptions::at(dir.path().join("withkey.db"))
+        .create(true)
+        .page_key(Some(key(5)));
+    let s = (reg.open)(opts).await.expect("open through the registry");
+    assert_eq!(s.name(), "sqlcipher");
+    assert!(s.capabilities().persistent && s.capabilities().encrypted_at_rest);
+    s.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_closed_store_refuses_calls_and_concurrent_calls_are_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("threads.db");
+    let s = Arc::new(
+        SqlcipherStorage::open(&path, true, &key(9))
+            .await
+            .expect("open"),
+    );
+    s.commit(rows(64, |i| vec![i as u8; 10]))
+        .await
+        .expect("commit");
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..64u32 {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&((i + t) % 64).to_be_bytes());
+                let row = s.get(&RecordId(id)).await.expect("get").expect("row");
+                assert_eq!(row.envelope, vec![((i + t) % 64) as u8; 10]);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    s.close().await.expect("close");
+    s.close().await.expect("closing twice is harmless");
+    let err = s.get(&RecordId([0; 32])).await.err();
+    assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Storage));
+    assert!(
+        err.map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("closed")
+    );
+}

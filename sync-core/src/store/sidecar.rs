@@ -1,0 +1,445 @@
+//! The key header of a store encrypted at rest, kept in a sidecar file next to its database.
+//!
+//! A storage whose registry entry says `needs_page_key` (SQLCipher) cannot be read at all before
+//! it has its page key, and the page key is derived from the root key that the key header wraps.
+//! So for those storages the key header lives beside the database, at `<path>.keys`:
+//!
+//! 1. [`StoreBuilder::open`](super::StoreBuilder::open) reads `<path>.keys`, checks that the
+//!    storage and cipher it names are the ones asked for ([`ErrorKind::Config`] otherwise), and
+//!    unlocks the root key with the passphrase ([`ErrorKind::WrongPassphrase`] otherwise; nothing
+//!    is written). A new store gets a new key header, written atomically before the database
+//!    exists.
+//! 2. The page key is `derive_subkey(root, "hearth.sqlcipher-page-key")` ([`page_key`]), passed
+//!    to the storage in [`StorageOptions::page_key`]. The passphrase never reaches the storage.
+//! 3. The database's metadata binds it to its key header ([`META_SIDECAR_BINDING`]: space id
+//!    and root-key fingerprint), so a key header file from another store is refused, and
+//!    [`Store::open`](super::Store::open) refuses a store whose key header is in a sidecar rather
+//!    than creating a second key header inside it.
+//!
+//! File format (version 1), every field fixed or length-prefixed:
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "HRTHKEYS"
+//! 8       1     sidecar format = 1
+//! 9       4     n = length of the key header, u32 big-endian
+//! 13      n     the key header (postcard, format 1: the same bytes as metadata `hearth.keyring`)
+//! 13+n    32    checksum: BLAKE2b-256 keyed with 32 zero bytes over bytes 0 .. 13+n
+//! ```
+//!
+//! The checksum is not a secret and authenticates nothing (the wrapped root key is authenticated
+//! by its own AEAD tag): it tells a damaged file ([`ErrorKind::Corrupt`]) from a wrong passphrase,
+//! which a user would otherwise keep retyping.
+//!
+//! The file is written once, when the store is created: to a temporary file in the same
+//! directory, `fsync`ed, then hard-linked into place (which fails if a file is already there, so
+//! two processes creating one store at the same moment cannot both win), and the directory is
+//! `fsync`ed. Where the file system has no hard links it falls back to a rename after checking
+//! that no key header exists.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cipher::{Cipher, CipherExt, KEY_LEN, SecretKey};
+use crate::error::{Error, ErrorKind, Result};
+use crate::keyring::Keyring;
+use crate::model::{DeviceId, HlcClock, SpaceId};
+use crate::registry::StorageRegistration;
+use crate::storage::{Batch, Storage, StorageOptions};
+
+use super::{DeviceState, META_DEVICE, META_KEYRING, OpenOptions, Store, encode_state};
+
+/// Suffix of the key header file: the store at `app.db` has its key header at `app.db.keys`.
+pub const SIDECAR_SUFFIX: &str = ".keys";
+/// First bytes of a key header file.
+pub const SIDECAR_MAGIC: &[u8; 8] = b"HRTHKEYS";
+/// The key header file format this build writes.
+pub const SIDECAR_FORMAT: u8 = 1;
+/// Context of the page key: `derive_subkey(root, PAGE_KEY_CONTEXT)`.
+pub const PAGE_KEY_CONTEXT: &[u8] = b"hearth.sqlcipher-page-key";
+/// Metadata key, inside the encrypted database, binding it to its key header:
+/// `space id (16) || root-key fingerprint (32)`.
+pub const META_SIDECAR_BINDING: &str = "hearth.keyring.sidecar";
+
+/// Largest key header file read (a real one is about 200 bytes).
+const MAX_SIDECAR_LEN: u64 = 64 * 1024;
+const PREFIX_LEN: usize = 8 + 1 + 4;
+const CHECKSUM_LEN: usize = 32;
+
+/// Where the key header of the store at `db` lives.
+pub fn sidecar_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(SIDECAR_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// The page key of a store encrypted at rest: `derive_subkey(root, "hearth.sqlcipher-page-key")`.
+pub fn page_key(cipher: &dyn Cipher, root: &SecretKey) -> Result<SecretKey> {
+    cipher.derive_subkey(root, PAGE_KEY_CONTEXT)
+}
+
+fn checksum(cipher: &dyn Cipher, bytes: &[u8]) -> Result<[u8; CHECKSUM_LEN]> {
+    cipher.keyed_hash(&SecretKey::from_bytes([0u8; KEY_LEN]), &[bytes])
+}
+
+/// Encodes a key header file.
+pub fn encode(cipher: &dyn Cipher, keyring: &Keyring) -> Result<Vec<u8>> {
+    let header = keyring.encode()?;
+    let n = u32::try_from(header.len()).map_err(|_| Error::internal("key header too large"))?;
+    let mut out = Vec::with_capacity(PREFIX_LEN + header.len() + CHECKSUM_LEN);
+    out.extend_from_slice(SIDECAR_MAGIC);
+    out.push(SIDECAR_FORMAT);
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(&header);
+    let sum = checksum(cipher, &out)?;
+    out.extend_from_slice(&sum);
+    Ok(out)
+}
+
+/// Decodes a key header file: [`ErrorKind::Corrupt`] for anything damaged or not a key header
+/// file, [`ErrorKind::Unsupported`] for a newer format.
+pub fn decode(cipher: &dyn Cipher, bytes: &[u8]) -> Result<Keyring> {
+    if bytes.len() < PREFIX_LEN + CHECKSUM_LEN || &bytes[..8] != SIDECAR_MAGIC {
+        return Err(Error::corrupt(
+            "the key header file is not one hearth wrote",
+        ));
+    }
+    if bytes[8] != SIDECAR_FORMAT {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "key header file format {} is newer than this build supports",
+                bytes[8]
+            ),
+        ));
+    }
+    let n = u32::from_be_bytes([bytes[9], bytes[10], bytes[11], bytes[12]]) as usize;
+    let body_end = PREFIX_LEN
+        .checked_add(n)
+        .filter(|end| end.checked_add(CHECKSUM_LEN) == Some(bytes.len()))
+        .ok_or_else(|| Error::corrupt("the key header file is truncated or has trailing bytes"))?;
+    if checksum(cipher, &bytes[..body_end])? != bytes[body_end..] {
+        return Err(Error::corrupt(
+            "the key header file is damaged (its checksum does not match)",
+        ));
+    }
+    Keyring::decode(&bytes[PREFIX_LEN..body_end])
+}
+
+fn io_error(what: String, e: std::io::Error) -> Error {
+    let kind = match e.kind() {
+        std::io::ErrorKind::StorageFull => ErrorKind::StorageFull,
+        _ => ErrorKind::Io,
+    };
+    Error::new(kind, what).with_source(e)
+}
+
+/// Reads the key header file at `path`; `None` when there is none.
+pub fn read(cipher: &dyn Cipher, path: &Path) -> Result<Option<Keyring>> {
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(format!("cannot read {}", path.display()), e)),
+    };
+    if len > MAX_SIDECAR_LEN {
+        return Err(Error::corrupt(format!(
+            "{} is too large to be a key header file",
+            path.display()
+        )));
+    }
+    let bytes =
+        fs::read(path).map_err(|e| io_error(format!("cannot read {}", path.display()), e))?;
+    decode(cipher, &bytes).map(Some)
+}
+
+/// Writes a new key header file at `path`, atomically and durably. An existing file is never
+/// replaced: that is [`ErrorKind::Conflict`].
+pub fn write_new(cipher: &dyn Cipher, path: &Path, keyring: &Keyring) -> Result<()> {
+    let bytes = encode(cipher, keyring)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("directory {} does not exist", dir.display()),
+        ));
+    }
+    let mut tag = [0u8; 8];
+    cipher.fill_random(&mut tag)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("the store path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".tmp-{}",
+        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    let tmp = dir.join(tmp_name);
+    let result = write_tmp_then_link(&tmp, path, &bytes);
+    // The temporary name is gone after a successful rename; otherwise remove it.
+    let _ = fs::remove_file(&tmp);
+    result?;
+    sync_dir(&dir)
+}
+
+fn write_tmp_then_link(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // The key header holds only wrapped keys, but it is nobody else's business.
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(tmp)
+        .map_err(|e| io_error(format!("cannot create {}", tmp.display()), e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io_error(format!("cannot write {}", tmp.display()), e))?;
+    drop(f);
+    let exists = || {
+        Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "{} appeared while this store was being created (another process?); open it again",
+                path.display()
+            ),
+        )
+    };
+    match fs::hard_link(tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists()),
+        Err(_) => {
+            // No hard links here (some FAT and network file systems): rename instead.
+            if path.exists() {
+                return Err(exists());
+            }
+            fs::rename(tmp, path)
+                .map_err(|e| io_error(format!("cannot create {}", path.display()), e))
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error(format!("cannot sync directory {}", dir.display()), e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn binding(keyring: &Keyring) -> Vec<u8> {
+    let mut b = Vec::with_capacity(SpaceId::LEN + keyring.fingerprint.len());
+    b.extend_from_slice(keyring.space.as_bytes());
+    b.extend_from_slice(&keyring.fingerprint);
+    b
+}
+
+/// True when a key header file exists next to `db`.
+pub(super) fn present(db: Option<&Path>) -> bool {
+    db.is_some_and(|p| sidecar_path(p).exists())
+}
+
+/// Refuses to treat a store whose key header lives in a sidecar file as one without a key
+/// header (which [`Store::open`] would otherwise create inside it).
+pub(super) async fn refuse_sidecar_store(storage: &dyn Storage) -> Result<()> {
+    if storage.meta_get(META_SIDECAR_BINDING).await?.is_some() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "this store keeps its key header in a file next to it (`<path>{SIDECAR_SUFFIX}`); open it with Store::builder()"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn plaintext_sqlite(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok()
+        && &header == b"SQLite format 3\0"
+}
+
+/// Opens (or creates) the store at `path` whose key header lives in a sidecar file.
+pub(super) async fn open(
+    reg: StorageRegistration,
+    cipher: Arc<dyn Cipher>,
+    path: Option<PathBuf>,
+    options: OpenOptions,
+) -> Result<Store> {
+    let path = path.ok_or_else(|| {
+        Error::invalid(format!(
+            "storage '{}' keeps its data in a file: set a path",
+            reg.name
+        ))
+    })?;
+    let keys_path = sidecar_path(&path);
+    let existing = read(cipher.as_ref(), &keys_path)?;
+    let mut created = false;
+    let (keyring, root) = match existing {
+        Some(ring) => {
+            if ring.storage != reg.name {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "this store was made with storage '{}'; open it with that storage, not '{}'",
+                        ring.storage, reg.name
+                    ),
+                ));
+            }
+            if ring.cipher != cipher.name() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "this store was made with cipher '{}'; open it with that cipher, not '{}'",
+                        ring.cipher,
+                        cipher.name()
+                    ),
+                ));
+            }
+            let root = ring.unlock(cipher.as_ref(), &options.passphrase)?;
+            (ring, root)
+        }
+        None => {
+            if fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+                if plaintext_sqlite(&path) {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!(
+                            "{} is a plaintext SQLite file (a store made with storage 'sqlite'?), not a '{}' store",
+                            path.display(),
+                            reg.name
+                        ),
+                    ));
+                }
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "the store at {} has no key header file {}; it cannot be opened without it (restore it from a backup)",
+                        path.display(),
+                        keys_path.display()
+                    ),
+                ));
+            }
+            if !options.create {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    "no hearth store here; create one first",
+                ));
+            }
+            let mut space = [0u8; SpaceId::LEN];
+            cipher.fill_random(&mut space)?;
+            let (ring, root) = Keyring::create(
+                cipher.as_ref(),
+                &options.passphrase,
+                options.kdf_cost,
+                SpaceId(space),
+                reg.name,
+            )?;
+            write_new(cipher.as_ref(), &keys_path, &ring)?;
+            created = true;
+            (ring, root)
+        }
+    };
+    let key = page_key(cipher.as_ref(), &root)?;
+    let storage_opts = StorageOptions::at(&path)
+        .create(options.create)
+        .page_key(Some(key));
+    let storage = match (reg.open)(storage_opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            // A key header made by this call protects nothing yet: do not leave it behind.
+            if created && !path.exists() {
+                let _ = fs::remove_file(&keys_path);
+            }
+            return Err(match e.kind() {
+                ErrorKind::WrongKey => Error::new(
+                    ErrorKind::WrongKey,
+                    format!(
+                        "the key header file {} does not belong to the store at {}",
+                        keys_path.display(),
+                        path.display()
+                    ),
+                ),
+                _ => e,
+            });
+        }
+    };
+
+    // The database's own record of which key header it belongs to, and the device state.
+    let bound = binding(&keyring);
+    if storage.meta_get(META_KEYRING).await?.is_some() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "this store keeps its key header in its own metadata, not in a file next to it",
+        ));
+    }
+    let found = storage.meta_get(META_SIDECAR_BINDING).await?;
+    let device = storage.meta_get(META_DEVICE).await?;
+    let state = match (found, device) {
+        (Some(b), _) if b != bound => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the key header file {} belongs to another store",
+                    keys_path.display()
+                ),
+            ));
+        }
+        (Some(_), Some(bytes)) => postcard::from_bytes::<DeviceState>(&bytes)?,
+        (Some(_), None) => {
+            return Err(Error::corrupt("store has a key header but no device state"));
+        }
+        (None, Some(_)) => {
+            return Err(Error::corrupt(
+                "store has device state but is bound to no key header",
+            ));
+        }
+        // A new store, or one whose creation stopped after its key header was written.
+        (None, None) if options.create => {
+            let mut device = [0u8; DeviceId::LEN];
+            cipher.fill_random(&mut device)?;
+            let device = DeviceId(device);
+            let state = DeviceState {
+                device,
+                clock: HlcClock::new(device),
+                seq: 0,
+            };
+            storage
+                .commit(Batch {
+                    guards: vec![
+                        (META_SIDECAR_BINDING.to_owned(), None),
+                        (META_DEVICE.to_owned(), None),
+                    ],
+                    meta: vec![
+                        (META_SIDECAR_BINDING.to_owned(), Some(bound)),
+                        (META_DEVICE.to_owned(), Some(encode_state(&state)?)),
+                    ],
+                    ..Batch::default()
+                })
+                .await?;
+            state
+        }
+        (None, None) => {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "no hearth store here; create one first",
+            ));
+        }
+    };
+
+    Store::finish_open(storage, cipher, options, keyring, root, state)
+}
