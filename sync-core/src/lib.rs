@@ -41,6 +41,7 @@ pub mod storage;
 pub mod store;
 pub mod strategy;
 pub mod transport;
+pub mod wire;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -56,7 +57,7 @@ pub use memory::MemoryStorage;
 pub use model::{
     Causality, CollectionId, DeviceId, Hlc, HlcClock, Record, RecordId, SpaceId, VersionVector,
 };
-pub use relay::{MemoryRelay, RelayConfig};
+pub use relay::{MemoryRelay, Relay, RelayConfig, RelayStats};
 pub use storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
 pub use store::{OpenOptions, Page, Store, StoreBuilder, StoreInfo, WriteBatch, WriteSummary};
 pub use strategy::{
