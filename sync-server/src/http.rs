@@ -397,10 +397,7 @@ pub(crate) fn router(app: Arc<App>, max_body: usize) -> Router {
         .route("/v1/accounts", post(register))
         .route("/v1/account/spaces", get(list_spaces))
         .route("/v1/spaces/{space}", put(register_space))
-        .route(
-            "/v1/spaces/{space}/devices/{device}",
-            put(register_device),
-        )
+        .route("/v1/spaces/{space}/devices/{device}", put(register_device))
         .route("/v1/spaces/{space}/push", post(push))
         .route("/v1/spaces/{space}/pull", post(pull))
         .route(

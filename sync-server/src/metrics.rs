@@ -33,7 +33,8 @@ impl Metrics {
     pub(crate) fn pushed(&self, envelopes: usize, bytes: usize) {
         self.envelopes_pushed
             .fetch_add(envelopes as u64, Ordering::Relaxed);
-        self.request_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.request_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn pulled(&self, envelopes: usize, bytes: usize) {
@@ -41,6 +42,16 @@ impl Metrics {
             .fetch_add(envelopes as u64, Ordering::Relaxed);
         self.response_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Envelopes received in pushes so far (duplicates included).
+    pub fn envelopes_pushed(&self) -> u64 {
+        self.envelopes_pushed.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far, all routes and statuses.
+    pub fn requests(&self) -> u64 {
+        self.requests.lock().map(|m| m.values().sum()).unwrap_or(0)
     }
 
     /// The counters in Prometheus text format 0.0.4.

@@ -18,7 +18,8 @@ async fn sqlite_store_passes_the_relay_suite() {
             n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         ));
         async move {
-            let store: Arc<dyn ServerStore> = Arc::new(SqliteStore::open(&path, config, clock).await?);
+            let store: Arc<dyn ServerStore> =
+                Arc::new(SqliteStore::open(&path, config, clock).await?);
             Ok(Arc::new(AccountRelay::new(store, AccountId([1; 16]))) as Arc<dyn Relay>)
         }
     })

@@ -319,10 +319,7 @@ impl HttpTransport {
         let body = serde_json::json!({ "fingerprint": hex::encode(from.fingerprint) }).to_string();
         self.send(
             self.client
-                .put(self.space_url(
-                    &from.space,
-                    &format!("/devices/{}", from.device.to_hex()),
-                ))
+                .put(self.space_url(&from.space, &format!("/devices/{}", from.device.to_hex())))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body),
         )

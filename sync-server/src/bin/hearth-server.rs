@@ -21,7 +21,9 @@ fn usage() -> &'static str {
 fn parse() -> Result<ServerConfig, String> {
     let mut config = ServerConfig::default();
     if let Ok(v) = std::env::var("HEARTH_LISTEN") {
-        config.listen = v.parse().map_err(|_| format!("HEARTH_LISTEN: not an address: {v}"))?;
+        config.listen = v
+            .parse()
+            .map_err(|_| format!("HEARTH_LISTEN: not an address: {v}"))?;
     }
     if let Ok(v) = std::env::var("HEARTH_DATABASE") {
         config.database = v;
@@ -32,12 +34,16 @@ fn parse() -> Result<ServerConfig, String> {
         match a.as_str() {
             "--listen" => {
                 let v = value("--listen")?;
-                config.listen = v.parse().map_err(|_| format!("--listen: not an address: {v}"))?;
+                config.listen = v
+                    .parse()
+                    .map_err(|_| format!("--listen: not an address: {v}"))?;
             }
             "--database" => config.database = value("--database")?,
             "--max-body" => {
                 let v = value("--max-body")?;
-                config.max_body = v.parse().map_err(|_| format!("--max-body: not a number: {v}"))?;
+                config.max_body = v
+                    .parse()
+                    .map_err(|_| format!("--max-body: not a number: {v}"))?;
             }
             "--no-registration" => config.registration = false,
             "-h" | "--help" => return Err(usage().to_owned()),

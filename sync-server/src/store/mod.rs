@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sync_core::relay::RelayStats;
 use sync_core::{
-    Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, Relay, RelayConfig,
-    Result, SpaceId, SpaceRef,
+    Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, Relay, RelayConfig, Result,
+    SpaceId, SpaceRef,
 };
 
 mod sql;
@@ -107,8 +107,7 @@ pub trait ServerStore: Send + Sync + fmt::Debug + 'static {
     async fn pull(&self, account: AccountId, request: &PullRequest) -> Result<PullPage>;
 
     /// The space's key backup; `None` when the space or its backup does not exist.
-    async fn get_key_backup(&self, account: AccountId, space: SpaceId)
-    -> Result<Option<Vec<u8>>>;
+    async fn get_key_backup(&self, account: AccountId, space: SpaceId) -> Result<Option<Vec<u8>>>;
 
     /// Stores the space's key backup.
     async fn put_key_backup(&self, account: AccountId, space: SpaceId, blob: Vec<u8>)

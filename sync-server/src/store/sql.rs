@@ -30,11 +30,11 @@ use sqlx::sqlite::{
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite, Transaction};
 use sync_core::relay::RelayStats;
 use sync_core::store::WallClock;
+use sync_core::{DeviceId, RecordId};
 use sync_core::{
     Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, RelayConfig,
     RemoteEnvelope, Result, SpaceId, SpaceRef,
 };
-use sync_core::{DeviceId, RecordId};
 
 use super::{AccountId, ServerStore, SpaceInfo, db_seq, seq_from_db, validate_push};
 
@@ -90,8 +90,7 @@ fn now_i64(clock: &WallClock) -> i64 {
 }
 
 fn arr<const N: usize>(v: &[u8], what: &'static str) -> Result<[u8; N]> {
-    v.try_into()
-        .map_err(|_| Error::corrupt(what))
+    v.try_into().map_err(|_| Error::corrupt(what))
 }
 
 struct SpaceRow {
@@ -848,6 +847,8 @@ pub async fn open_store(
     } else {
         let path = url.strip_prefix("sqlite:").unwrap_or(url);
         let path = path.strip_prefix("//").unwrap_or(path);
-        Ok(Arc::new(SqliteStore::open(Path::new(path), config, clock).await?))
+        Ok(Arc::new(
+            SqliteStore::open(Path::new(path), config, clock).await?,
+        ))
     }
 }

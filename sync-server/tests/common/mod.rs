@@ -52,7 +52,9 @@ pub async fn fresh_schema(url: &str) -> PgConnectOptions {
             .unwrap_or(0)
     );
     let opts = PgConnectOptions::from_str(url).expect("postgres url");
-    let pool = sqlx::PgPool::connect_with(opts.clone()).await.expect("connect");
+    let pool = sqlx::PgPool::connect_with(opts.clone())
+        .await
+        .expect("connect");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
         .execute(&pool)
         .await
@@ -158,7 +160,12 @@ impl Device {
     }
 
     /// A new device joining with only the passphrase and the account token.
-    pub async fn join(db: &Path, url: &str, token: &str, passphrase: &str) -> sync_core::Result<Device> {
+    pub async fn join(
+        db: &Path,
+        url: &str,
+        token: &str,
+        passphrase: &str,
+    ) -> sync_core::Result<Device> {
         let http = http(url, token);
         let spaces = http.spaces().await?;
         let space = spaces.first().expect("the account has a space").space;
@@ -212,4 +219,122 @@ impl Device {
             .await
             .expect("scan")
     }
+}
+
+/// A TCP proxy between a client and the server that can lose responses (the server applied
+/// the request, the client never hears) or stall requests after some bytes (a client killed
+/// halfway through sending).
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    stall_after: Arc<std::sync::atomic::AtomicUsize>,
+    /// Request bytes forwarded to the server, all connections.
+    pub forwarded: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stall_after = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+        let forwarded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (h, s, fw) = (hold.clone(), stall_after.clone(), forwarded.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (h, s, fw) = (h.clone(), s.clone(), fw.clone());
+                let push_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let seen_up = push_seen.clone();
+                tokio::spawn(async move {
+                    let up = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        let mut sent = 0usize;
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if buf[..n].windows(6).any(|w| w == b"/push ") {
+                                seen_up.store(true, Ordering::SeqCst);
+                            }
+                            let limit = s.load(Ordering::SeqCst);
+                            let n = n.min(limit.saturating_sub(sent));
+                            if n > 0 && sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            sent += n;
+                            fw.fetch_add(n, Ordering::SeqCst);
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if h.load(Ordering::SeqCst) && push_seen.load(Ordering::SeqCst) {
+                                continue; // the answer to a push is lost
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    // Either side closing ends the connection both ways.
+                    tokio::select! {
+                        () = up => {},
+                        () = down => {},
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            hold,
+            stall_after,
+            forwarded,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Swallow the answers to pushes (the server applies them, the client never hears).
+    pub fn lose_push_responses(&self, on: bool) {
+        self.hold.store(on, Ordering::SeqCst);
+    }
+
+    /// Forward at most `bytes` of each new connection's request bytes, then nothing.
+    pub fn stall_requests_after(&self, bytes: usize) {
+        self.stall_after.store(bytes, Ordering::SeqCst);
+    }
+}
+
+/// Polls `f` until it is true (at most 20 s).
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
 }
