@@ -43,6 +43,10 @@ pub struct HttpOptions {
     pub connect_timeout: Duration,
     /// Longest wait for a whole request, response body included.
     pub request_timeout: Duration,
+    /// Largest push body sent in one request: a larger push is split into several requests
+    /// (safe, since push is idempotent by device and sequence), so a batch of large records
+    /// does not hit the server's body limit. An envelope larger than this still goes alone.
+    pub max_push_bytes: usize,
 }
 
 impl Default for HttpOptions {
@@ -50,6 +54,7 @@ impl Default for HttpOptions {
         Self {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
+            max_push_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -87,6 +92,7 @@ pub struct HttpTransport {
     client: reqwest::Client,
     base: String,
     token: String,
+    max_push_bytes: usize,
 }
 
 impl fmt::Debug for HttpTransport {
@@ -195,6 +201,7 @@ impl HttpTransport {
             client: client(options)?,
             base: base(base_url)?,
             token: token.into(),
+            max_push_bytes: options.max_push_bytes.max(1),
         })
     }
 
@@ -350,17 +357,41 @@ impl Transport for HttpTransport {
     }
 
     async fn push(&self, request: PushRequest) -> Result<PushResponse> {
-        let body = wire::encode_push_request(&request)?;
-        let b = self
-            .wire_call(self.space_url(&request.from.space, "/push"), body)
-            .await?;
-        let response = wire::decode_push_response(&b)?;
-        if response.assigned.len() != request.envelopes.len() {
-            return Err(Error::corrupt(
-                "the server acknowledged a different number of envelopes than were pushed",
-            ));
+        let mut assigned = Vec::with_capacity(request.envelopes.len());
+        let url = self.space_url(&request.from.space, "/push");
+        let mut rest = &request.envelopes[..];
+        while !rest.is_empty() || assigned.is_empty() {
+            // As many envelopes as fit in max_push_bytes (at least one).
+            let mut size = 2 + 64 + 4;
+            let mut n = 0;
+            for e in rest {
+                let more = 47 + 8 * e.supersedes.len() + e.envelope.len();
+                if n > 0 && size + more > self.max_push_bytes {
+                    break;
+                }
+                size += more;
+                n += 1;
+            }
+            let part = PushRequest {
+                from: request.from,
+                envelopes: rest[..n].to_vec(),
+            };
+            rest = &rest[n..];
+            let b = self
+                .wire_call(url.clone(), wire::encode_push_request(&part)?)
+                .await?;
+            let response = wire::decode_push_response(&b)?;
+            if response.assigned.len() != part.envelopes.len() {
+                return Err(Error::corrupt(
+                    "the server acknowledged a different number of envelopes than were pushed",
+                ));
+            }
+            assigned.extend(response.assigned);
+            if part.envelopes.is_empty() {
+                break;
+            }
         }
-        Ok(response)
+        Ok(PushResponse { assigned })
     }
 
     async fn pull(&self, request: PullRequest) -> Result<PullPage> {

@@ -103,6 +103,7 @@ pub fn http(url: &str, token: &str) -> HttpTransport {
         HttpOptions {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(20),
+            max_push_bytes: 32 * 1024,
         },
     )
     .expect("transport")
