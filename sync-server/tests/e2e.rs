@@ -257,17 +257,21 @@ async fn a_client_killed_mid_push_loses_and_duplicates_nothing() {
     let a = Device::reopen(&a_db, &proxy.url(), &account.token).await;
     let task = tokio::spawn(async move { a.engine.sync().await });
     let store = server.store().clone();
+    // The first push request (the transport splits a push at 32 KiB in these tests) is
+    // applied by the server; its answer never arrives. Then the client is killed.
     for _ in 0..2000 {
-        if store.space_stats(space).await.expect("stats").envelopes == 300 {
+        if store.space_stats(space).await.expect("stats").envelopes > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     task.abort();
     let _ = task.await;
-    assert_eq!(
-        store.space_stats(space).await.expect("stats").envelopes,
-        300
+    let applied = store.space_stats(space).await.expect("stats").envelopes;
+    assert!(
+        applied > 0 && applied < 300,
+        "the server applied a push the client never heard about: {applied}"
     );
 
     // The restarted client pushes everything again; the server stores nothing twice.
@@ -278,7 +282,10 @@ async fn a_client_killed_mid_push_loses_and_duplicates_nothing() {
         "never acknowledged"
     );
     let r = a.engine.sync().await.expect("sync");
-    assert_eq!(r.pushed, 300);
+    assert_eq!(
+        r.pushed, 300,
+        "everything is pushed again, the applied part included"
+    );
     assert_eq!(a.store.info().await.expect("info").pending, 0);
     assert_eq!(
         store.space_stats(space).await.expect("stats").envelopes,
