@@ -49,6 +49,13 @@ pub enum ErrorKind {
     ResyncRequired,
     /// A bug in hearth: an invariant did not hold.
     Internal,
+    /// The server did not accept the credentials (a missing, malformed or unknown account
+    /// token).
+    Unauthorized,
+    /// The credentials are valid but do not reach this resource (another account's space).
+    Forbidden,
+    /// A request or value is larger than the other side accepts.
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -72,7 +79,41 @@ impl ErrorKind {
             Self::Storage => "storage",
             Self::ResyncRequired => "resync_required",
             Self::Internal => "internal",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::TooLarge => "too_large",
         }
+    }
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: &'static [ErrorKind] = &[
+        Self::NotFound,
+        Self::WrongPassphrase,
+        Self::WrongKey,
+        Self::Tampered,
+        Self::Corrupt,
+        Self::Unsupported,
+        Self::InvalidInput,
+        Self::NotCompiledIn,
+        Self::Config,
+        Self::Conflict,
+        Self::ConsentDenied,
+        Self::Unavailable,
+        Self::Io,
+        Self::StorageFull,
+        Self::Storage,
+        Self::ResyncRequired,
+        Self::Internal,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::TooLarge,
+    ];
+
+    /// The kind whose [`ErrorKind::as_str`] is `name` (for errors that crossed a wire).
+    pub fn parse(name: &str) -> Option<ErrorKind> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == name)
     }
 }
 
@@ -232,6 +273,14 @@ mod tests {
                 .temporary()
                 .is_temporary()
         );
+    }
+
+    #[test]
+    fn kind_names_round_trip() {
+        for k in ErrorKind::ALL {
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(*k));
+        }
+        assert_eq!(ErrorKind::parse("nonsense"), None);
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod storage;
 pub mod store;
 pub mod strategy;
 pub mod transport;
+pub mod wire;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -62,7 +63,7 @@ pub use privacy::{
     Anonymizer, AuditLog, ConsentPrompt, DestinationKey, DestinationKeyPair, GrantOptions, RuleSet,
     ShareOutcome, Sharer, StoreConsent,
 };
-pub use relay::{MemoryRelay, RelayConfig};
+pub use relay::{MemoryRelay, Relay, RelayConfig, RelayStats};
 pub use storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
 pub use store::{OpenOptions, Page, Store, StoreBuilder, StoreInfo, WriteBatch, WriteSummary};
 pub use strategy::{

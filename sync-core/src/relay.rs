@@ -20,9 +20,17 @@
 //!   walking up from 0 (a first sync or a re-sync) presents, page after page, exactly the
 //!   cursor it was last handed; that continuation is served even below the floor until the
 //!   walk reaches the end of the log.
+//! - A page's `next_cursor` is the last sequence looked at (returned, or skipped as the
+//!   device's own) while more remain; on the last page it is the log's last sequence number,
+//!   so a device that reached the end is never below the floor.
+//!
+//! [`Relay`] is this behaviour as a trait: `MemoryRelay` implements it, so do the real server's
+//! stores, and `testkit::relay_suite` checks every implementation against the rules above.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{DeviceId, RecordId, SpaceId};
@@ -111,6 +119,32 @@ pub struct RelayStats {
     pub tombstones: usize,
 }
 
+/// The relay semantics of the module docs, as an object-safe trait: implemented by
+/// [`MemoryRelay`] and by every store of the real sync server, and checked by the relay
+/// conformance suite (`testkit::relay_suite`).
+#[async_trait]
+pub trait Relay: Send + Sync + std::fmt::Debug + 'static {
+    /// A short name for messages.
+    fn name(&self) -> &'static str;
+
+    /// Stores a push: fingerprint check, idempotent by (device, seq), compaction.
+    async fn push(&self, request: &PushRequest) -> Result<PushResponse>;
+
+    /// One page after the request's cursor, with the cursor bookkeeping of the module docs.
+    async fn pull(&self, request: &PullRequest) -> Result<PullPage>;
+
+    /// The space's key backup.
+    async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>>;
+
+    /// Stores the space's key backup.
+    async fn put_key_backup(&self, space: SpaceId, blob: Vec<u8>) -> Result<()>;
+
+    /// What the relay holds for one space.
+    async fn space_stats(&self, space: SpaceId) -> Result<RelayStats>;
+}
+
+fn _relay_object_safe(_: &dyn Relay) {}
+
 /// The in-memory relay.
 #[derive(Clone)]
 pub struct MemoryRelay {
@@ -180,10 +214,10 @@ impl MemoryRelay {
     /// Stores a push. See the module docs for the rules.
     pub fn push(&self, request: &PushRequest) -> Result<PushResponse> {
         if request.envelopes.len() > self.config.push_limit {
-            return Err(Error::invalid(format!(
-                "a push holds at most {} envelopes",
-                self.config.push_limit
-            )));
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("a push holds at most {} envelopes", self.config.push_limit),
+            ));
         }
         let mut last = 0;
         for e in &request.envelopes {
@@ -192,7 +226,7 @@ impl MemoryRelay {
             }
             last = e.seq;
             if e.envelope.len() > self.config.max_envelope {
-                return Err(Error::invalid("envelope too large"));
+                return Err(Error::new(ErrorKind::TooLarge, "envelope too large"));
             }
             if e.supersedes.len() > 1024 {
                 return Err(Error::invalid("an envelope supersedes at most 1024 others"));
@@ -331,7 +365,11 @@ impl MemoryRelay {
                 envelope: e.envelope.clone(),
             });
         }
-        let next_cursor = scanned;
+        // At the end of the log the device has accounted for everything up to the last
+        // sequence number handed out: entries after `scanned` were dropped (compacted or
+        // collected). Answering `scanned` there would leave a device that walked the whole log
+        // below the floor, told to re-sync again on its next pull, forever.
+        let next_cursor = if more { scanned } else { space.next_seq };
         if more && (cursor == 0 || continuing) {
             space.walking.insert(from.device, next_cursor);
         } else {
@@ -387,5 +425,52 @@ impl MemoryRelay {
             st.tombstones += s.tombstones.len();
         }
         Ok(st)
+    }
+}
+
+#[async_trait]
+impl Relay for MemoryRelay {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn push(&self, request: &PushRequest) -> Result<PushResponse> {
+        MemoryRelay::push(self, request)
+    }
+
+    async fn pull(&self, request: &PullRequest) -> Result<PullPage> {
+        MemoryRelay::pull(self, request)
+    }
+
+    async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>> {
+        MemoryRelay::get_key_backup(self, space)
+    }
+
+    async fn put_key_backup(&self, space: SpaceId, blob: Vec<u8>) -> Result<()> {
+        MemoryRelay::put_key_backup(self, space, blob)
+    }
+
+    async fn space_stats(&self, space: SpaceId) -> Result<RelayStats> {
+        let spaces = self.lock()?;
+        let mut st = RelayStats::default();
+        if let Some(s) = spaces.get(&space) {
+            st.envelopes = s.log.len();
+            st.bytes = s.log.values().map(|e| e.envelope.len()).sum::<usize>();
+            st.tombstones = s.tombstones.len();
+        }
+        Ok(st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_relay_passes_the_relay_conformance_suite() {
+        crate::testkit::relay_suite(|config, clock| async move {
+            Ok(Arc::new(MemoryRelay::new(config).with_clock(clock)) as Arc<dyn Relay>)
+        })
+        .await;
     }
 }

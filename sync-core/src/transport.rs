@@ -125,8 +125,9 @@ pub struct PullRequest {
 pub struct PullPage {
     /// Envelopes with server sequence above the requested cursor, in order.
     pub envelopes: Vec<RemoteEnvelope>,
-    /// The cursor to ask for next: the last server sequence the server looked at (returned or
-    /// skipped as the device's own), or the request's cursor when there was nothing.
+    /// The cursor to ask for next: while `more`, the last server sequence the server looked
+    /// at (returned or skipped as the device's own); on the last page, the last sequence number
+    /// the space has handed out (everything up to it was served, skipped or dropped).
     pub next_cursor: u64,
     /// True when more envelopes wait beyond this page.
     pub more: bool,

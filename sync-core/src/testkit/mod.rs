@@ -2,14 +2,18 @@
 //!
 //! Every [`Cipher`](crate::Cipher) implementation runs [`cipher_suite`]; every
 //! [`Storage`](crate::Storage) implementation runs [`storage_suite`]; every registered
-//! [`ConflictStrategy`](crate::ConflictStrategy) is checked by [`strategy_laws`]. The suites panic with a
+//! [`ConflictStrategy`](crate::ConflictStrategy) is checked by [`strategy_laws`]; every
+//! [`Relay`](crate::relay::Relay) (the in-memory reference and the sync server's stores) runs
+//! [`relay_suite`]. The suites panic with a
 //! message naming the property that failed, like any test assertion.
 
 mod cipher_suite;
+mod relay_suite;
 mod storage_suite;
 mod strategy_laws;
 pub mod vectors;
 
 pub use cipher_suite::cipher_suite;
+pub use relay_suite::relay_suite;
 pub use storage_suite::storage_suite;
 pub use strategy_laws::strategy_laws;

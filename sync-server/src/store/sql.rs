@@ -1,0 +1,894 @@
+//! The SQL stores. The relay logic is written once, in `sql_store!`, and expanded for SQLite
+//! and for PostgreSQL; only connecting, beginning a transaction, the row lock and column types
+//! differ.
+//!
+//! Schema (version 1; `BLOB` is `BYTEA` on PostgreSQL):
+//!
+//! ```sql
+//! CREATE TABLE accounts  (id BLOB PRIMARY KEY, token_hash BLOB NOT NULL, created BIGINT NOT NULL);
+//! CREATE TABLE spaces    (id BLOB PRIMARY KEY, account BLOB NOT NULL, fingerprint BLOB,
+//!                         next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB);
+//! CREATE TABLE envelopes (space BLOB, server_seq BIGINT, record BLOB NOT NULL, device BLOB NOT NULL,
+//!                         seq BIGINT NOT NULL, tombstone BOOLEAN NOT NULL, size BIGINT NOT NULL,
+//!                         envelope BLOB NOT NULL, PRIMARY KEY (space, server_seq));
+//! CREATE UNIQUE INDEX envelopes_by_device ON envelopes (space, device, seq);
+//! CREATE INDEX envelopes_tombstones ON envelopes (space, server_seq) WHERE tombstone;
+//! CREATE INDEX envelopes_by_record ON envelopes (space, record, device);
+//! CREATE TABLE devices   (space BLOB, device BLOB, max_pushed BIGINT NOT NULL, pulled BIGINT NOT NULL,
+//!                         last_seen BIGINT NOT NULL, walking BIGINT, PRIMARY KEY (space, device));
+//! ```
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Postgres, QueryBuilder, Row, Sqlite, Transaction};
+use sync_core::relay::RelayStats;
+use sync_core::store::WallClock;
+use sync_core::{DeviceId, RecordId};
+use sync_core::{
+    Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, RelayConfig,
+    RemoteEnvelope, Result, SpaceId, SpaceRef,
+};
+
+use super::{AccountId, ServerStore, SpaceInfo, db_seq, seq_from_db, validate_push};
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+fn schema(blob: &str) -> Vec<String> {
+    [
+        "CREATE TABLE IF NOT EXISTS hearth_schema (version BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS accounts (id BLOB PRIMARY KEY NOT NULL, token_hash BLOB NOT NULL, created BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS spaces (id BLOB PRIMARY KEY NOT NULL, account BLOB NOT NULL, fingerprint BLOB, next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB)",
+        "CREATE INDEX IF NOT EXISTS spaces_by_account ON spaces (account)",
+        "CREATE TABLE IF NOT EXISTS envelopes (space BLOB NOT NULL, server_seq BIGINT NOT NULL, record BLOB NOT NULL, device BLOB NOT NULL, seq BIGINT NOT NULL, tombstone BOOLEAN NOT NULL, size BIGINT NOT NULL, envelope BLOB NOT NULL, PRIMARY KEY (space, server_seq))",
+        "CREATE UNIQUE INDEX IF NOT EXISTS envelopes_by_device ON envelopes (space, device, seq)",
+        "CREATE INDEX IF NOT EXISTS envelopes_tombstones ON envelopes (space, server_seq) WHERE tombstone",
+        "CREATE INDEX IF NOT EXISTS envelopes_by_record ON envelopes (space, record, device)",
+        "CREATE TABLE IF NOT EXISTS devices (space BLOB NOT NULL, device BLOB NOT NULL, max_pushed BIGINT NOT NULL, pulled BIGINT NOT NULL, last_seen BIGINT NOT NULL, walking BIGINT, PRIMARY KEY (space, device))",
+    ]
+    .iter()
+    .map(|s| s.replace("BLOB", blob))
+    .collect()
+}
+
+/// Maps a database error. Connection trouble, busy databases, serialization failures and
+/// deadlocks are temporary; the rest is a permanent storage error. The message names the
+/// operation; the database's own text (which never holds bound values) is kept as the cause.
+pub(crate) fn map_sqlx(e: sqlx::Error, what: &'static str) -> Error {
+    let temporary = match &e {
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            // SQLite busy / locked (extended codes end in these low bytes).
+            Some("5" | "6" | "261" | "262" | "517")
+                // PostgreSQL serialization failure, deadlock, too many connections, shutdown.
+                | Some("40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03")
+        ),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        _ => false,
+    };
+    if temporary {
+        Error::new(ErrorKind::Unavailable, what)
+            .with_source(e)
+            .temporary()
+    } else {
+        Error::new(ErrorKind::Storage, what).with_source(e)
+    }
+}
+
+fn now_i64(clock: &WallClock) -> i64 {
+    i64::try_from(clock()).unwrap_or(i64::MAX)
+}
+
+fn arr<const N: usize>(v: &[u8], what: &'static str) -> Result<[u8; N]> {
+    v.try_into().map_err(|_| Error::corrupt(what))
+}
+
+struct SpaceRow {
+    fingerprint: Option<Vec<u8>>,
+    next_seq: i64,
+    floor: i64,
+}
+
+struct NewEntry<'a> {
+    server_seq: i64,
+    record: &'a [u8],
+    seq: i64,
+    tombstone: bool,
+    envelope: &'a [u8],
+}
+
+/// Rows per multi-row insert (8 parameters each: far below both databases' limits).
+const INSERT_CHUNK: usize = 100;
+
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $for_update:literal) => {
+        impl $store {
+            /// Locks the space's row for this transaction, binding it to `account` first if
+            /// `bind` and it is new. `None` when it does not exist (and `bind` is false).
+            async fn lock_space(
+                tx: &mut Transaction<'static, $db>,
+                account: AccountId,
+                space: SpaceId,
+                bind: bool,
+            ) -> Result<Option<SpaceRow>> {
+                if bind {
+                    sqlx::query(
+                        "INSERT INTO spaces (id, account, fingerprint, next_seq, gc_floor, key_backup) VALUES ($1, $2, NULL, 0, 0, NULL) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(&space.0[..])
+                    .bind(&account.0[..])
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "bind space"))?;
+                }
+                let row = sqlx::query(concat!(
+                    "SELECT account, fingerprint, next_seq, gc_floor FROM spaces WHERE id = $1",
+                    $for_update
+                ))
+                .bind(&space.0[..])
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "lock space"))?;
+                let Some(row) = row else { return Ok(None) };
+                let owner: Vec<u8> = row.try_get(0).map_err(|e| map_sqlx(e, "read space"))?;
+                if owner[..] != account.0[..] {
+                    return Err(Error::new(
+                        ErrorKind::Forbidden,
+                        "this space belongs to another account",
+                    ));
+                }
+                Ok(Some(SpaceRow {
+                    fingerprint: row.try_get(1).map_err(|e| map_sqlx(e, "read space"))?,
+                    next_seq: row.try_get(2).map_err(|e| map_sqlx(e, "read space"))?,
+                    floor: row.try_get(3).map_err(|e| map_sqlx(e, "read space"))?,
+                }))
+            }
+
+            async fn lock_bound(
+                tx: &mut Transaction<'static, $db>,
+                account: AccountId,
+                space: SpaceId,
+            ) -> Result<SpaceRow> {
+                Self::lock_space(tx, account, space, true)
+                    .await?
+                    .ok_or_else(|| Error::internal("a space bound in this transaction vanished"))
+            }
+
+            async fn check_key(
+                tx: &mut Transaction<'static, $db>,
+                space: SpaceId,
+                row: &SpaceRow,
+                fingerprint: &[u8; 32],
+                claim: bool,
+            ) -> Result<()> {
+                match &row.fingerprint {
+                    Some(f) if f[..] != fingerprint[..] => Err(Error::new(
+                        ErrorKind::WrongKey,
+                        "this device holds a different key than the space: check the passphrase",
+                    )),
+                    Some(_) => Ok(()),
+                    None if claim => {
+                        sqlx::query("UPDATE spaces SET fingerprint = $2 WHERE id = $1")
+                            .bind(&space.0[..])
+                            .bind(&fingerprint[..])
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(|e| map_sqlx(e, "claim space"))?;
+                        Ok(())
+                    }
+                    None => Ok(()),
+                }
+            }
+
+            /// Drops tombstones every active device has pulled past; returns the new floor.
+            async fn collect(
+                tx: &mut Transaction<'static, $db>,
+                space: SpaceId,
+                now: i64,
+                horizon: u64,
+                floor: i64,
+            ) -> Result<i64> {
+                let threshold = now.saturating_sub(i64::try_from(horizon).unwrap_or(i64::MAX));
+                let active_min: Option<i64> = sqlx::query_scalar(
+                    "SELECT MIN(pulled) FROM devices WHERE space = $1 AND last_seen >= $2",
+                )
+                .bind(&space.0[..])
+                .bind(threshold)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "read cursors"))?;
+                let limit = active_min.unwrap_or(i64::MAX);
+                let top: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(server_seq) FROM envelopes WHERE space = $1 AND tombstone AND server_seq <= $2",
+                )
+                .bind(&space.0[..])
+                .bind(limit)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "find tombstones"))?;
+                let Some(top) = top else { return Ok(floor) };
+                sqlx::query(
+                    "DELETE FROM envelopes WHERE space = $1 AND tombstone AND server_seq <= $2",
+                )
+                .bind(&space.0[..])
+                .bind(top)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "collect tombstones"))?;
+                if top > floor {
+                    sqlx::query("UPDATE spaces SET gc_floor = $2 WHERE id = $1")
+                        .bind(&space.0[..])
+                        .bind(top)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "raise floor"))?;
+                    return Ok(top);
+                }
+                Ok(floor)
+            }
+
+            async fn insert_entries(
+                tx: &mut Transaction<'static, $db>,
+                space: SpaceId,
+                device: DeviceId,
+                entries: &mut Vec<NewEntry<'_>>,
+            ) -> Result<()> {
+                for chunk in entries.chunks(INSERT_CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO envelopes (space, server_seq, record, device, seq, tombstone, size, envelope) ",
+                    );
+                    qb.push_values(chunk, |mut b, e| {
+                        b.push_bind(&space.0[..])
+                            .push_bind(e.server_seq)
+                            .push_bind(e.record)
+                            .push_bind(&device.0[..])
+                            .push_bind(e.seq)
+                            .push_bind(e.tombstone)
+                            .push_bind(e.envelope.len() as i64)
+                            .push_bind(e.envelope);
+                    });
+                    qb.build()
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "store envelopes"))?;
+                }
+                entries.clear();
+                Ok(())
+            }
+
+            async fn push_tx(
+                &self,
+                account: AccountId,
+                request: &PushRequest,
+            ) -> Result<PushResponse> {
+                validate_push(request, &self.config)?;
+                let from = &request.from;
+                // Checked before the transaction: nothing out of range reaches the database.
+                for e in &request.envelopes {
+                    db_seq(e.seq)?;
+                }
+                let now = now_i64(&self.clock);
+                let mut tx = self.begin().await?;
+                let row = Self::lock_bound(&mut tx, account, from.space).await?;
+                Self::check_key(&mut tx, from.space, &row, &from.fingerprint, true).await?;
+                let max: Option<i64> = sqlx::query_scalar(
+                    "SELECT max_pushed FROM devices WHERE space = $1 AND device = $2",
+                )
+                .bind(&from.space.0[..])
+                .bind(&from.device.0[..])
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "read device"))?;
+                let mut max = max.unwrap_or(0);
+                // A device's newer envelope of a record replaces the device's own older one,
+                // named in `supersedes` or not (its ack may have been lost): drop them for every
+                // record this push brings, in one statement.
+                let mut fresh: Vec<&[u8]> = Vec::new();
+                for e in &request.envelopes {
+                    if db_seq(e.seq)? > max {
+                        fresh.push(&e.record.0[..]);
+                    }
+                }
+                for chunk in fresh.chunks(INSERT_CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new("DELETE FROM envelopes WHERE space = ");
+                    qb.push_bind(&from.space.0[..])
+                        .push(" AND device = ")
+                        .push_bind(&from.device.0[..])
+                        .push(" AND record IN (");
+                    let mut list = qb.separated(", ");
+                    for r in chunk {
+                        list.push_bind(*r);
+                    }
+                    list.push_unseparated(")");
+                    qb.build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "drop replaced envelopes"))?;
+                }
+                let mut flushed: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+                let mut next = row.next_seq;
+                let mut assigned = Vec::with_capacity(request.envelopes.len());
+                let mut pending: Vec<NewEntry<'_>> = Vec::new();
+                for e in &request.envelopes {
+                    let seq = db_seq(e.seq)?;
+                    if seq <= max {
+                        let stored: Option<i64> = sqlx::query_scalar(
+                            "SELECT server_seq FROM envelopes WHERE space = $1 AND device = $2 AND seq = $3",
+                        )
+                        .bind(&from.space.0[..])
+                        .bind(&from.device.0[..])
+                        .bind(seq)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "find stored envelope"))?;
+                        assigned.push((e.seq, seq_from_db(stored.unwrap_or(0))?));
+                        continue;
+                    }
+                    if !e.supersedes.is_empty() {
+                        // Earlier entries of this push must be visible to the delete.
+                        flushed.extend(pending.iter().map(|p| p.record));
+                        Self::insert_entries(&mut tx, from.space, from.device, &mut pending)
+                            .await?;
+                        let mut qb = QueryBuilder::<$db>::new("DELETE FROM envelopes WHERE space = ");
+                        qb.push_bind(&from.space.0[..])
+                            .push(" AND record = ")
+                            .push_bind(&e.record.0[..])
+                            .push(" AND server_seq IN (");
+                        let mut list = qb.separated(", ");
+                        for s in &e.supersedes {
+                            list.push_bind(i64::try_from(*s).unwrap_or(-1));
+                        }
+                        list.push_unseparated(")");
+                        qb.build()
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| map_sqlx(e, "drop superseded envelopes"))?;
+                    }
+                    // The same record twice in one push: the later replaces the earlier.
+                    pending.retain(|p| p.record != &e.record.0[..]);
+                    if flushed.contains(&e.record.0[..]) {
+                        sqlx::query("DELETE FROM envelopes WHERE space = $1 AND device = $2 AND record = $3")
+                            .bind(&from.space.0[..])
+                            .bind(&from.device.0[..])
+                            .bind(&e.record.0[..])
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| map_sqlx(e, "drop replaced envelope"))?;
+                    }
+                    next += 1;
+                    pending.push(NewEntry {
+                        server_seq: next,
+                        record: &e.record.0[..],
+                        seq,
+                        tombstone: e.tombstone,
+                        envelope: &e.envelope,
+                    });
+                    max = seq;
+                    assigned.push((e.seq, seq_from_db(next)?));
+                }
+                Self::insert_entries(&mut tx, from.space, from.device, &mut pending).await?;
+                if next != row.next_seq {
+                    sqlx::query("UPDATE spaces SET next_seq = $2 WHERE id = $1")
+                        .bind(&from.space.0[..])
+                        .bind(next)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "advance sequence"))?;
+                }
+                sqlx::query(
+                    "INSERT INTO devices (space, device, max_pushed, pulled, last_seen, walking) VALUES ($1, $2, $3, 0, $4, NULL) ON CONFLICT (space, device) DO UPDATE SET max_pushed = excluded.max_pushed, last_seen = excluded.last_seen",
+                )
+                .bind(&from.space.0[..])
+                .bind(&from.device.0[..])
+                .bind(max)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "record device"))?;
+                Self::collect(&mut tx, from.space, now, self.config.horizon_millis, row.floor)
+                    .await?;
+                tx.commit().await.map_err(|e| map_sqlx(e, "commit push"))?;
+                Ok(PushResponse { assigned })
+            }
+
+            async fn pull_tx(&self, account: AccountId, request: &PullRequest) -> Result<PullPage> {
+                let from = &request.from;
+                let cursor = db_seq(request.cursor).map_err(|_| {
+                    Error::invalid("cursor is ahead of the server: it comes from another server or space")
+                })?;
+                let now = now_i64(&self.clock);
+                let mut tx = self.begin().await?;
+                let row = Self::lock_bound(&mut tx, account, from.space).await?;
+                Self::check_key(&mut tx, from.space, &row, &from.fingerprint, false).await?;
+                if cursor > row.next_seq {
+                    return Err(Error::invalid(
+                        "cursor is ahead of the server: it comes from another server or space",
+                    ));
+                }
+                let walking: Option<Option<i64>> = sqlx::query_scalar(
+                    "SELECT walking FROM devices WHERE space = $1 AND device = $2",
+                )
+                .bind(&from.space.0[..])
+                .bind(&from.device.0[..])
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "read device"))?;
+                let continuing = walking.flatten() == Some(cursor);
+                if cursor > 0 && cursor < row.floor && !continuing {
+                    return Err(Error::new(
+                        ErrorKind::ResyncRequired,
+                        "this device was away longer than the server keeps deletions; a full re-sync is needed",
+                    ));
+                }
+                sqlx::query(
+                    "INSERT INTO devices (space, device, max_pushed, pulled, last_seen, walking) VALUES ($1, $2, 0, $3, $4, NULL) ON CONFLICT (space, device) DO UPDATE SET pulled = CASE WHEN excluded.pulled > devices.pulled THEN excluded.pulled ELSE devices.pulled END, last_seen = excluded.last_seen",
+                )
+                .bind(&from.space.0[..])
+                .bind(&from.device.0[..])
+                .bind(cursor)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "record cursor"))?;
+                let floor =
+                    Self::collect(&mut tx, from.space, now, self.config.horizon_millis, row.floor)
+                        .await?;
+                let limit = request.limit.clamp(1, self.config.page_limit.max(1));
+                // Sizes first, to cut the page by count and bytes before reading any envelope.
+                let sizes = sqlx::query(
+                    "SELECT server_seq, size FROM envelopes WHERE space = $1 AND server_seq > $2 AND (device <> $3 OR $4) ORDER BY server_seq LIMIT $5",
+                )
+                .bind(&from.space.0[..])
+                .bind(cursor)
+                .bind(&from.device.0[..])
+                .bind(request.include_own)
+                .bind(limit as i64 + 1)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "scan envelopes"))?;
+                let mut taken = 0usize;
+                let mut bytes = 0i64;
+                let mut last = cursor;
+                let mut stop: Option<i64> = None;
+                for r in &sizes {
+                    let s: i64 = r.try_get(0).map_err(|e| map_sqlx(e, "read envelope"))?;
+                    let size: i64 = r.try_get(1).map_err(|e| map_sqlx(e, "read envelope"))?;
+                    if taken == limit
+                        || (taken > 0 && bytes + size > self.config.page_bytes as i64)
+                    {
+                        stop = Some(s);
+                        break;
+                    }
+                    taken += 1;
+                    bytes += size;
+                    last = s;
+                }
+                let mut envelopes = Vec::with_capacity(taken);
+                if taken > 0 {
+                    let rows = sqlx::query(
+                        "SELECT server_seq, record, device, seq, tombstone, envelope FROM envelopes WHERE space = $1 AND server_seq > $2 AND server_seq <= $3 AND (device <> $4 OR $5) ORDER BY server_seq",
+                    )
+                    .bind(&from.space.0[..])
+                    .bind(cursor)
+                    .bind(last)
+                    .bind(&from.device.0[..])
+                    .bind(request.include_own)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "read envelopes"))?;
+                    for r in rows {
+                        let get = |e| map_sqlx(e, "read envelope");
+                        let record: Vec<u8> = r.try_get(1).map_err(get)?;
+                        let device: Vec<u8> = r.try_get(2).map_err(get)?;
+                        envelopes.push(RemoteEnvelope {
+                            server_seq: seq_from_db(r.try_get(0).map_err(get)?)?,
+                            record: RecordId(arr(&record, "stored record id has the wrong length")?),
+                            device: DeviceId(arr(&device, "stored device id has the wrong length")?),
+                            seq: seq_from_db(r.try_get(3).map_err(get)?)?,
+                            tombstone: r.try_get(4).map_err(get)?,
+                            envelope: r.try_get(5).map_err(get)?,
+                        });
+                    }
+                }
+                let more = stop.is_some();
+                let next_cursor = match stop {
+                    // Everything below the first envelope that did not fit was served or
+                    // skipped as the device's own.
+                    Some(s) => {
+                        let m: Option<i64> = sqlx::query_scalar(
+                            "SELECT MAX(server_seq) FROM envelopes WHERE space = $1 AND server_seq > $2 AND server_seq < $3",
+                        )
+                        .bind(&from.space.0[..])
+                        .bind(cursor)
+                        .bind(s)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "find cursor"))?;
+                        m.unwrap_or(cursor).max(last)
+                    }
+                    None => row.next_seq,
+                };
+                let walk = (more && (cursor == 0 || continuing)).then_some(next_cursor);
+                if walk.is_some() || walking.flatten().is_some() {
+                    sqlx::query("UPDATE devices SET walking = $3 WHERE space = $1 AND device = $2")
+                        .bind(&from.space.0[..])
+                        .bind(&from.device.0[..])
+                        .bind(walk)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "record walk"))?;
+                }
+                tx.commit().await.map_err(|e| map_sqlx(e, "commit pull"))?;
+                Ok(PullPage {
+                    envelopes,
+                    next_cursor: seq_from_db(next_cursor)?,
+                    more,
+                    gc_floor: seq_from_db(floor)?,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl ServerStore for $store {
+            fn name(&self) -> &'static str {
+                Self::NAME
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx(e, "ping database"))?;
+                Ok(())
+            }
+
+            async fn create_account(&self, account: AccountId, token_hash: [u8; 32]) -> Result<()> {
+                sqlx::query("INSERT INTO accounts (id, token_hash, created) VALUES ($1, $2, $3)")
+                    .bind(&account.0[..])
+                    .bind(&token_hash[..])
+                    .bind(now_i64(&self.clock))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx(e, "create account"))?;
+                Ok(())
+            }
+
+            async fn token_hash(&self, account: AccountId) -> Result<Option<[u8; 32]>> {
+                let h: Option<Vec<u8>> =
+                    sqlx::query_scalar("SELECT token_hash FROM accounts WHERE id = $1")
+                        .bind(&account.0[..])
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(|e| map_sqlx(e, "read account"))?;
+                h.map(|h| arr(&h, "stored token hash has the wrong length")).transpose()
+            }
+
+            async fn register_space(
+                &self,
+                account: AccountId,
+                space: SpaceId,
+                fingerprint: [u8; 32],
+            ) -> Result<bool> {
+                let mut tx = self.begin().await?;
+                let row = Self::lock_bound(&mut tx, account, space).await?;
+                let new = row.fingerprint.is_none();
+                Self::check_key(&mut tx, space, &row, &fingerprint, true).await?;
+                tx.commit().await.map_err(|e| map_sqlx(e, "commit space"))?;
+                Ok(new)
+            }
+
+            async fn spaces(&self, account: AccountId) -> Result<Vec<SpaceInfo>> {
+                let rows = sqlx::query(
+                    "SELECT id, fingerprint FROM spaces WHERE account = $1 ORDER BY id",
+                )
+                .bind(&account.0[..])
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, "list spaces"))?;
+                rows.iter()
+                    .map(|r| {
+                        let id: Vec<u8> = r.try_get(0).map_err(|e| map_sqlx(e, "read space"))?;
+                        let fp: Option<Vec<u8>> =
+                            r.try_get(1).map_err(|e| map_sqlx(e, "read space"))?;
+                        Ok(SpaceInfo {
+                            space: SpaceId(arr(&id, "stored space id has the wrong length")?),
+                            fingerprint: fp
+                                .map(|f| arr(&f, "stored fingerprint has the wrong length"))
+                                .transpose()?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn register_device(&self, account: AccountId, from: &SpaceRef) -> Result<()> {
+                let now = now_i64(&self.clock);
+                let mut tx = self.begin().await?;
+                let row = Self::lock_bound(&mut tx, account, from.space).await?;
+                Self::check_key(&mut tx, from.space, &row, &from.fingerprint, true).await?;
+                sqlx::query(
+                    "INSERT INTO devices (space, device, max_pushed, pulled, last_seen, walking) VALUES ($1, $2, 0, 0, $3, NULL) ON CONFLICT (space, device) DO UPDATE SET last_seen = excluded.last_seen",
+                )
+                .bind(&from.space.0[..])
+                .bind(&from.device.0[..])
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "record device"))?;
+                tx.commit().await.map_err(|e| map_sqlx(e, "commit device"))?;
+                Ok(())
+            }
+
+            async fn push(&self, account: AccountId, request: &PushRequest) -> Result<PushResponse> {
+                self.push_tx(account, request).await
+            }
+
+            async fn pull(&self, account: AccountId, request: &PullRequest) -> Result<PullPage> {
+                self.pull_tx(account, request).await
+            }
+
+            async fn get_key_backup(
+                &self,
+                account: AccountId,
+                space: SpaceId,
+            ) -> Result<Option<Vec<u8>>> {
+                let row = sqlx::query("SELECT account, key_backup FROM spaces WHERE id = $1")
+                    .bind(&space.0[..])
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx(e, "read key backup"))?;
+                let Some(row) = row else { return Ok(None) };
+                let owner: Vec<u8> = row.try_get(0).map_err(|e| map_sqlx(e, "read space"))?;
+                if owner[..] != account.0[..] {
+                    return Err(Error::new(
+                        ErrorKind::Forbidden,
+                        "this space belongs to another account",
+                    ));
+                }
+                row.try_get(1).map_err(|e| map_sqlx(e, "read key backup"))
+            }
+
+            async fn put_key_backup(
+                &self,
+                account: AccountId,
+                space: SpaceId,
+                blob: Vec<u8>,
+            ) -> Result<()> {
+                let mut tx = self.begin().await?;
+                Self::lock_bound(&mut tx, account, space).await?;
+                sqlx::query("UPDATE spaces SET key_backup = $2 WHERE id = $1")
+                    .bind(&space.0[..])
+                    .bind(&blob[..])
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "store key backup"))?;
+                tx.commit().await.map_err(|e| map_sqlx(e, "commit key backup"))?;
+                Ok(())
+            }
+
+            async fn space_stats(&self, space: SpaceId) -> Result<RelayStats> {
+                let row = sqlx::query(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT), CAST(COALESCE(SUM(CASE WHEN tombstone THEN 1 ELSE 0 END), 0) AS BIGINT) FROM envelopes WHERE space = $1",
+                )
+                .bind(&space.0[..])
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, "count envelopes"))?;
+                let get = |i: usize| -> Result<usize> {
+                    let v: i64 = row.try_get(i).map_err(|e| map_sqlx(e, "count envelopes"))?;
+                    Ok(usize::try_from(v).unwrap_or(0))
+                };
+                Ok(RelayStats {
+                    envelopes: get(0)?,
+                    bytes: get(1)?,
+                    tombstones: get(2)?,
+                })
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+        }
+    };
+}
+
+/// The server's data in one SQLite file (WAL, `synchronous = FULL`: an acknowledged push
+/// survives a power loss). Writers are serialized by `BEGIN IMMEDIATE`.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    config: RelayConfig,
+    clock: WallClock,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Registry-style name.
+    pub const NAME: &'static str = "sqlite";
+
+    /// Opens (creating if missing) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path, config: RelayConfig, clock: WallClock) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| map_sqlx(e, "open the server database"))?;
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| map_sqlx(e, "begin migration"))?;
+        for stmt in schema("BLOB") {
+            sqlx::query(sqlx::AssertSqlSafe(stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "create schema"))?;
+        }
+        check_version_sqlite(&mut tx).await?;
+        tx.commit()
+            .await
+            .map_err(|e| map_sqlx(e, "commit migration"))?;
+        Ok(Self {
+            pool,
+            config,
+            clock,
+        })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| map_sqlx(e, "begin transaction"))
+    }
+}
+
+/// The server's data in PostgreSQL, shared by any number of server processes. Per-space
+/// ordering comes from `SELECT … FOR UPDATE` on the space's row (see the module docs of
+/// [`crate::store`]).
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    config: RelayConfig,
+    clock: WallClock,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Registry-style name.
+    pub const NAME: &'static str = "postgres";
+
+    /// Connects to `url` (`postgres://…`) and brings the schema up to date.
+    pub async fn connect(url: &str, config: RelayConfig, clock: WallClock) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::new(ErrorKind::Config, "invalid PostgreSQL URL").with_source(e))?;
+        Self::connect_with(opts, 10, config, clock).await
+    }
+
+    /// Connects with explicit options (e.g. a `search_path`) and pool size.
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        max_connections: u32,
+        config: RelayConfig,
+        clock: WallClock,
+    ) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| map_sqlx(e, "connect to PostgreSQL"))?;
+        let mut tx = pool
+            .begin()
+            .await
+            .map_err(|e| map_sqlx(e, "begin migration"))?;
+        // Several servers may start at once: one migrates, the others wait and find it done.
+        sqlx::query("SELECT pg_advisory_xact_lock(4852544801)")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(e, "lock migration"))?;
+        for stmt in schema("BYTEA") {
+            sqlx::query(sqlx::AssertSqlSafe(stmt))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "create schema"))?;
+        }
+        check_version_pg(&mut tx).await?;
+        tx.commit()
+            .await
+            .map_err(|e| map_sqlx(e, "commit migration"))?;
+        Ok(Self {
+            pool,
+            config,
+            clock,
+        })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| map_sqlx(e, "begin transaction"))
+    }
+}
+
+macro_rules! check_version {
+    ($name:ident, $db:ty) => {
+        async fn $name(tx: &mut Transaction<'static, $db>) -> Result<()> {
+            let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "read schema version"))?;
+            match v {
+                None => {
+                    sqlx::query("INSERT INTO hearth_schema (version) VALUES ($1)")
+                        .bind(SCHEMA_VERSION)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "write schema version"))?;
+                    Ok(())
+                }
+                Some(v) if v > SCHEMA_VERSION => Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the database has schema {v}, written by a newer server (this one knows {SCHEMA_VERSION})"
+                    ),
+                )),
+                Some(_) => Ok(()),
+            }
+        }
+    };
+}
+
+check_version!(check_version_sqlite, Sqlite);
+check_version!(check_version_pg, Postgres);
+
+sql_store!(SqliteStore, Sqlite, "");
+sql_store!(PostgresStore, Postgres, " FOR UPDATE");
+
+/// The database of a server, by URL: `sqlite:PATH` (or a bare path) or `postgres://…`.
+pub async fn open_store(
+    url: &str,
+    config: RelayConfig,
+    clock: WallClock,
+) -> Result<Arc<dyn ServerStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, config, clock).await?))
+    } else {
+        let path = url.strip_prefix("sqlite:").unwrap_or(url);
+        let path = path.strip_prefix("//").unwrap_or(path);
+        Ok(Arc::new(
+            SqliteStore::open(Path::new(path), config, clock).await?,
+        ))
+    }
+}
