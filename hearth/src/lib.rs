@@ -39,6 +39,10 @@ pub use backend_sqlite;
 pub use crypto_orion;
 #[cfg(feature = "sodium")]
 pub use crypto_sodium;
+#[cfg(feature = "server")]
+pub use sync_server;
+#[cfg(feature = "http")]
+pub use transport_http;
 #[cfg(feature = "mock")]
 pub use transport_mock;
 

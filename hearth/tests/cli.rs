@@ -310,3 +310,128 @@ fn the_demo_converges() {
         "the share without consent must be refused: {text}"
     );
 }
+
+/// A `hearth serve` process on a free loopback port, killed on drop.
+struct ServeProcess(std::process::Child, String);
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &Path) -> ServeProcess {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let bin = assert_cmd::cargo::cargo_bin("hearth");
+    let child = std::process::Command::new(bin)
+        .args([
+            "-q",
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--db",
+        ])
+        .arg(dir.join("server.db"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn hearth serve");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut process = ServeProcess(child, url);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return process;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = process.0.kill();
+    panic!("hearth serve did not start");
+}
+
+#[test]
+fn two_stores_sync_through_hearth_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path());
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    hearth(&a, "pw").arg("init").assert().success();
+    hearth(&a, "pw")
+        .args(["put", "notes", "n1", r#"{"t":"from a"}"#])
+        .assert()
+        .success();
+    let out = stdout(hearth(&a, "pw").args(["--json", "register", "--server", &server.1]));
+    let token = serde_json::from_str::<serde_json::Value>(out.trim()).expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    stdout(hearth(&a, "pw").arg("sync"));
+
+    // A wrong passphrase cannot join; a wrong token is refused as not authorised.
+    hearth(&b, "wrong")
+        .args(["join", "--server", &server.1, "--token", &token])
+        .assert()
+        .code(3);
+    assert!(!b.exists(), "a failed join leaves no store behind");
+    hearth(&b, "pw")
+        .args(["join", "--server", &server.1, "--token", "bad.token"])
+        .assert()
+        .code(7);
+    hearth(&b, "pw")
+        .args(["join", "--server", &server.1, "--token", &token])
+        .assert()
+        .success();
+    let report = stdout(hearth(&b, "pw").args(["--json", "sync"]));
+    let r: serde_json::Value = serde_json::from_str(report.trim()).expect("json");
+    assert_eq!(r["applied"], 1);
+    assert!(stdout(hearth(&b, "pw").args(["--json", "get", "notes", "n1"])).contains("from a"));
+
+    // Concurrent edits under `merge`, a delete; both converge.
+    for db in [&a, &b] {
+        hearth(db, "pw")
+            .args(["strategy", "set", "notes", "merge"])
+            .assert()
+            .success();
+    }
+    hearth(&a, "pw")
+        .args(["put", "notes", "n1", r#"{"t":"from a","x":1}"#])
+        .assert()
+        .success();
+    hearth(&b, "pw")
+        .args(["put", "notes", "n1", r#"{"t":"from a","y":2}"#])
+        .assert()
+        .success();
+    hearth(&b, "pw")
+        .args(["put", "notes", "n2", "2"])
+        .assert()
+        .success();
+    for db in [&a, &b, &a] {
+        hearth(db, "pw").arg("sync").assert().success();
+    }
+    let va = stdout(hearth(&a, "pw").args(["--json", "get", "notes", "n1"]));
+    let vb = stdout(hearth(&b, "pw").args(["--json", "get", "notes", "n1"]));
+    assert_eq!(va, vb);
+    assert!(va.contains("\"x\":1") && va.contains("\"y\":2"), "{va}");
+    hearth(&a, "pw")
+        .args(["delete", "notes", "n2"])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+    hearth(&b, "pw").arg("sync").assert().success();
+    hearth(&b, "pw")
+        .args(["get", "notes", "n2"])
+        .assert()
+        .code(4);
+
+    // The server unreachable: exit 6, nothing changed locally.
+    drop(server);
+    hearth(&a, "pw")
+        .args(["put", "notes", "n3", "3"])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().code(6);
+    let status = stdout(hearth(&a, "pw").args(["--json", "status"]));
+    assert!(status.contains("\"pending\":1"), "{status}");
+}

@@ -665,6 +665,114 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Demo => super::demo::run(cli.quiet).await,
+        Command::Register { server } => {
+            let store = open(&cli).await?;
+            let result = super::remote::register(&store, server).await;
+            store.close().await?;
+            let token = result?;
+            if cli.json {
+                print_json(&json!({"server": server, "token": token}));
+            } else {
+                say(cli.quiet, format!("registered with {server}"));
+                println!("account token (other devices join with it; keep it secret): {token}");
+            }
+            Ok(())
+        }
+        Command::Join { server, token } => {
+            let path = store_path(&cli)?;
+            if path.exists() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("a store already exists at {}", path.display()),
+                ));
+            }
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::new(ErrorKind::Io, format!("cannot create {}", dir.display()))
+                        .with_source(e)
+                })?;
+            }
+            let backup = super::remote::fetch_backup(server, token).await?;
+            let pass = passphrase(false)?;
+            let tmp = temp_beside(&path);
+            let result = async {
+                let storage = (hearth::registry::storage("sqlite")?.open)(
+                    hearth::StorageOptions::at(&tmp).create(true),
+                )
+                .await?;
+                let store = Store::join(
+                    storage,
+                    (hearth::registry::cipher("orion")?.make)(),
+                    hearth::OpenOptions::new(pass).kdf_cost(kdf_cost()),
+                    &backup,
+                )
+                .await?;
+                super::remote::register_device(&store, server, token).await?;
+                super::remote::save(&store, server, token).await?;
+                let info = store.info().await?;
+                store.close().await?;
+                tokio::fs::rename(&tmp, &path).await.map_err(|e| {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("cannot move the store to {}", path.display()),
+                    )
+                    .with_source(e)
+                })?;
+                Ok::<_, Error>(info)
+            }
+            .await;
+            if result.is_err() {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = tokio::fs::remove_file(format!("{}{suffix}", tmp.display())).await;
+                }
+            }
+            let info = result?;
+            if cli.json {
+                print_json(
+                    &json!({"store": path.display().to_string(), "device": info.device.to_hex(), "space": info.space.to_hex()}),
+                );
+            } else {
+                say(
+                    cli.quiet,
+                    format!(
+                        "joined space {} as device {}; run `hearth sync`",
+                        info.space, info.device
+                    ),
+                );
+            }
+            Ok(())
+        }
+        Command::Sync => {
+            let store = open(&cli).await?;
+            let progress =
+                !cli.json && !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let result = super::remote::sync(&store, progress).await;
+            store.close().await?;
+            let report = result?;
+            if cli.json {
+                print_json(&report);
+            } else {
+                say(
+                    cli.quiet,
+                    format!(
+                        "synced: pushed {}, pulled {}, applied {}, conflicts resolved {}, waiting for you {}",
+                        report["pushed"],
+                        report["pulled"],
+                        report["applied"],
+                        report["conflicts_resolved"],
+                        report["conflicts_pending"]
+                    ),
+                );
+            }
+            Ok(())
+        }
+        Command::Serve { addr, db, postgres } => {
+            let database = match postgres {
+                Some(url) => url.clone(),
+                None => format!("sqlite:{}", db.display()),
+            };
+            super::remote::serve(*addr, database, cli.quiet).await
+        }
         Command::Bench {
             n,
             value_size,

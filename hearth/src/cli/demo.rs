@@ -58,12 +58,7 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::new(ErrorKind::Io, what).with_source(e)
 }
 
-async fn open_device(
-    name: &'static str,
-    path: std::path::PathBuf,
-    join: Option<&[u8]>,
-    transport: Arc<dyn Transport>,
-) -> Result<Device> {
+async fn create_store(path: std::path::PathBuf, join: Option<&[u8]>) -> Result<Store> {
     let storage =
         (hearth::registry::storage("sqlite")?.open)(hearth::StorageOptions::at(&path).create(true))
             .await?;
@@ -72,10 +67,13 @@ async fn open_device(
     let options = hearth::OpenOptions::new(PASSPHRASE)
         .create(true)
         .kdf_cost(KdfCost::INSECURE_FOR_TESTS);
-    let store = match join {
-        None => Store::open(storage, cipher, options).await?,
-        Some(backup) => Store::join(storage, cipher, options, backup).await?,
-    };
+    match join {
+        None => Store::open(storage, cipher, options).await,
+        Some(backup) => Store::join(storage, cipher, options, backup).await,
+    }
+}
+
+async fn device(name: &'static str, store: Store, transport: Arc<dyn Transport>) -> Result<Device> {
     let engine = SyncEngine::new(store.clone(), transport, SyncConfig::default());
     engine.set_strategy("notes", "merge").await?;
     engine.set_strategy("tasks", "user-choice").await?;
@@ -96,14 +94,9 @@ pub async fn run(quiet: bool) -> Result<()> {
     n.say(format!("listening on {}", server.describe()));
 
     n.step("Create the laptop's store (SQLite file, orion) and register it with the server");
-    let laptop = open_device(
-        "laptop",
-        dir.path().join("laptop.db"),
-        None,
-        server.transport_for("laptop").await?,
-    )
-    .await?;
-    server.register(&laptop.store).await?;
+    let laptop_store = create_store(dir.path().join("laptop.db"), None).await?;
+    server.register(&laptop_store).await?;
+    let laptop = device("laptop", laptop_store, server.transport().await?).await?;
     let info = laptop.store.info().await?;
     n.say(format!(
         "device {}  space {}  key fingerprint {}",
@@ -111,16 +104,12 @@ pub async fn run(quiet: bool) -> Result<()> {
     ));
 
     n.step(
-        "The phone joins the space with only the passphrase (it fetches the wrapped key backup)",
+        "The phone joins with only the passphrase and the account token (it fetches the wrapped key backup)",
     );
-    let backup = server.key_backup(&laptop.store).await?;
-    let phone = open_device(
-        "phone",
-        dir.path().join("phone.db"),
-        Some(&backup),
-        server.transport_for("phone").await?,
-    )
-    .await?;
+    let backup = server.key_backup().await?;
+    let phone_store = create_store(dir.path().join("phone.db"), Some(&backup)).await?;
+    server.register_device(&phone_store).await?;
+    let phone = device("phone", phone_store, server.transport().await?).await?;
     n.say(format!(
         "phone device {}, same space {}",
         phone.store.device(),
@@ -236,7 +225,10 @@ pub async fn run(quiet: bool) -> Result<()> {
         .consent(Arc::new(consent.clone()))
         .rules(rules)
         .destination("telemetry", telemetry.public())
-        .transport(server.transport_for("laptop-share").await?)
+        // The telemetry service is another party; here a local stand-in receives the sealed bytes.
+        .transport(Arc::new(hearth::transport_mock::MockTransport::new(
+            hearth::MemoryRelay::default(),
+        )))
         .build()?;
     let stats = json!({"user": "ada@example.org", "notes_count": 23, "feedback": "call me at +1 555 012 3456", "device_name": "Ada's laptop"});
     match sharer

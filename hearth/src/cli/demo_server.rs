@@ -1,74 +1,143 @@
-//! The server the demo syncs through.
+//! The server the demo syncs through: the real sync server on a free loopback port, with an
+//! embedded SQLite database, reached over HTTP.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hearth::transport_mock::MockTransport;
-use hearth::{MemoryRelay, Result, Store, Transport};
+use hearth::sync_server::{RunningServer, Server};
+use hearth::transport_http::HttpTransport;
+use hearth::{Error, ErrorKind, Result, SpaceRef, Store, Transport};
+
+/// `(server_seq, record, device, tombstone, size)` as the server's database holds it.
+type EntryRow = (i64, Vec<u8>, Vec<u8>, bool, i64);
 
 /// A sync server for the demo, and transports to it.
 pub struct DemoServer {
-    relay: MemoryRelay,
+    server: RunningServer,
+    db: PathBuf,
+    token: std::sync::Mutex<Option<String>>,
 }
 
 impl DemoServer {
-    /// Starts the server.
-    pub async fn start(_dir: &Path) -> Result<Self> {
+    /// Starts the server on 127.0.0.1 with a fresh database in `dir`.
+    pub async fn start(dir: &Path) -> Result<Self> {
+        let db = dir.join("server.db");
+        let server = Server::builder()
+            .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .database(format!("sqlite:{}", db.display()))
+            .build()
+            .await?
+            .spawn();
         Ok(Self {
-            relay: MemoryRelay::default(),
+            server,
+            db,
+            token: std::sync::Mutex::new(None),
         })
     }
 
     /// Where it listens.
     pub fn describe(&self) -> String {
-        "an in-process relay".into()
+        format!("{} (database {})", self.server.url(), self.db.display())
     }
 
-    /// A transport for one device.
-    pub async fn transport_for(&self, _device: &str) -> Result<Arc<dyn Transport>> {
-        Ok(Arc::new(MockTransport::new(self.relay.clone())))
+    fn token(&self) -> Result<String> {
+        self.token
+            .lock()
+            .ok()
+            .and_then(|t| t.clone())
+            .ok_or_else(|| Error::internal("the demo account is not registered yet"))
     }
 
-    /// Registers the first device's space and uploads its wrapped key backup.
+    fn http(&self) -> Result<HttpTransport> {
+        HttpTransport::new(&self.server.url(), self.token()?)
+    }
+
+    /// Creates the account, registers the first device's space and uploads its wrapped key.
     pub async fn register(&self, store: &Store) -> Result<()> {
-        self.relay
-            .put_key_backup(store.space(), store.key_backup()?)
+        let account = HttpTransport::register_account(&self.server.url()).await?;
+        if let Ok(mut t) = self.token.lock() {
+            *t = Some(account.token);
+        }
+        let http = self.http()?;
+        http.register_space(store.space(), store.key_fingerprint())
+            .await?;
+        http.put_key_backup(store.space(), store.key_backup()?)
+            .await
     }
 
-    /// The space's wrapped key backup, as a joining device fetches it.
-    pub async fn key_backup(&self, store: &Store) -> Result<Vec<u8>> {
-        self.relay
-            .get_key_backup(store.space())?
-            .ok_or_else(|| hearth::Error::new(hearth::ErrorKind::NotFound, "no key backup"))
+    /// A transport for one device (HTTP with retries).
+    pub async fn transport(&self) -> Result<Arc<dyn Transport>> {
+        Ok(Arc::new(self.http()?.retrying()))
     }
 
-    /// Lines describing what the server holds.
+    /// The account's wrapped key backup, as a joining device fetches it with only the token.
+    pub async fn key_backup(&self) -> Result<Vec<u8>> {
+        let http = self.http()?;
+        let space = http
+            .spaces()
+            .await?
+            .first()
+            .map(|s| s.space)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "no space"))?;
+        http.get_key_backup(space)
+            .await?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "no key backup"))
+    }
+
+    /// Registers a joined device.
+    pub async fn register_device(&self, store: &Store) -> Result<()> {
+        self.http()?
+            .register_device(&SpaceRef {
+                space: store.space(),
+                device: store.device(),
+                fingerprint: store.key_fingerprint(),
+            })
+            .await
+    }
+
+    /// What the server's database holds for the space, read straight from its file.
     pub async fn what_it_sees(&self, space: hearth::SpaceId) -> Result<Vec<String>> {
-        let stats = self.relay.stats()?;
-        let mut lines: Vec<String> = self
-            .relay
-            .entries(space)?
+        let stats = self.server.store().space_stats(space).await?;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&self.db)
+            .read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.map_err(|e| {
+            Error::new(ErrorKind::Storage, "read the server database").with_source(e)
+        })?;
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "SELECT server_seq, record, device, tombstone, size FROM envelopes WHERE space = ? ORDER BY server_seq",
+        )
+        .bind(&space.0[..])
+        .fetch_all(&pool)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Storage, "read the server database").with_source(e))?;
+        pool.close().await;
+        let hex8 = |b: &[u8]| {
+            b.iter()
+                .take(8)
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+        };
+        let mut lines: Vec<String> = rows
             .iter()
-            .map(|e| {
+            .map(|(seq, record, device, tombstone, size)| {
                 format!(
-                    "#{:<3} record {}…  device {}  {}{} bytes of ciphertext",
-                    e.server_seq,
-                    e.record,
-                    e.device,
-                    if e.tombstone { "tombstone, " } else { "" },
-                    e.len
+                    "#{seq:<3} record {}…  device {}  {}{size} bytes of ciphertext",
+                    hex8(record),
+                    hex8(device),
+                    if *tombstone { "tombstone, " } else { "" },
                 )
             })
             .collect();
         lines.push(format!(
-            "{} envelopes, {} bytes of ciphertext, {} tombstones; per entry only a blind id, a device id, a sequence and a padded size",
+            "{} envelopes, {} bytes of ciphertext, {} tombstones: per entry a blind id, a device id, a sequence and a padded size, nothing else",
             stats.envelopes, stats.bytes, stats.tombstones
         ));
         Ok(lines)
     }
 
-    /// Stops the server.
+    /// Stops the server gracefully.
     pub async fn stop(self) -> Result<()> {
-        Ok(())
+        self.server.stop().await
     }
 }

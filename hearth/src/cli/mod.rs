@@ -11,6 +11,7 @@ use serde_json::json;
 mod commands;
 mod demo;
 mod demo_server;
+mod remote;
 
 /// Offline-first, end-to-end encrypted storage and sync.
 #[derive(Parser, Debug)]
@@ -136,6 +137,36 @@ pub enum Command {
         #[arg(long, default_value = "orion")]
         cipher: String,
     },
+    /// Create an account on a sync server for this store (prints the account token other
+    /// devices join with).
+    Register {
+        /// Server URL, e.g. http://127.0.0.1:8787.
+        #[arg(long)]
+        server: String,
+    },
+    /// Create a new store that joins an account's space with the passphrase and token.
+    Join {
+        /// Server URL.
+        #[arg(long)]
+        server: String,
+        /// Account token (from `hearth register`).
+        #[arg(long, env = "HEARTH_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Sync with the server: push local changes, pull and merge remote ones.
+    Sync,
+    /// Run the sync server.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        addr: std::net::SocketAddr,
+        /// SQLite database file of the server.
+        #[arg(long, conflicts_with = "postgres", default_value = "hearth-server.db")]
+        db: PathBuf,
+        /// PostgreSQL URL instead (for several server processes).
+        #[arg(long)]
+        postgres: Option<String>,
+    },
     /// Consent for data leaving this device for other purposes (default deny).
     Consent {
         /// What to do.
@@ -226,7 +257,8 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::WrongPassphrase | ErrorKind::WrongKey => 3,
         ErrorKind::NotFound => 4,
-        ErrorKind::InvalidInput => 5,
+        ErrorKind::InvalidInput | ErrorKind::TooLarge => 5,
+        ErrorKind::Unauthorized | ErrorKind::Forbidden => 7,
         ErrorKind::Unavailable => 6,
         ErrorKind::Config | ErrorKind::NotCompiledIn | ErrorKind::Conflict => 8,
         ErrorKind::Corrupt | ErrorKind::Tampered | ErrorKind::Unsupported => 9,

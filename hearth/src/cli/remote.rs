@@ -1,0 +1,168 @@
+//! The commands that talk to a sync server: register, join, sync, serve.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hearth::transport_http::HttpTransport;
+use hearth::{
+    Error, ErrorKind, Result, SpaceRef, Store, SyncConfig, SyncEngine, SyncState, Transport,
+    WriteBatch,
+};
+use serde_json::{Value, json};
+
+/// Where the server address and account token live: a local-only (never synced), encrypted
+/// record.
+const CONFIG_COLLECTION: &str = "_hearth.config";
+const CONFIG_KEY: &str = "server";
+
+/// The server this store syncs with.
+pub struct Remote {
+    /// Base URL.
+    pub url: String,
+    /// Account token.
+    pub token: String,
+}
+
+/// Saves the server address and token in the store (encrypted, local only).
+pub async fn save(store: &Store, url: &str, token: &str) -> Result<()> {
+    let mut b = WriteBatch::new().local_only();
+    b.put(
+        CONFIG_COLLECTION,
+        CONFIG_KEY,
+        &json!({"url": url, "token": token}),
+    )?;
+    store.write(b).await.map(|_| ())
+}
+
+/// The server this store syncs with, if one is configured.
+pub async fn load(store: &Store) -> Result<Option<Remote>> {
+    match store.get(CONFIG_COLLECTION, CONFIG_KEY).await? {
+        Some(v) => {
+            let url = v["url"].as_str().unwrap_or_default().to_owned();
+            let token = v["token"].as_str().unwrap_or_default().to_owned();
+            Ok(Some(Remote { url, token }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Creates an account on `url`, registers this store's space and uploads its key backup.
+/// Returns the account token (other devices join with it).
+pub async fn register(store: &Store, url: &str) -> Result<String> {
+    let account = HttpTransport::register_account(url).await?;
+    let http = HttpTransport::new(url, account.token.clone())?;
+    http.register_space(store.space(), store.key_fingerprint())
+        .await?;
+    http.put_key_backup(store.space(), store.key_backup()?)
+        .await?;
+    save(store, url, &account.token).await?;
+    Ok(account.token)
+}
+
+/// Fetches the account's key backup: (space, backup).
+pub async fn fetch_backup(url: &str, token: &str) -> Result<Vec<u8>> {
+    let http = HttpTransport::new(url, token.to_owned())?;
+    let spaces = http.spaces().await?;
+    let space = spaces
+        .first()
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                "this account has no space yet: run `hearth register` on the first device",
+            )
+        })?
+        .space;
+    http.get_key_backup(space)
+        .await?
+        .ok_or_else(|| Error::new(ErrorKind::NotFound, "the account's space has no key backup"))
+}
+
+/// Registers a joined device with the server.
+pub async fn register_device(store: &Store, url: &str, token: &str) -> Result<()> {
+    let http = HttpTransport::new(url, token.to_owned())?;
+    http.register_device(&SpaceRef {
+        space: store.space(),
+        device: store.device(),
+        fingerprint: store.key_fingerprint(),
+    })
+    .await
+}
+
+/// A sync engine for the store's configured server.
+pub async fn engine(store: &Store) -> Result<SyncEngine> {
+    let remote = load(store).await?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Config,
+            "no sync server for this store: run `hearth register --server URL` or create the store with `hearth join`",
+        )
+    })?;
+    let http = HttpTransport::new(&remote.url, remote.token)?;
+    // An interactive command retries briefly; a long-running app would use the default policy.
+    let policy = hearth::retry::RetryPolicy {
+        min_delay: std::time::Duration::from_millis(200),
+        max_delay: std::time::Duration::from_secs(2),
+        max_retries: 3,
+    };
+    let transport: Arc<dyn Transport> = Arc::new(http.retrying_with(policy));
+    Ok(SyncEngine::new(
+        store.clone(),
+        transport,
+        SyncConfig::default(),
+    ))
+}
+
+/// Runs one sync round with a progress line on a terminal; returns the report as JSON.
+pub async fn sync(store: &Store, show_progress: bool) -> Result<Value> {
+    let engine = engine(store).await?;
+    let bar = show_progress.then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    });
+    let mut states = engine.subscribe();
+    let watcher = bar.clone().map(|pb| {
+        tokio::spawn(async move {
+            while states.changed().await.is_ok() {
+                if let SyncState::Syncing { progress } = states.borrow_and_update().clone() {
+                    pb.set_message(format!(
+                        "pushed {} of {} pending, pulled {}",
+                        progress.pushed, progress.pending, progress.pulled
+                    ));
+                }
+            }
+        })
+    });
+    let result = engine.sync().await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    let r = result?;
+    Ok(json!({
+        "pushed": r.pushed, "pulled": r.pulled, "applied": r.applied,
+        "conflicts_resolved": r.conflicts_resolved, "conflicts_pending": r.conflicts_pending,
+        "rejected": r.rejected.len(), "resynced": r.resynced, "duration_ms": r.duration_ms,
+    }))
+}
+
+/// Runs the sync server until Ctrl-C.
+pub async fn serve(addr: SocketAddr, database: String, quiet: bool) -> Result<()> {
+    let server = hearth::sync_server::Server::builder()
+        .listen(addr)
+        .database(database.clone())
+        .build()
+        .await?;
+    if !quiet {
+        println!(
+            "hearth sync server listening on http://{} (store: {database}); Ctrl-C stops it",
+            server.local_addr()
+        );
+    }
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
