@@ -70,6 +70,27 @@ impl Resolution {
     }
 }
 
+/// The version an automatic resolution becomes, exactly as the engine stores and pushes it:
+/// the chosen (or merged) value, the pointwise maximum of both version vectors and the later of
+/// both HLCs. No dot of the resolving device is added, so every device that resolves the same
+/// conflict produces the same version, and it dominates both sides: it never conflicts with
+/// either again. `None` for [`Resolution::DeferToUser`] (both versions are kept as siblings).
+pub fn apply_resolution(conflict: &Conflict<'_>, resolution: Resolution) -> Option<Version> {
+    let value = match resolution {
+        Resolution::TakeLocal => conflict.local.value.clone(),
+        Resolution::TakeRemote => conflict.remote.value.clone(),
+        Resolution::Merged(v) => v,
+        Resolution::DeferToUser => return None,
+    };
+    let mut version = conflict.local.version.clone();
+    version.merge(&conflict.remote.version);
+    Some(Version {
+        value,
+        version,
+        hlc: conflict.local.hlc.max(conflict.remote.hlc),
+    })
+}
+
 /// Decides concurrent versions of a record. Registered by name and chosen per collection.
 pub trait ConflictStrategy: Send + Sync + fmt::Debug + 'static {
     /// The registry name (`"lww"`, `"merge"`, …).
@@ -417,10 +438,12 @@ mod tests {
 mod laws {
     #[test]
     fn every_registered_strategy_keeps_the_laws() {
-        let names = crate::registry::strategy_names();
-        assert!(names.len() >= 4, "{names:?}");
-        for reg in crate::registry::strategies() {
-            crate::testkit::strategy_laws((reg.make)().as_ref(), 256);
+        let checked = crate::testkit::registered_strategy_laws(256);
+        for builtin in ["lww", "priority", "merge", "user-choice"] {
+            assert!(
+                checked.contains(&builtin),
+                "{builtin} not checked: {checked:?}"
+            );
         }
     }
 
@@ -440,5 +463,52 @@ mod laws {
     #[should_panic(expected = "not symmetric")]
     fn the_laws_catch_an_asymmetric_strategy() {
         crate::testkit::strategy_laws(&KeepMine, 16);
+    }
+
+    /// A priority strategy that favours the local side when both carry a priority: wrong only
+    /// when the generator produces the `_priority` field, so this proves it does.
+    #[derive(Debug)]
+    struct LocalOnPriority;
+    impl super::ConflictStrategy for LocalOnPriority {
+        fn name(&self) -> &'static str {
+            "local-on-priority"
+        }
+        fn resolve(&self, c: &super::Conflict<'_>) -> crate::Result<super::Resolution> {
+            let has = |v: &super::Version| {
+                v.value
+                    .as_ref()
+                    .is_some_and(|v| v.get(super::Priority::DEFAULT_FIELD).is_some())
+            };
+            if has(c.local) && has(c.remote) {
+                Ok(super::Resolution::TakeLocal)
+            } else {
+                super::LastWriterWins.resolve(c)
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not symmetric")]
+    fn the_generator_exercises_the_priority_field() {
+        crate::testkit::strategy_laws(&LocalOnPriority, 256);
+    }
+
+    /// Merges to a value that depends on which side is local: symmetric in the decision kind
+    /// but not in the value, so the devices' resolved versions differ.
+    #[derive(Debug)]
+    struct MergeToLocal;
+    impl super::ConflictStrategy for MergeToLocal {
+        fn name(&self) -> &'static str {
+            "merge-to-local"
+        }
+        fn resolve(&self, c: &super::Conflict<'_>) -> crate::Result<super::Resolution> {
+            Ok(super::Resolution::Merged(c.local.value.clone()))
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "strategy 'merge-to-local' breaks a law")]
+    fn the_laws_catch_a_merge_that_depends_on_the_side() {
+        crate::testkit::strategy_laws(&MergeToLocal, 64);
     }
 }

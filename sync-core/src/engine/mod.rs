@@ -36,7 +36,7 @@ use crate::model::{Causality, DeviceId, RecordId, VersionVector};
 use crate::registry;
 use crate::storage::{Batch, StoredRecord};
 use crate::store::{Store, WriteBatch, record_from_payload};
-use crate::strategy::{Conflict, ConflictStrategy, Resolution, Version};
+use crate::strategy::{Conflict, ConflictStrategy, Resolution, Version, apply_resolution};
 use crate::transport::{OutgoingEnvelope, PullPage, PullRequest, PushRequest, SpaceRef, Transport};
 use crate::{Payload, Record};
 
@@ -737,21 +737,21 @@ impl SyncEngine {
                 );
                 return Ok(());
             }
-            Resolution::TakeLocal => local.value.clone(),
-            Resolution::TakeRemote => remote.value.clone(),
-            Resolution::Merged(v) => v,
+            automatic => apply_resolution(&conflict, automatic),
         };
-        let mut version = local.version.clone();
-        version.merge(&remote.version);
-        let hlc = local.hlc.max(remote.hlc);
+        let Some(resolved) = value else {
+            return Err(Error::internal(
+                "an automatic resolution produced no version",
+            ));
+        };
         let row = self.resolved_row(
             w,
             &local_row,
             sync,
             local_payload,
-            value,
-            version,
-            hlc,
+            resolved.value,
+            resolved.version,
+            resolved.hlc,
             false,
         )?;
         ctx.rows.insert(id, row);
@@ -1158,18 +1158,12 @@ impl SyncEngine {
                     remote: &sib,
                     ancestor: None,
                 };
-                let value = match fallback.resolve(&c)? {
-                    Resolution::TakeRemote => sib.value.clone(),
-                    Resolution::Merged(v) => v,
-                    _ => current.value.clone(),
-                };
-                let mut version = current.version.clone();
-                version.merge(&sib.version);
-                current = Version {
-                    value,
-                    version,
-                    hlc: current.hlc.max(sib.hlc),
-                };
+                // A fallback that defers again keeps the local value.
+                let next = apply_resolution(&c, fallback.resolve(&c)?)
+                    .or_else(|| apply_resolution(&c, Resolution::TakeLocal));
+                if let Some(next) = next {
+                    current = next;
+                }
             }
             sync.conflict_since = None;
             let row = self.resolved_row(

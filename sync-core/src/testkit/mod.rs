@@ -2,7 +2,8 @@
 //!
 //! Every [`Cipher`](crate::Cipher) implementation runs [`cipher_suite`]; every
 //! [`Storage`](crate::Storage) implementation runs [`storage_suite`]; every registered
-//! [`ConflictStrategy`](crate::ConflictStrategy) is checked by [`strategy_laws`]; every
+//! [`ConflictStrategy`](crate::ConflictStrategy) is checked by [`strategy_laws`]
+//! ([`registered_strategy_laws`] walks the registry); every
 //! [`Relay`](crate::relay::Relay) (the in-memory reference and the sync server's stores) runs
 //! [`relay_suite`]. The suites panic with a
 //! message naming the property that failed, like any test assertion.
@@ -16,4 +17,4 @@ pub mod vectors;
 pub use cipher_suite::cipher_suite;
 pub use relay_suite::relay_suite;
 pub use storage_suite::storage_suite;
-pub use strategy_laws::strategy_laws;
+pub use strategy_laws::{registered_strategy_laws, strategy_laws};
