@@ -80,6 +80,18 @@ pub struct SyncConfig {
     /// Watchdog: a transport call that makes no progress for this long fails the round with a
     /// visible error instead of hanging (default 60 s).
     pub stall_timeout: Duration,
+    /// Round-level watchdog: when the oldest local write waiting in the upload queue is still
+    /// there after rounds spanning this long (the queue does not drain: pushes fail, or are
+    /// acknowledged yet clear nothing), the round fails with a visible "no progress" error
+    /// naming the last cause, instead of a silent stall (default 15 min, by the store's clock).
+    pub progress_timeout: Duration,
+    /// Automatic retry schedule after a temporary failure: the first retry this long after it
+    /// (default 1 s) ...
+    pub retry_min: Duration,
+    /// ... doubling with every consecutive failure up to this (default 5 min), with up to 25 %
+    /// jitter added. The planned time is published as [`SyncState::Error::retry_at`] and by
+    /// [`SyncEngine::next_retry`].
+    pub retry_max: Duration,
 }
 
 impl Default for SyncConfig {
@@ -91,6 +103,9 @@ impl Default for SyncConfig {
             user_choice_deadline: Duration::from_secs(24 * 3600),
             fallback_strategy: "lww".into(),
             stall_timeout: Duration::from_secs(60),
+            progress_timeout: Duration::from_secs(15 * 60),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -128,7 +143,10 @@ pub enum SyncState {
     },
     /// The last round failed.
     Error {
-        /// When a retry is planned (milliseconds since the epoch), if one is.
+        /// When the engine plans the next attempt (milliseconds since the epoch, by the store's
+        /// clock): set after a temporary failure, on the backoff schedule of
+        /// [`SyncConfig::retry_min`] / [`SyncConfig::retry_max`]; `None` after a permanent one
+        /// (a retry cannot fix it).
         retry_at: Option<u64>,
         /// What went wrong (no user data).
         reason: String,
@@ -212,6 +230,18 @@ pub struct SyncEngine {
     online: AtomicBool,
     round: tokio::sync::Mutex<()>,
     strategies: std::sync::Mutex<HashMap<String, Arc<dyn ConflictStrategy>>>,
+    /// Scheduling state: consecutive temporary failures, the planned retry, the state before
+    /// going offline, and the round-level watchdog's mark.
+    sched: std::sync::Mutex<Schedule>,
+}
+
+#[derive(Debug, Default)]
+struct Schedule {
+    failures: u32,
+    retry_at: Option<u64>,
+    before_offline: Option<SyncState>,
+    /// The oldest pending device sequence seen at the end of a round, and since when.
+    drain_mark: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -230,6 +260,34 @@ fn page_err(what: &'static str) -> Error {
         format!("no progress: {what} did not complete within the stall timeout"),
     )
     .temporary()
+}
+
+/// Times a full re-sync may be restarted from cursor 0 by the server within one round.
+const MAX_RESYNC_RESTARTS: u32 = 3;
+
+/// A page must move the cursor forward: a server that answers `more` (or envelopes) without
+/// advancing it, or moves it back, would make the engine loop or re-apply. Such a page is
+/// refused before anything of it is applied or saved.
+fn check_page(cursor: u64, page: &PullPage) -> Result<()> {
+    let stuck = page.next_cursor == cursor && (page.more || !page.envelopes.is_empty());
+    let behind = page.envelopes.iter().any(|e| e.server_seq <= cursor)
+        || page
+            .envelopes
+            .last()
+            .is_some_and(|e| e.server_seq > page.next_cursor);
+    if page.next_cursor < cursor || stuck || behind {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "no progress: the server answered a pull after cursor {cursor} with a page that \
+                 does not advance it (next cursor {}, {} envelopes, more: {})",
+                page.next_cursor,
+                page.envelopes.len(),
+                page.more
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn decode_or_default<T: for<'de> Deserialize<'de> + Default>(bytes: Option<Vec<u8>>) -> Result<T> {
@@ -267,6 +325,7 @@ impl SyncEngine {
             online: AtomicBool::new(true),
             round: tokio::sync::Mutex::new(()),
             strategies: std::sync::Mutex::default(),
+            sched: std::sync::Mutex::default(),
         }
     }
 
@@ -287,11 +346,71 @@ impl SyncEngine {
 
     /// Network up or down, as the platform reports it. While down, [`SyncEngine::sync`] fails
     /// fast with a temporary [`ErrorKind::Unavailable`] and the state is [`SyncState::Offline`].
+    /// Back up, the state leaves `Offline` at once: the state before going offline comes back
+    /// (`UpToDate`, `Conflict`), except that a failure (or a round cut off by the outage)
+    /// becomes an `Error` whose retry is due now, and the backoff starts over.
     pub fn set_online(&self, online: bool) {
-        self.online.store(online, Ordering::SeqCst);
+        let was = self.online.swap(online, Ordering::SeqCst);
+        let Ok(mut sched) = self.sched.lock() else {
+            return;
+        };
         if !online {
+            if was {
+                sched.before_offline = Some(self.state());
+            }
             self.state.send_replace(SyncState::Offline);
+            return;
         }
+        if was && self.state() != SyncState::Offline {
+            return;
+        }
+        let now = self.store.now_millis();
+        sched.failures = 0;
+        let next = match sched.before_offline.take() {
+            Some(s @ (SyncState::UpToDate { .. } | SyncState::Conflict { .. })) => {
+                sched.retry_at = None;
+                s
+            }
+            Some(SyncState::Error { reason, .. }) => {
+                sched.retry_at = Some(now);
+                SyncState::Error {
+                    retry_at: Some(now),
+                    reason,
+                }
+            }
+            _ => {
+                sched.retry_at = Some(now);
+                SyncState::Error {
+                    retry_at: Some(now),
+                    reason: "back online; the last sync did not complete".into(),
+                }
+            }
+        };
+        self.state.send_replace(next);
+    }
+
+    /// When the engine plans the next round (milliseconds since the epoch, by the store's
+    /// clock): after a temporary failure, on the backoff schedule; `None` when no retry is due
+    /// (the last round succeeded, or failed permanently). A scheduler sleeps until then and
+    /// calls [`SyncEngine::sync`].
+    pub fn next_retry(&self) -> Option<u64> {
+        self.sched.lock().ok().and_then(|s| s.retry_at)
+    }
+
+    /// The backoff delay after `failures` consecutive temporary failures (1-based), jittered
+    /// by up to 25 % from the store's random source.
+    fn backoff(&self, failures: u32) -> u64 {
+        let min = self.config.retry_min.as_millis() as u64;
+        let max = self.config.retry_max.as_millis() as u64;
+        let base = min
+            .saturating_mul(1u64 << failures.saturating_sub(1).min(32))
+            .min(max);
+        let mut r = [0u8; 8];
+        let jitter = match self.store.cipher().fill_random(&mut r) {
+            Ok(()) => u64::from_le_bytes(r) % (base / 4 + 1),
+            Err(_) => 0,
+        };
+        base.saturating_add(jitter)
     }
 
     fn from(&self) -> SpaceRef {
@@ -345,7 +464,8 @@ impl SyncEngine {
     }
 
     /// Runs one sync round: pull and apply, resolve, push. Reports what it did; a failure
-    /// leaves everything applied so far committed and is reported in the state.
+    /// leaves everything applied so far committed and is reported in the state, with the
+    /// planned retry for a temporary one ([`SyncEngine::next_retry`]).
     pub async fn sync(&self) -> Result<SyncReport> {
         let _round = self.round.lock().await;
         if !self.online.load(Ordering::SeqCst) {
@@ -368,6 +488,7 @@ impl SyncEngine {
             },
         });
         let result = self.round(&mut report, pending).await;
+        let result = self.watchdog(result).await;
         report.duration_ms = started.elapsed().as_millis() as u64;
         let now = self.store.now_millis();
         let last = LastSync {
@@ -388,6 +509,10 @@ impl SyncEngine {
                 persisted?;
                 let conflicts = self.conflict_ids().await?.len();
                 report.conflicts_pending = conflicts as u64;
+                if let Ok(mut sched) = self.sched.lock() {
+                    sched.failures = 0;
+                    sched.retry_at = None;
+                }
                 self.state.send_replace(if conflicts > 0 {
                     SyncState::Conflict { count: conflicts }
                 } else {
@@ -396,8 +521,20 @@ impl SyncEngine {
                 Ok(report)
             }
             Err(e) => {
+                let retry_at = match self.sched.lock() {
+                    Ok(mut sched) => {
+                        sched.retry_at = if e.is_temporary() {
+                            sched.failures = sched.failures.saturating_add(1);
+                            Some(now.saturating_add(self.backoff(sched.failures)))
+                        } else {
+                            None
+                        };
+                        sched.retry_at
+                    }
+                    Err(_) => None,
+                };
                 self.state.send_replace(SyncState::Error {
-                    retry_at: None,
+                    retry_at,
                     reason: e.to_string(),
                 });
                 Err(e)
@@ -405,9 +542,57 @@ impl SyncEngine {
         }
     }
 
-    /// Marks the state as failed with a planned retry (used by schedulers such as
-    /// [`crate::retry`]'s callers); purely informational.
+    /// The round-level watchdog: the oldest write waiting in the upload queue must leave it.
+    /// If the same one is still there after rounds spanning [`SyncConfig::progress_timeout`],
+    /// the round fails with "no progress", naming the last round's own error if it had one.
+    async fn watchdog(&self, result: Result<()>) -> Result<()> {
+        let oldest = self
+            .store
+            .storage()
+            .outbox(0, 1)
+            .await?
+            .first()
+            .map(|e| e.seq);
+        let now = self.store.now_millis();
+        let Ok(mut sched) = self.sched.lock() else {
+            return result;
+        };
+        let Some(oldest) = oldest else {
+            sched.drain_mark = None;
+            return result;
+        };
+        let since = match sched.drain_mark {
+            Some((seq, since)) if seq == oldest => since,
+            _ => {
+                sched.drain_mark = Some((oldest, now));
+                return result;
+            }
+        };
+        let waited = now.saturating_sub(since);
+        if waited < self.config.progress_timeout.as_millis() as u64 {
+            return result;
+        }
+        let cause = match &result {
+            Ok(()) => "pushes were acknowledged but the queue did not drain".to_owned(),
+            Err(e) => format!("last error: {e}"),
+        };
+        let temporary = result.as_ref().err().is_none_or(Error::is_temporary);
+        let e = Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "no progress: the oldest local write has waited {} s to upload ({cause})",
+                waited / 1000
+            ),
+        );
+        Err(if temporary { e.temporary() } else { e })
+    }
+
+    /// Marks the state as failed with a retry planned by the caller (a scheduler with its own
+    /// policy), overriding the engine's own plan in [`SyncEngine::next_retry`].
     pub fn report_retry(&self, retry_at: u64, reason: impl Into<String>) {
+        if let Ok(mut sched) = self.sched.lock() {
+            sched.retry_at = Some(retry_at);
+        }
         self.state.send_replace(SyncState::Error {
             retry_at: Some(retry_at),
             reason: reason.into(),
@@ -460,6 +645,7 @@ impl SyncEngine {
             )
             .await
             .map_err(|_| page_err("a pull"))??;
+            check_page(cursor, &page)?;
             let more = page.more;
             let floor = page.gc_floor;
             if page.envelopes.is_empty() && page.next_cursor > cursor {
@@ -930,6 +1116,7 @@ impl SyncEngine {
         let from = self.from();
         let mut cursor = self.meta_u64(META_CURSOR).await?;
         let mut floor = 0;
+        let mut restarts = 0;
         loop {
             let page = tokio::time::timeout(
                 self.config.stall_timeout,
@@ -946,11 +1133,20 @@ impl SyncEngine {
                 // The server no longer recognises this walk (it restarted, or collected more
                 // in between): start it over from 0. Records already confirmed stay confirmed.
                 Err(e) if e.kind() == ErrorKind::ResyncRequired && cursor != 0 => {
+                    restarts += 1;
+                    if restarts > MAX_RESYNC_RESTARTS {
+                        return Err(Error::new(
+                            ErrorKind::Unavailable,
+                            "no progress: the server restarted the full re-sync too many times",
+                        )
+                        .temporary());
+                    }
                     cursor = 0;
                     continue;
                 }
                 other => other?,
             };
+            check_page(cursor, &page)?;
             floor = floor.max(page.gc_floor);
             let more = page.more;
             if !page.envelopes.is_empty() {
