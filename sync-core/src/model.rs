@@ -99,6 +99,13 @@ pub struct Hlc {
     pub device: DeviceId,
 }
 
+impl Hlc {
+    /// The latest physical time a remote timestamp may carry: the last millisecond of year
+    /// 9999. The engine rejects envelopes beyond it (an authentic but broken or hostile peer),
+    /// so no clock is pushed to the end of its range.
+    pub const MAX_MILLIS: u64 = 253_402_300_799_999;
+}
+
 impl Ord for Hlc {
     fn cmp(&self, other: &Self) -> Ordering {
         (self.millis, self.counter, self.device).cmp(&(other.millis, other.counter, other.device))
@@ -165,13 +172,20 @@ impl HlcClock {
         }
     }
 
+    /// One logical step. Saturates at the end of the range (`u64::MAX` ms, `u32::MAX`) instead
+    /// of overflowing: a clock cannot be made to panic or wrap to the past by a peer's
+    /// timestamp, whatever it carries. (The engine refuses remote timestamps past
+    /// [`Hlc::MAX_MILLIS`], so a clock never gets there.)
     fn bump(&mut self) {
         match self.counter.checked_add(1) {
             Some(c) => self.counter = c,
-            None => {
-                self.millis += 1;
-                self.counter = 0;
-            }
+            None => match self.millis.checked_add(1) {
+                Some(m) => {
+                    self.millis = m;
+                    self.counter = 0;
+                }
+                None => self.counter = u32::MAX,
+            },
         }
     }
 }
@@ -334,6 +348,34 @@ mod tests {
 
     fn dev(n: u8) -> DeviceId {
         DeviceId([n; 16])
+    }
+
+    #[test]
+    fn a_peer_timestamp_at_the_end_of_the_range_saturates_the_clock_without_overflow() {
+        let mut clock = HlcClock::new(dev(1));
+        let end = Hlc {
+            millis: u64::MAX,
+            counter: u32::MAX - 1,
+            device: dev(2),
+        };
+        clock.observe(&end, 5);
+        let a = clock.tick(5);
+        assert_eq!((a.millis, a.counter), (u64::MAX, u32::MAX));
+        let b = clock.tick(u64::MAX);
+        assert_eq!((b.millis, b.counter), (u64::MAX, u32::MAX), "saturates");
+        assert!(b >= a && a > end);
+        // One step short of the end still carries into the next millisecond.
+        let mut clock = HlcClock::new(dev(1));
+        clock.observe(
+            &Hlc {
+                millis: u64::MAX - 1,
+                counter: u32::MAX,
+                device: dev(2),
+            },
+            5,
+        );
+        let c = clock.tick(5);
+        assert_eq!((c.millis, c.counter), (u64::MAX, 0));
     }
 
     #[test]

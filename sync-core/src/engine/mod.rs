@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Causality, DeviceId, RecordId, VersionVector};
+use crate::model::{Causality, DeviceId, Hlc, RecordId, VersionVector};
 use crate::registry;
 use crate::storage::{Batch, StoredRecord};
 use crate::store::{Store, WriteBatch, record_from_payload};
@@ -747,10 +747,39 @@ impl SyncEngine {
                 reject(report, "rollback");
                 continue;
             }
+            if payload.hlc.millis > Hlc::MAX_MILLIS {
+                // Authentic but absurd (past year 9999): folding it into this device's clock
+                // would exhaust it. Never applied.
+                reject(report, "clock");
+                continue;
+            }
+            let local_row = ctx.rows.get(&e.record).cloned();
+            let local_opened = match &local_row {
+                Some(row) => Some(self.open_version(&e.record, &row.envelope)?),
+                None => None,
+            };
+            if let (Some((local_payload, local)), None) = (&local_opened, resync_epoch) {
+                // A newer write of an origin must have seen that origin's earlier writes of the
+                // record: a vector lower than what this device already holds from it (its own
+                // entry lower, or the whole vector before the origin's version held here) is a
+                // forged or rolled-back history. Never applied.
+                let origin = payload.origin;
+                if remote.version.get(&origin) < local.version.get(&origin)
+                    || (local_payload.origin == origin
+                        && remote.version.compare(&local.version) == Causality::Before)
+                {
+                    tracing::warn!(
+                        server_seq = e.server_seq,
+                        "rejected a remote envelope whose version vector goes backwards"
+                    );
+                    reject(report, "backwards");
+                    continue;
+                }
+            }
             seen.insert(payload.origin, payload.seq.max(last_seen));
             w.observe(&payload.hlc);
 
-            let Some(local_row) = ctx.rows.get(&e.record).cloned() else {
+            let (Some(local_row), Some((local_payload, local))) = (local_row, local_opened) else {
                 ctx.rows.insert(
                     e.record,
                     StoredRecord {
@@ -775,7 +804,6 @@ impl SyncEngine {
             let mut sync = RowSync::decode(&local_row.sync)?;
             sync.epoch = ctx.epoch;
             sync.synced = true;
-            let (local_payload, local) = self.open_version(&e.record, &local_row.envelope)?;
             let remote_wins = match remote.version.compare(&local.version) {
                 Causality::After => true,
                 Causality::Equal => {
