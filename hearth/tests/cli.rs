@@ -11,6 +11,10 @@ fn hearth(store: &Path, pass: &str) -> Command {
     c
 }
 
+fn json_of(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
 fn stdout(c: &mut Command) -> String {
     let out = c.output().expect("run");
     assert!(
@@ -92,11 +96,34 @@ fn errors_have_distinct_codes_and_change_nothing() {
         .args(["get", "notes", "k"])
         .assert()
         .code(4);
-    hearth(&db, "right")
+    // An unknown registry name is a configuration error whose hint names what exists.
+    let out = hearth(&db, "right")
         .args(["strategy", "set", "notes", "no-such"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(8));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("user-choice") && err.contains("merge") && !err.contains("bug"),
+        "{err}"
+    );
+    let absent = dir.path().join("never.db");
+    let out = hearth(&absent, "right")
+        .args(["init", "--storage", "no-such"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sqlite"));
+    hearth(&absent, "right")
+        .args(["init", "--cipher", "rot13"])
         .assert()
-        .code(4);
+        .code(8);
+    assert!(!absent.exists(), "a refused init creates nothing");
     hearth(&db, "right").arg("init").assert().code(8);
+    // No server configured: a configuration error, not a consent one.
+    let out = hearth(&db, "right").arg("sync").output().expect("run");
+    assert_eq!(out.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hearth register --server"));
     hearth(&db, "right").arg("frobnicate").assert().code(2);
     let out = hearth(&db, "right")
         .args(["--json", "get", "notes", "missing"])
@@ -143,27 +170,34 @@ fn recovery_code_from_init_recovers_a_lost_passphrase() {
         .args(["put", "notes", "k", "42"])
         .assert()
         .success();
-    hearth(&db, "first")
-        .env("HEARTH_NEW_PASSPHRASE", "second")
-        .args(["passphrase", "change"])
-        .assert()
-        .success();
+    let out = stdout(
+        hearth(&db, "first")
+            .env("HEARTH_NEW_PASSPHRASE", "second")
+            .args(["--json", "passphrase", "change"]),
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("passphrase change --json");
+    assert_eq!(v["passphrase_changed"], true);
     hearth(&db, "first")
         .args(["get", "notes", "k"])
         .assert()
         .code(3);
-    hearth(&db, "x")
+    let out = hearth(&db, "x")
         .env("HEARTH_RECOVERY_CODE", "WRONG-CODE")
         .env("HEARTH_NEW_PASSPHRASE", "third")
-        .arg("recover")
-        .assert()
-        .code(3);
-    hearth(&db, "x")
-        .env("HEARTH_RECOVERY_CODE", &code)
-        .env("HEARTH_NEW_PASSPHRASE", "third")
-        .arg("recover")
-        .assert()
-        .success();
+        .args(["--json", "recover"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stderr).expect("error is JSON");
+    assert_eq!(v["error"], "wrong_passphrase");
+    let out = stdout(
+        hearth(&db, "x")
+            .env("HEARTH_RECOVERY_CODE", &code)
+            .env("HEARTH_NEW_PASSPHRASE", "third")
+            .args(["--json", "recover"]),
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("recover --json");
+    assert_eq!(v["recovered"], true);
     assert_eq!(
         stdout(hearth(&db, "third").args(["get", "notes", "k"])).trim(),
         "42"
@@ -326,6 +360,10 @@ fn serve(dir: &Path) -> ServeProcess {
         .local_addr()
         .expect("addr")
         .port();
+    serve_on(dir, port, "server.db")
+}
+
+fn serve_on(dir: &Path, port: u16, db: &str) -> ServeProcess {
     let bin = assert_cmd::cargo::cargo_bin("hearth");
     let child = std::process::Command::new(bin)
         .args([
@@ -335,7 +373,7 @@ fn serve(dir: &Path) -> ServeProcess {
             &format!("127.0.0.1:{port}"),
             "--db",
         ])
-        .arg(dir.join("server.db"))
+        .arg(dir.join(db))
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn hearth serve");
@@ -362,12 +400,31 @@ fn two_stores_sync_through_hearth_serve() {
         .args(["put", "notes", "n1", r#"{"t":"from a"}"#])
         .assert()
         .success();
+    let st = json_of(&stdout(hearth(&a, "pw").args(["--json", "status"])));
+    assert_eq!(st["state"], "not_configured");
+    assert!(st["last_sync"].is_null());
     let out = stdout(hearth(&a, "pw").args(["--json", "register", "--server", &server.1]));
     let token = serde_json::from_str::<serde_json::Value>(out.trim()).expect("json")["token"]
         .as_str()
         .expect("token")
         .to_owned();
     stdout(hearth(&a, "pw").arg("sync"));
+    let st = json_of(&stdout(hearth(&a, "pw").args(["--json", "status"])));
+    assert_eq!(st["state"], "up_to_date", "{st}");
+    assert_eq!(st["server"], server.1.as_str());
+    assert_eq!(st["sync_consent"], true);
+    assert_eq!(st["pending"], 0);
+    let at = st["last_sync"]["at_rfc3339"].as_str().expect("rfc3339");
+    assert!(
+        at.len() == 20 && at.ends_with('Z') && at.contains('T'),
+        "{at}"
+    );
+    assert_eq!(st["last_sync"]["report"]["pushed"], 1);
+    let text = stdout(hearth(&a, "pw").arg("status"));
+    assert!(
+        text.contains("up to date") && text.contains(" ago)") && text.contains(at),
+        "{text}"
+    );
 
     // A wrong passphrase cannot join; a wrong token is refused as not authorised.
     hearth(&b, "wrong")
@@ -434,4 +491,303 @@ fn two_stores_sync_through_hearth_serve() {
     hearth(&a, "pw").arg("sync").assert().code(6);
     let status = stdout(hearth(&a, "pw").args(["--json", "status"]));
     assert!(status.contains("\"pending\":1"), "{status}");
+}
+
+#[test]
+fn init_prints_the_recovery_code_once_in_plain_and_quiet_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, quiet) in [("plain.db", false), ("quiet.db", true)] {
+        let db = dir.path().join(name);
+        let mut c = hearth(&db, "first");
+        if quiet {
+            c.arg("-q");
+        }
+        let out = stdout(c.arg("init"));
+        let code = out
+            .lines()
+            .find_map(|l| l.strip_prefix("recovery code: "))
+            .unwrap_or_else(|| panic!("no recovery code in: {out}"))
+            .to_owned();
+        assert!(out.contains("store it safely"), "{out}");
+        assert_eq!(quiet, !out.contains("created"), "{out}");
+        // The printed code is the real one.
+        hearth(&db, "x")
+            .env("HEARTH_RECOVERY_CODE", &code)
+            .env("HEARTH_NEW_PASSPHRASE", "second")
+            .arg("recover")
+            .assert()
+            .success();
+        hearth(&db, "second").arg("status").assert().success();
+    }
+}
+
+#[test]
+fn init_on_sqlcipher_leaves_a_usable_store_with_or_without_a_recovery_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("cipher.db");
+    let out =
+        stdout(hearth(&db, "pw").args(["init", "--storage", "sqlcipher", "--cipher", "sodium"]));
+    assert!(
+        out.contains("recovery code: ") || out.contains("recovery codes are not available"),
+        "{out}"
+    );
+    assert!(db.exists());
+    // A complete store: a second init refuses it as existing, not as half-made.
+    let again = hearth(&db, "pw")
+        .args(["init", "--storage", "sqlcipher", "--cipher", "sodium"])
+        .output()
+        .expect("run");
+    assert_eq!(again.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+/// Registers `a` (after `init`) with the server and joins `b` to its account.
+fn pair(server: &ServeProcess, a: &Path, b: &Path) -> String {
+    hearth(a, "pw").arg("init").assert().success();
+    let token = json_of(&stdout(
+        hearth(a, "pw").args(["--json", "register", "--server", &server.1]),
+    ))["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    hearth(b, "pw")
+        .args(["join", "--server", &server.1, "--token", &token])
+        .assert()
+        .success();
+    token
+}
+
+fn pending(db: &Path) -> u64 {
+    json_of(&stdout(hearth(db, "pw").args(["--json", "status"])))["pending"]
+        .as_u64()
+        .expect("pending")
+}
+
+#[test]
+fn a_user_choice_conflict_is_listed_resolved_and_converges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path());
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    pair(&server, &a, &b);
+    for db in [&a, &b] {
+        hearth(db, "pw")
+            .args(["strategy", "set", "tasks", "user-choice"])
+            .assert()
+            .success();
+    }
+    hearth(&a, "pw")
+        .args(["put", "tasks", "dentist", r#"{"when":"mon"}"#])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+    hearth(&b, "pw").arg("sync").assert().success();
+    // Both edit offline.
+    hearth(&a, "pw")
+        .args(["put", "tasks", "dentist", r#"{"when":"tue"}"#])
+        .assert()
+        .success();
+    hearth(&b, "pw")
+        .args(["put", "tasks", "dentist", r#"{"when":"wed"}"#])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+    let report = json_of(&stdout(hearth(&b, "pw").args(["--json", "sync"])));
+    assert_eq!(report["conflicts_pending"], 1, "{report}");
+
+    let list = stdout(hearth(&b, "pw").args(["--json", "conflicts", "list"]));
+    let c = json_of(list.lines().next().expect("one conflict"));
+    assert_eq!(c["collection"], "tasks");
+    assert_eq!(c["key"], "dentist");
+    assert_eq!(c["local"]["when"], "wed");
+    assert_eq!(c["remote"][0]["when"], "tue");
+    let st = json_of(&stdout(hearth(&b, "pw").args(["--json", "status"])));
+    assert_eq!(st["conflicts"], 1);
+    assert_eq!(st["state"], "conflicts");
+
+    let out = json_of(&stdout(hearth(&b, "pw").args([
+        "--json",
+        "conflicts",
+        "resolve",
+        "tasks",
+        "dentist",
+        "--take",
+        "remote",
+    ])));
+    assert_eq!(out["resolved"], true);
+    for db in [&b, &a, &b] {
+        hearth(db, "pw").arg("sync").assert().success();
+    }
+    for db in [&a, &b] {
+        let v = json_of(&stdout(
+            hearth(db, "pw").args(["--json", "get", "tasks", "dentist"]),
+        ));
+        assert_eq!(v["value"]["when"], "tue", "{}", db.display());
+        assert_eq!(
+            stdout(hearth(db, "pw").args(["conflicts", "list"])).trim(),
+            ""
+        );
+        assert_eq!(pending(db), 0);
+    }
+}
+
+#[test]
+fn revoking_the_sync_consent_stops_sync_and_sends_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path());
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    pair(&server, &a, &b);
+    // `register` recorded the consent; the grant is listed and audited.
+    let grants = stdout(hearth(&a, "pw").args(["--json", "consent", "list"]));
+    assert!(
+        grants.contains("hearth.user-data") && grants.contains("active"),
+        "{grants}"
+    );
+    hearth(&a, "pw")
+        .args([
+            "consent",
+            "revoke",
+            "hearth.user-data",
+            "sync",
+            "own-devices",
+        ])
+        .assert()
+        .success();
+    hearth(&a, "pw")
+        .args(["put", "notes", "secret", r#"{"t":"stays here"}"#])
+        .assert()
+        .success();
+    let before = pending(&a);
+    assert!(before >= 1);
+    let out = hearth(&a, "pw").arg("sync").output().expect("run");
+    assert_eq!(out.status.code(), Some(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hearth consent grant hearth.user-data sync own-devices"),
+        "{err}"
+    );
+    assert_eq!(pending(&a), before, "nothing was pushed");
+    let st = json_of(&stdout(hearth(&a, "pw").args(["--json", "status"])));
+    assert_eq!(st["state"], "consent_revoked");
+    let log = stdout(hearth(&a, "pw").args(["consent", "log"]));
+    let denial = log
+        .lines()
+        .map(json_of)
+        .find(|e| e["event"] == "decision" && e["allowed"] == false)
+        .unwrap_or_else(|| panic!("the refused sync is audited: {log}"));
+    assert_eq!(denial["reason"], "revoked");
+    assert_eq!(denial["purpose"], "sync");
+    // The other device sees nothing of it.
+    hearth(&b, "pw").arg("sync").assert().success();
+    hearth(&b, "pw")
+        .args(["get", "notes", "secret"])
+        .assert()
+        .code(4);
+
+    // Granting again resumes sync.
+    hearth(&a, "pw")
+        .args([
+            "consent",
+            "grant",
+            "hearth.user-data",
+            "sync",
+            "own-devices",
+        ])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+    assert_eq!(pending(&a), 0);
+    hearth(&b, "pw").arg("sync").assert().success();
+    hearth(&b, "pw")
+        .args(["get", "notes", "secret"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn consent_check_denies_without_a_grant_and_never_prompts_off_a_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    hearth(&db, "pw").arg("init").assert().success();
+    let ask = [
+        "consent",
+        "check",
+        "usage-stats",
+        "improve-model",
+        "telemetry",
+    ];
+    // stdin is not a terminal here: even a "y" waiting on it is not read as an answer.
+    let out = hearth(&db, "pw")
+        .args(ask)
+        .write_stdin("y\n")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no grant"));
+    hearth(&db, "pw")
+        .args([
+            "consent",
+            "grant",
+            "usage-stats",
+            "improve-model",
+            "telemetry",
+        ])
+        .assert()
+        .success();
+    let v = json_of(&stdout(hearth(&db, "pw").arg("--json").args(ask)));
+    assert_eq!(v["allowed"], true);
+    hearth(&db, "pw")
+        .args([
+            "consent",
+            "revoke",
+            "usage-stats",
+            "improve-model",
+            "telemetry",
+        ])
+        .assert()
+        .success();
+    let out = hearth(&db, "pw")
+        .arg("--json")
+        .args(ask)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(10));
+    let e: serde_json::Value = serde_json::from_slice(&out.stderr).expect("JSON error");
+    assert_eq!(e["error"], "consent_denied");
+    assert!(e["message"].as_str().unwrap_or("").contains("revoked"));
+}
+
+#[test]
+fn a_token_the_server_does_not_know_is_exit_7_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let server = serve_on(dir.path(), port, "first.db");
+    let a = dir.path().join("a.db");
+    hearth(&a, "pw").arg("init").assert().success();
+    hearth(&a, "pw")
+        .args(["register", "--server", &server.1])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+    // The server comes back with another database: it has never seen this account.
+    drop(server);
+    let _server = serve_on(dir.path(), port, "second.db");
+    hearth(&a, "pw")
+        .args(["put", "notes", "k", "1"])
+        .assert()
+        .success();
+    let out = hearth(&a, "pw").arg("sync").output().expect("run");
+    assert_eq!(out.status.code(), Some(7));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hearth register --server") && err.contains("do not expire"),
+        "{err}"
+    );
+    assert!(!err.contains("bug"), "{err}");
+    assert_eq!(pending(&a), 1, "nothing was taken as sent");
 }

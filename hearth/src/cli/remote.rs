@@ -88,14 +88,19 @@ pub async fn register_device(store: &Store, url: &str, token: &str) -> Result<()
     .await
 }
 
-/// A sync engine for the store's configured server.
-pub async fn engine(store: &Store) -> Result<SyncEngine> {
-    let remote = load(store).await?.ok_or_else(|| {
+/// The server this store syncs with, or a configuration error saying how to set one up.
+pub async fn require(store: &Store) -> Result<Remote> {
+    load(store).await?.ok_or_else(|| {
         Error::new(
             ErrorKind::Config,
             "no sync server for this store: run `hearth register --server URL` or create the store with `hearth join`",
         )
-    })?;
+    })
+}
+
+/// A sync engine for the store's configured server.
+pub async fn engine(store: &Store) -> Result<SyncEngine> {
+    let remote = require(store).await?;
     let http = HttpTransport::new(&remote.url, remote.token)?;
     // An interactive command retries briefly; a long-running app would use the default policy.
     let policy = hearth::retry::RetryPolicy {
@@ -148,13 +153,18 @@ pub async fn sync(store: &Store, show_progress: bool) -> Result<Value> {
 }
 
 /// Runs the sync server until Ctrl-C.
-pub async fn serve(addr: SocketAddr, database: String, quiet: bool) -> Result<()> {
+pub async fn serve(addr: SocketAddr, database: String, quiet: bool, as_json: bool) -> Result<()> {
     let server = hearth::sync_server::Server::builder()
         .listen(addr)
         .database(database.clone())
         .build()
         .await?;
-    if !quiet {
+    if as_json {
+        println!(
+            "{}",
+            json!({"listening": format!("http://{}", server.local_addr())})
+        );
+    } else if !quiet {
         println!(
             "hearth sync server listening on http://{} (store: {database}); Ctrl-C stops it",
             server.local_addr()
