@@ -126,6 +126,18 @@ fn errors_have_distinct_codes_and_change_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("hearth register --server"));
     hearth(&db, "right").arg("frobnicate").assert().code(2);
     let out = hearth(&db, "right")
+        .args(["--json", "frobnicate"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stderr).expect("usage errors are JSON with --json");
+    assert_eq!(v["error"], "usage");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("frobnicate"),
+        "{v}"
+    );
+    let out = hearth(&db, "right")
         .args(["--json", "get", "notes", "missing"])
         .output()
         .expect("run");
@@ -790,4 +802,73 @@ fn a_token_the_server_does_not_know_is_exit_7_with_what_to_do() {
     );
     assert!(!err.contains("bug"), "{err}");
     assert_eq!(pending(&a), 1, "nothing was taken as sent");
+}
+
+#[test]
+fn serve_logs_requests_on_stderr_without_secrets_and_quiet_silences_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = assert_cmd::cargo::cargo_bin("hearth");
+    for quiet in [false, true] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let log_path = dir.path().join(format!("serve-{quiet}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = std::process::Command::new(&bin);
+        if quiet {
+            cmd.arg("-q");
+        }
+        let child = cmd
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--db"])
+            .arg(dir.path().join(format!("server-{quiet}.db")))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        let server = ServeProcess(child, format!("http://127.0.0.1:{port}"));
+        let mut up = false;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(up, "hearth serve did not start");
+        let a = dir.path().join(format!("a-{quiet}.db"));
+        hearth(&a, "a passphrase").arg("init").assert().success();
+        let token = json_of(&stdout(
+            hearth(&a, "a passphrase").args(["--json", "-v", "register", "--server", &server.1]),
+        ))["token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let out = hearth(&a, "a passphrase")
+            .args(["-vvv", "sync"])
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        let client_log = String::from_utf8_lossy(&out.stderr);
+        drop(server);
+        let server_log = std::fs::read_to_string(&log_path).expect("read log");
+        for log in [&*client_log, &*server_log] {
+            assert!(!log.contains(&token), "a token was logged: {log}");
+            let secret = token.split('.').next_back().unwrap_or(&token);
+            assert!(!log.contains(secret), "a token's secret was logged: {log}");
+            assert!(
+                !log.contains("a passphrase"),
+                "the passphrase was logged: {log}"
+            );
+        }
+        if quiet {
+            assert_eq!(server_log, "", "-q: no diagnostics");
+        } else {
+            assert!(
+                server_log.contains("route=/v1/accounts") && server_log.contains("INFO"),
+                "the server logs its requests by default: {server_log}"
+            );
+        }
+    }
 }

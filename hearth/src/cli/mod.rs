@@ -402,9 +402,38 @@ fn init_logging(level: LevelFilter) {
         .try_init();
 }
 
+/// A command line clap refused (or `--help`/`--version`): clap's own output, except that a
+/// usage error under `--json` is one JSON line on stderr like every other error.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    let wants_json = std::env::args_os().any(|a| a == "--json");
+    let informational = matches!(
+        e.kind(),
+        Clap::DisplayHelp | Clap::DisplayVersion | Clap::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if wants_json && !informational {
+        // clap's text without the usage block, on one line.
+        let detail = e.to_string();
+        let message = detail
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let message = message.trim_start_matches("error: ");
+        eprintln!("{}", json!({"error": "usage", "message": message}));
+        return ExitCode::from(2);
+    }
+    e.exit()
+}
+
 /// Runs the command line.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging(log_level(
         cli.quiet,
         cli.verbose,
