@@ -15,7 +15,7 @@
 //! | 7 | not authorised (the server refuses the account token, or it does not reach the space) |
 //! | 8 | configuration (unknown strategy, storage or cipher name, a feature not compiled in, a store that already exists or was made by another backend, no sync server configured, an unresolved conflict) |
 //! | 9 | corrupt or tampered data, an unsupported format or operation |
-//! | 10 | consent denied |
+//! | 10 | consent denied (including sync after the sync consent was revoked) |
 //! | 11 | file system or storage engine (permissions, disk full, missing directory, database error) |
 
 mod cli;

@@ -555,3 +555,52 @@ pub fn say(cli_quiet: bool, line: impl AsRef<str>) {
         let _ = writeln!(out, "{}", line.as_ref());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbosity_maps_to_levels_and_quiet_turns_diagnostics_off() {
+        assert_eq!(log_level(true, 0, true), LevelFilter::OFF);
+        assert_eq!(log_level(false, 0, false), LevelFilter::WARN);
+        assert_eq!(log_level(false, 1, false), LevelFilter::INFO);
+        assert_eq!(log_level(false, 2, false), LevelFilter::DEBUG);
+        assert_eq!(log_level(false, 3, false), LevelFilter::TRACE);
+        assert_eq!(log_level(false, 200, false), LevelFilter::TRACE);
+        assert_eq!(log_level(false, 0, true), LevelFilter::INFO);
+        assert_eq!(log_level(false, 1, true), LevelFilter::DEBUG);
+    }
+
+    #[test]
+    fn every_error_class_has_a_hint_and_only_internal_blames_hearth() {
+        let kinds = [
+            ErrorKind::NotFound,
+            ErrorKind::WrongPassphrase,
+            ErrorKind::WrongKey,
+            ErrorKind::Tampered,
+            ErrorKind::Corrupt,
+            ErrorKind::Unsupported,
+            ErrorKind::InvalidInput,
+            ErrorKind::NotCompiledIn,
+            ErrorKind::Config,
+            ErrorKind::Conflict,
+            ErrorKind::ConsentDenied,
+            ErrorKind::Unavailable,
+            ErrorKind::Io,
+            ErrorKind::StorageFull,
+            ErrorKind::Storage,
+            ErrorKind::ResyncRequired,
+            ErrorKind::Unauthorized,
+            ErrorKind::Forbidden,
+            ErrorKind::TooLarge,
+        ];
+        for kind in kinds {
+            let h = hint(&Error::new(kind, "x"));
+            assert!(!h.contains("bug"), "{kind:?}: {h}");
+            assert_ne!(exit_code(kind), 1, "{kind:?}");
+        }
+        assert!(hint(&Error::internal("x")).contains("bug"));
+        assert_eq!(exit_code(ErrorKind::Internal), 1);
+    }
+}
