@@ -872,3 +872,30 @@ fn serve_logs_requests_on_stderr_without_secrets_and_quiet_silences_it() {
         }
     }
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    hearth(&db, "pw").arg("init").assert().success();
+    // Larger than a pipe's buffer, so the write must meet the closed pipe.
+    let big = serde_json::to_string(&"x".repeat(300_000)).expect("json");
+    hearth(&db, "pw")
+        .args(["put", "notes", "big", "--file", "-"])
+        .write_stdin(big)
+        .assert()
+        .success();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("hearth"))
+        .env("HEARTH_STORE", &db)
+        .env("HEARTH_PASSPHRASE", "pw")
+        .args(["get", "notes", "big"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}

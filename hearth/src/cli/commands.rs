@@ -41,7 +41,7 @@ fn engine(store: &Store) -> SyncEngine {
 }
 
 fn print_json(v: &Value) {
-    println!("{v}");
+    outln!("{v}");
 }
 
 fn parse_json(text: &str) -> Result<Value> {
@@ -231,9 +231,13 @@ async fn consent_command(
                     v["status"] = json!(status);
                     print_json(&v);
                 } else {
-                    println!(
+                    outln!(
                         "{}  {}  {} for {} to {}",
-                        g.id, status, g.data_type, g.purpose, g.destination
+                        g.id,
+                        status,
+                        g.data_type,
+                        g.purpose,
+                        g.destination
                     );
                 }
             }
@@ -242,7 +246,7 @@ async fn consent_command(
         ConsentAction::Log => {
             let lines = consent.audit().export_json_lines().await?;
             for line in lines.lines() {
-                println!("{line}");
+                outln!("{line}");
             }
             Ok(())
         }
@@ -447,13 +451,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 // Printed even with -q: it is shown this once and never again.
                 match &code {
                     Some(code) => {
-                        println!("recovery code: {code}");
-                        println!(
+                        outln!("recovery code: {code}");
+                        outln!(
                             "store it safely, away from this device (on paper, in a password manager): \
                              it is shown only now, and `hearth recover` needs it if the passphrase is lost"
                         );
                     }
-                    None => println!(
+                    None => outln!(
                         "no recovery code: recovery codes are not available for {} stores yet; \
                          keep the passphrase safe, and a backup with `hearth export`",
                         info.storage
@@ -485,7 +489,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Some(v) if cli.json => {
                     print_json(&json!({"collection": collection, "key": key, "value": v}))
                 }
-                Some(v) => println!(
+                Some(v) => outln!(
                     "{}",
                     serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
                 ),
@@ -512,7 +516,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             } else {
                 for (k, v) in rows {
-                    println!("{k}\t{v}");
+                    outln!("{k}\t{v}");
                 }
             }
             Ok(())
@@ -585,20 +589,20 @@ pub async fn run(cli: Cli) -> Result<()> {
                     })),
                 }));
             } else {
-                println!("sync        {}", state.1);
+                outln!("sync        {}", state.1);
                 match &remote {
-                    Some(r) => println!("server      {}", r.url),
-                    None => println!("server      none (`hearth register --server URL`)"),
+                    Some(r) => outln!("server      {}", r.url),
+                    None => outln!("server      none (`hearth register --server URL`)"),
                 }
-                println!("device      {}", info.device);
-                println!("space       {}", info.space);
-                println!("backends    {} + {}", info.storage, info.cipher);
-                println!("pending     {} change(s) not yet synced", info.pending);
-                println!("conflicts   {conflicts}");
+                outln!("device      {}", info.device);
+                outln!("space       {}", info.space);
+                outln!("backends    {} + {}", info.storage, info.cipher);
+                outln!("pending     {} change(s) not yet synced", info.pending);
+                outln!("conflicts   {conflicts}");
                 match last {
                     Some(l) => {
                         let ago = std::time::Duration::from_secs(now.saturating_sub(l.at) / 1000);
-                        println!(
+                        outln!(
                             "last sync   {} ({} ago): pushed {}, pulled {}, resolved {}{}",
                             at_rfc3339(l.at),
                             humantime::format_duration(ago),
@@ -610,7 +614,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                                 .unwrap_or_default()
                         );
                     }
-                    None => println!("last sync   never"),
+                    None => outln!("last sync   never"),
                 }
             }
             Ok(())
@@ -842,7 +846,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     print_json(&json!(names));
                 } else {
                     for n in names {
-                        println!("{n}");
+                        outln!("{n}");
                     }
                 }
                 Ok(())
@@ -870,7 +874,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_json(&json!({"server": server, "token": token}));
             } else {
                 say(cli.quiet, format!("registered with {server}"));
-                println!("account token (other devices join with it; keep it secret): {token}");
+                outln!("account token (other devices join with it; keep it secret): {token}");
             }
             Ok(())
         }
@@ -1011,7 +1015,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                                 "local": c.local.value, "remote": siblings, "since": c.since,
                             }));
                         } else {
-                            println!(
+                            outln!(
                                 "{}/{}: local {} vs remote {}",
                                 c.local.collection,
                                 c.local.key,

@@ -11,6 +11,13 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// `println!` that cannot panic: see [`emit`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::emit(format_args!($($arg)*))
+    };
+}
+
 mod commands;
 mod demo;
 mod demo_server;
@@ -551,8 +558,23 @@ pub fn read_json(arg: Option<String>, file: Option<PathBuf>) -> Result<String> {
 /// Prints a line unless quiet.
 pub fn say(cli_quiet: bool, line: impl AsRef<str>) {
     if !cli_quiet {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", line.as_ref());
+        emit(format_args!("{}", line.as_ref()));
+    }
+}
+
+/// Writes one line to stdout. When the reader has gone (`hearth list notes | head`), the command
+/// ends quietly with success instead of panicking as `println!` does; the store is left as
+/// every write left it (each is a committed transaction).
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
     }
 }
 

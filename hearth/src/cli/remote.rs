@@ -160,12 +160,12 @@ pub async fn serve(addr: SocketAddr, database: String, quiet: bool, as_json: boo
         .build()
         .await?;
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({"listening": format!("http://{}", server.local_addr())})
         );
     } else if !quiet {
-        println!(
+        outln!(
             "hearth sync server listening on http://{} (store: {database}); Ctrl-C stops it",
             server.local_addr()
         );
