@@ -899,3 +899,59 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+#[test]
+fn every_command_answers_in_json_under_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    let backup = dir.path().join("b.hearth");
+    let restored = dir.path().join("restored.db");
+    let backup_arg = backup.to_string_lossy().into_owned();
+    let consent = ["usage-stats", "improve-model", "telemetry"];
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["init"],
+        vec!["put", "notes", "k", r#"{"v":1}"#],
+        vec!["put", "notes", "gone", "1"],
+        vec!["get", "notes", "k"],
+        vec!["list", "notes"],
+        vec!["delete", "notes", "gone"],
+        vec!["status"],
+        vec!["check"],
+        vec!["strategy", "set", "notes", "merge"],
+        vec!["strategy", "list"],
+        [&["consent", "grant"][..], &consent[..]].concat(),
+        [&["consent", "check"][..], &consent[..]].concat(),
+        vec!["consent", "list"],
+        [&["consent", "revoke"][..], &consent[..]].concat(),
+        vec!["consent", "log"],
+        vec!["export", &backup_arg],
+        vec!["passphrase", "change"],
+    ];
+    let mut pass = "pw";
+    for args in &commands {
+        let out = hearth(&db, pass)
+            .env("HEARTH_NEW_PASSPHRASE", "pw2")
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        assert!(!text.trim().is_empty(), "{args:?} printed nothing");
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"));
+        }
+        if args[0] == "passphrase" {
+            pass = "pw2";
+        }
+    }
+    let out = stdout(hearth(&restored, "pw").args(["--json", "import", &backup_arg]));
+    assert_eq!(json_of(&out)["rows"].as_u64().map(|n| n > 0), Some(true));
+    let out = stdout(hearth(&db, pass).args(["--json", "rotate-key"]));
+    assert_eq!(json_of(&out)["key_id"], 2);
+}

@@ -403,7 +403,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .kdf_cost(kdf_cost())
                 .create(true)
                 .open()
-                .await?;
+                .await
+                .inspect_err(|_| remove_store_files(&path))?;
             let made = async {
                 let info = store.info().await?;
                 let code = match store.create_recovery_code(kdf_cost()).await {
