@@ -165,10 +165,16 @@ fn strategy_and_conflict_commands_work_offline() {
         stdout(hearth(&db, "pw").args(["conflicts", "list"])).trim(),
         ""
     );
-    hearth(&db, "pw")
+    let out = hearth(&db, "pw")
         .args(["conflicts", "resolve", "docs", "x", "--take", "local"])
-        .assert()
-        .code(4);
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no conflict waits on docs/x") && err.contains("hearth conflicts list"),
+        "{err}"
+    );
 }
 
 #[test]

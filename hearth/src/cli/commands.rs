@@ -1004,59 +1004,73 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Conflicts { action } => {
             let store = open(&cli).await?;
             let engine = engine(&store);
-            let result = match action {
-                ConflictAction::List => {
-                    let list = engine.conflicts().await?;
-                    for c in list {
-                        let siblings: Vec<Value> =
-                            c.siblings.iter().map(|s| json!(s.value)).collect();
+            // In a block, so the store is closed whatever happens inside.
+            let result = async {
+                match action {
+                    ConflictAction::List => {
+                        let list = engine.conflicts().await?;
+                        for c in list {
+                            let siblings: Vec<Value> =
+                                c.siblings.iter().map(|s| json!(s.value)).collect();
+                            if cli.json {
+                                print_json(&json!({
+                                    "collection": c.local.collection, "key": c.local.key,
+                                    "local": c.local.value, "remote": siblings, "since": c.since,
+                                }));
+                            } else {
+                                outln!(
+                                    "{}/{}: local {} vs remote {}",
+                                    c.local.collection,
+                                    c.local.key,
+                                    json!(c.local.value),
+                                    Value::Array(siblings)
+                                );
+                            }
+                        }
+                        Ok(())
+                    }
+                    ConflictAction::Resolve {
+                        collection,
+                        key,
+                        take,
+                        value,
+                    } => {
+                        let choice = match (take.as_deref(), value) {
+                            (Some("local"), None) => Choice::Local,
+                            (Some("remote"), None) => Choice::Remote(0),
+                            (None, Some(v)) => Choice::Value(Some(parse_json(v)?)),
+                            _ => {
+                                return Err(Error::invalid(
+                                    "give --take local|remote or --value JSON",
+                                ));
+                            }
+                        };
+                        engine.resolve(collection, key, choice).await.map_err(|e| {
+                            match e.kind() {
+                                ErrorKind::NotFound => Error::new(
+                                    ErrorKind::NotFound,
+                                    format!("no conflict waits on {collection}/{key}"),
+                                ),
+                                _ => e,
+                            }
+                        })?;
                         if cli.json {
-                            print_json(&json!({
-                                "collection": c.local.collection, "key": c.local.key,
-                                "local": c.local.value, "remote": siblings, "since": c.since,
-                            }));
+                            print_json(
+                                &json!({"collection": collection, "key": key, "resolved": true}),
+                            );
                         } else {
-                            outln!(
-                                "{}/{}: local {} vs remote {}",
-                                c.local.collection,
-                                c.local.key,
-                                json!(c.local.value),
-                                Value::Array(siblings)
+                            say(
+                                cli.quiet,
+                                format!(
+                                    "resolved {collection}/{key}; `hearth sync` shares the decision"
+                                ),
                             );
                         }
+                        Ok(())
                     }
-                    Ok(())
                 }
-                ConflictAction::Resolve {
-                    collection,
-                    key,
-                    take,
-                    value,
-                } => {
-                    let choice = match (take.as_deref(), value) {
-                        (Some("local"), None) => Choice::Local,
-                        (Some("remote"), None) => Choice::Remote(0),
-                        (None, Some(v)) => Choice::Value(Some(parse_json(v)?)),
-                        _ => {
-                            return Err(Error::invalid("give --take local|remote or --value JSON"));
-                        }
-                    };
-                    engine.resolve(collection, key, choice).await?;
-                    if cli.json {
-                        print_json(
-                            &json!({"collection": collection, "key": key, "resolved": true}),
-                        );
-                    } else {
-                        say(
-                            cli.quiet,
-                            format!(
-                                "resolved {collection}/{key}; `hearth sync` shares the decision"
-                            ),
-                        );
-                    }
-                    Ok(())
-                }
-            };
+            }
+            .await;
             store.close().await?;
             result
         }

@@ -302,7 +302,13 @@ fn hint(e: &Error) -> &'static str {
         ErrorKind::NotFound if e.message().contains("conflict") => {
             "`hearth conflicts list` shows the conflicts waiting for a decision"
         }
-        ErrorKind::NotFound => "check the name; `hearth list COLLECTION` shows what exists",
+        ErrorKind::NotFound if e.message().starts_with("cannot open") => "check the file's path",
+        ErrorKind::NotFound if e.message().contains("account") => {
+            "register the first device with `hearth register --server URL`, then join with its token"
+        }
+        ErrorKind::NotFound => {
+            "check the collection and key; `hearth list COLLECTION` shows what exists"
+        }
         ErrorKind::WrongPassphrase => {
             "check the passphrase (HEARTH_PASSPHRASE or the prompt); `hearth recover` uses the recovery code"
         }
