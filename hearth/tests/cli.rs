@@ -144,6 +144,10 @@ fn errors_have_distinct_codes_and_change_nothing() {
     let v: serde_json::Value =
         serde_json::from_slice(&out.stderr).expect("errors are JSON with --json");
     assert_eq!(v["error"], "not_found");
+    assert!(
+        v["hint"].as_str().unwrap_or("").contains("hearth list"),
+        "{v}"
+    );
     assert_eq!(
         stdout(hearth(&db, "right").args(["get", "notes", "k"])).trim(),
         "1"

@@ -333,6 +333,12 @@ fn hint(e: &Error) -> &'static str {
         ErrorKind::Config if e.message().contains("available:") => {
             "use one of the available names listed above (`hearth strategy list` for strategies)"
         }
+        ErrorKind::Config if e.message().contains("already exists") => {
+            "choose another path (hearth never overwrites a store or a backup), or move the existing one away"
+        }
+        ErrorKind::Config if e.message().contains("no sync server") => {
+            "register this store with `hearth register --server URL`, or create it with `hearth join`"
+        }
         ErrorKind::Config => "see `hearth --help`; the message names what does not match",
         ErrorKind::Conflict => {
             "resolve it first: `hearth conflicts list`, then `hearth conflicts resolve COLLECTION KEY --take local|remote`"
@@ -467,7 +473,8 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json_errors {
-                let line = json!({"error": e.kind().as_str(), "message": e.to_string()});
+                let line =
+                    json!({"error": e.kind().as_str(), "message": e.to_string(), "hint": hint(&e)});
                 eprintln!("{line}");
             } else {
                 eprintln!("hearth: {e}\n  {}", hint(&e));
