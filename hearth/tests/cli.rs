@@ -861,6 +861,10 @@ fn serve_logs_requests_on_stderr_without_secrets_and_quiet_silences_it() {
             .expect("run");
         assert!(out.status.success());
         let client_log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            client_log.contains("sync round done") && client_log.contains("DEBUG"),
+            "-vvv shows the client's diagnostics: {client_log}"
+        );
         drop(server);
         let server_log = std::fs::read_to_string(&log_path).expect("read log");
         for log in [&*client_log, &*server_log] {

@@ -28,12 +28,15 @@ async fn open(cli: &Cli) -> Result<Store> {
         ));
     }
     let pass = passphrase(false)?;
-    Store::builder()
+    tracing::debug!(store = %path.display(), "opening the store");
+    let store = Store::builder()
         .path(path)
         .passphrase(pass)
         .create(false)
         .open()
-        .await
+        .await?;
+    tracing::debug!(device = %store.device(), space = %store.space(), "store open");
+    Ok(store)
 }
 
 fn engine(store: &Store) -> SyncEngine {
