@@ -747,6 +747,10 @@ fn consent_check_denies_without_a_grant_and_never_prompts_off_a_terminal() {
         .expect("run");
     assert_eq!(out.status.code(), Some(10));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no grant"));
+    let log = stdout(hearth(&db, "pw").args(["consent", "log"]));
+    let denial = json_of(log.lines().last().expect("the decision is audited"));
+    assert_eq!(denial["allowed"], false);
+    assert_eq!(denial["prompted"], false, "nobody was asked: {denial}");
     hearth(&db, "pw")
         .args([
             "consent",

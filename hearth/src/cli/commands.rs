@@ -198,10 +198,13 @@ async fn consent_command(
                 destination.as_str(),
             );
             let prompt = super::prompt::TerminalPrompt::new(!cli.json && !cli.quiet);
+            // Ask only where someone can answer (so the audit's `prompted` is true only when a
+            // person was asked), and never for the sync consent: enabling sync is explicit.
+            let may_prompt = prompt.asks() && request != hearth::StoreConsent::sync_request();
             let decision = consent
                 .clone()
                 .with_prompt(std::sync::Arc::new(prompt))
-                .decide_with(&request, true)
+                .decide_with(&request, may_prompt)
                 .await?;
             match decision {
                 hearth::consent::Decision::Allow { grant_id } => {

@@ -28,6 +28,13 @@ impl TerminalPrompt {
     }
 }
 
+impl TerminalPrompt {
+    /// Whether it would ask a person (otherwise it answers no by itself).
+    pub fn asks(&self) -> bool {
+        self.interactive
+    }
+}
+
 /// The question, naming exactly what would leave, why and to where.
 pub fn question(request: &ConsentRequest, previous: DenyReason) -> String {
     let why = match previous {
