@@ -401,7 +401,7 @@ fn serve_on(dir: &Path, port: u16, db: &str) -> ServeProcess {
         .expect("spawn hearth serve");
     let url = format!("http://127.0.0.1:{port}");
     let mut process = ServeProcess(child, url);
-    for _ in 0..100 {
+    for _ in 0..600 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return process;
         }
@@ -843,7 +843,7 @@ fn serve_logs_requests_on_stderr_without_secrets_and_quiet_silences_it() {
             .expect("spawn");
         let server = ServeProcess(child, format!("http://127.0.0.1:{port}"));
         let mut up = false;
-        for _ in 0..100 {
+        for _ in 0..600 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 up = true;
                 break;
