@@ -67,6 +67,19 @@ pub fn parse_answer(line: &str, now: u64) -> PromptAnswer {
     }
 }
 
+/// Writes the question to `output` and reads one line of answer from `input`.
+fn exchange(
+    question: &str,
+    input: &mut dyn BufRead,
+    output: &mut dyn Write,
+) -> std::io::Result<String> {
+    output.write_all(question.as_bytes())?;
+    output.flush()?;
+    let mut line = String::new();
+    input.read_line(&mut line)?;
+    Ok(line)
+}
+
 #[async_trait]
 impl ConsentPrompt for TerminalPrompt {
     async fn ask(&self, request: &ConsentRequest, context: PromptContext) -> Result<PromptAnswer> {
@@ -75,11 +88,11 @@ impl ConsentPrompt for TerminalPrompt {
         }
         let text = question(request, context.previous);
         let line = tokio::task::spawn_blocking(move || {
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(text.as_bytes());
-            let _ = err.flush();
-            let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).map(|_| line)
+            exchange(
+                &text,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stderr().lock(),
+            )
         })
         .await
         .map_err(|e| Error::internal("the prompt task failed").with_source(e))?
@@ -114,6 +127,28 @@ mod tests {
         for no in ["", "\n", "n", "no", "maybe", "yess", "0s", "-1d", "ja"] {
             assert_eq!(parse_answer(no, now), PromptAnswer::Deny, "{no:?}");
         }
+    }
+
+    #[test]
+    fn the_exchange_asks_then_reads_one_line() {
+        let mut input = std::io::Cursor::new(b"30d\nyes\n".to_vec());
+        let mut output = Vec::new();
+        let line = exchange("may I? ", &mut input, &mut output).expect("exchange");
+        assert_eq!(output, b"may I? ");
+        assert_eq!(
+            parse_answer(&line, 0),
+            PromptAnswer::Allow {
+                expires_at: Some(30 * 24 * 3600 * 1000)
+            }
+        );
+        // End of input (Ctrl-D) is an empty answer: no.
+        let line = exchange(
+            "again? ",
+            &mut std::io::Cursor::new(Vec::new()),
+            &mut Vec::new(),
+        )
+        .expect("exchange");
+        assert_eq!(parse_answer(&line, 0), PromptAnswer::Deny);
     }
 
     #[test]
