@@ -973,3 +973,63 @@ fn every_command_answers_in_json_under_json() {
     let out = stdout(hearth(&db, pass).args(["--json", "rotate-key"]));
     assert_eq!(json_of(&out)["key_id"], 2);
 }
+
+/// Runs `hearth ARGS` on a pseudo-terminal (util-linux `script`), typing `answer`.
+fn on_a_terminal(db: &Path, args: &str, answer: &str) -> std::process::Output {
+    use std::io::Write;
+    let bin = assert_cmd::cargo::cargo_bin("hearth");
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &format!("'{}' {args}", bin.display()), "/dev/null"])
+        .env("HEARTH_STORE", db)
+        .env("HEARTH_PASSPHRASE", "pw")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs the command on a pseudo-terminal");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(answer.as_bytes())
+        .expect("type the answer");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn on_a_terminal_consent_check_asks_and_records_the_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.db");
+    hearth(&db, "pw").arg("init").assert().success();
+    let check = "consent check usage-stats improve-model telemetry";
+
+    let out = on_a_terminal(&db, check, "n\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("hearth wants to send usage-stats for improve-model to telemetry"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(10), "{text}");
+
+    let out = on_a_terminal(&db, check, "once\n");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let log = stdout(hearth(&db, "pw").args(["consent", "log"]));
+    let grant = log
+        .lines()
+        .map(json_of)
+        .find(|e| e["event"] == "grant")
+        .unwrap_or_else(|| panic!("the yes is recorded as a grant: {log}"));
+    assert_eq!(grant["source"], "prompt");
+    assert_eq!(grant["scope"], "once");
+    // Used up: off a terminal the next check is denied without asking.
+    hearth(&db, "pw").args(check.split(' ')).assert().code(10);
+    // --json never asks, even on a terminal.
+    let out = on_a_terminal(&db, &format!("--json {check}"), "y\n");
+    assert_eq!(out.status.code(), Some(10));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hearth wants"));
+}
