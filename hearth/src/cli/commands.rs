@@ -6,8 +6,8 @@ use hearth::{Choice, Detached, Error, ErrorKind, KdfCost, Result, Store, SyncCon
 use serde_json::{Value, json};
 
 use super::{
-    Cli, Command, ConflictAction, ConsentAction, PassphraseAction, StrategyAction, passphrase,
-    read_json, say, secret_from, store_path,
+    Cli, Command, ConflictAction, ConsentAction, PassphraseAction, StrategyAction, known_name,
+    passphrase, read_json, say, secret_from, store_path,
 };
 
 /// Argon2id cost of new stores. `HEARTH_INSECURE_KDF=1` lowers it for test suites only.
@@ -28,12 +28,15 @@ async fn open(cli: &Cli) -> Result<Store> {
         ));
     }
     let pass = passphrase(false)?;
-    Store::builder()
+    tracing::debug!(store = %path.display(), "opening the store");
+    let store = Store::builder()
         .path(path)
         .passphrase(pass)
         .create(false)
         .open()
-        .await
+        .await?;
+    tracing::debug!(device = %store.device(), space = %store.space(), "store open");
+    Ok(store)
 }
 
 fn engine(store: &Store) -> SyncEngine {
@@ -41,11 +44,68 @@ fn engine(store: &Store) -> SyncEngine {
 }
 
 fn print_json(v: &Value) {
-    println!("{v}");
+    outln!("{v}");
 }
 
 fn parse_json(text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| Error::invalid(format!("not valid JSON: {e}")))
+}
+
+/// Records the sync consent unless an active one exists (enabling sync is that consent).
+async fn ensure_sync_consent(store: &Store) -> Result<()> {
+    let consent = hearth::StoreConsent::new(store);
+    let now = consent.now();
+    let active = consent
+        .grants_for(&hearth::StoreConsent::sync_request())
+        .await?
+        .iter()
+        .any(|g| g.is_active(now));
+    if !active {
+        consent.grant_sync(hearth::GrantOptions::ongoing()).await?;
+    }
+    Ok(())
+}
+
+/// The store's sync state, as a stable name and a sentence, from what is recorded: whether a
+/// server is configured, the sync consent, the last round's error, conflicts, pending changes.
+fn sync_state(
+    configured: bool,
+    consented: bool,
+    last_error: Option<&str>,
+    conflicts: usize,
+    pending: u64,
+) -> (&'static str, String) {
+    if !configured {
+        return ("not_configured", "not set up: no sync server".into());
+    }
+    if !consented {
+        return (
+            "consent_revoked",
+            "paused: no sync consent (withdrawn or never given; `hearth consent grant hearth.user-data sync own-devices` resumes it)".into(),
+        );
+    }
+    if let Some(e) = last_error {
+        return ("error", format!("the last sync failed: {e}"));
+    }
+    if conflicts > 0 {
+        return ("conflicts", format!("{conflicts} conflict(s) wait for you"));
+    }
+    if pending > 0 {
+        return (
+            "pending",
+            format!("{pending} change(s) wait for the next sync"),
+        );
+    }
+    ("up_to_date", "up to date".into())
+}
+
+/// Removes a store's files (the database, its WAL and shared memory, the key sidecar).
+fn remove_store_files(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm", "-journal", ".keys"] {
+        let mut p = path.as_os_str().to_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// A temporary path next to `path`, so the final rename stays on one file system.
@@ -127,6 +187,47 @@ async fn consent_command(
             }
             Ok(())
         }
+        ConsentAction::Check {
+            data_type,
+            purpose,
+            destination,
+        } => {
+            let request = hearth::ConsentRequest::new(
+                data_type.as_str(),
+                purpose.as_str(),
+                destination.as_str(),
+            );
+            let prompt = super::prompt::TerminalPrompt::new(!cli.json && !cli.quiet);
+            // Ask only where someone can answer (so the audit's `prompted` is true only when a
+            // person was asked), and never for the sync consent: enabling sync is explicit.
+            let may_prompt = prompt.asks() && request != hearth::StoreConsent::sync_request();
+            let decision = consent
+                .clone()
+                .with_prompt(std::sync::Arc::new(prompt))
+                .decide_with(&request, may_prompt)
+                .await?;
+            match decision {
+                hearth::consent::Decision::Allow { grant_id } => {
+                    if cli.json {
+                        print_json(&json!({"allowed": true, "grant": grant_id}));
+                    } else {
+                        say(cli.quiet, format!("allowed by grant {grant_id}"));
+                    }
+                    Ok(())
+                }
+                hearth::consent::Decision::Deny(reason) => Err(Error::new(
+                    ErrorKind::ConsentDenied,
+                    format!(
+                        "{data_type} for {purpose} to {destination} is not allowed ({})",
+                        match reason {
+                            hearth::consent::DenyReason::Revoked => "the grant was revoked",
+                            hearth::consent::DenyReason::Expired => "the grant expired",
+                            _ => "no grant",
+                        }
+                    ),
+                )),
+            }
+        }
         ConsentAction::List => {
             let now = consent.now();
             for g in consent.grants().await? {
@@ -136,9 +237,13 @@ async fn consent_command(
                     v["status"] = json!(status);
                     print_json(&v);
                 } else {
-                    println!(
+                    outln!(
                         "{}  {}  {} for {} to {}",
-                        g.id, status, g.data_type, g.purpose, g.destination
+                        g.id,
+                        status,
+                        g.data_type,
+                        g.purpose,
+                        g.destination
                     );
                 }
             }
@@ -146,7 +251,9 @@ async fn consent_command(
         }
         ConsentAction::Log => {
             let lines = consent.audit().export_json_lines().await?;
-            print!("{lines}");
+            for line in lines.lines() {
+                outln!("{line}");
+            }
             Ok(())
         }
     }
@@ -278,6 +385,8 @@ fn tempfile_dir() -> Result<tempfile::TempDir> {
 pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Init { storage, cipher } => {
+            known_name(hearth::registry::storage(storage))?;
+            known_name(hearth::registry::cipher(cipher))?;
             let path = store_path(&cli)?;
             if path.exists() {
                 return Err(Error::new(
@@ -300,9 +409,29 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .kdf_cost(kdf_cost())
                 .create(true)
                 .open()
-                .await?;
-            let info = store.info().await?;
-            let code = store.create_recovery_code(kdf_cost()).await?;
+                .await
+                .inspect_err(|_| remove_store_files(&path))?;
+            let made = async {
+                let info = store.info().await?;
+                let code = match store.create_recovery_code(kdf_cost()).await {
+                    Ok(code) => Some(code),
+                    // SQLCipher stores cannot rewrap their key header yet: the store is usable,
+                    // it just has no recovery code.
+                    Err(e) if e.kind() == ErrorKind::Unsupported => None,
+                    Err(e) => return Err(e),
+                };
+                Ok::<_, Error>((info, code))
+            }
+            .await;
+            let (info, code) = match made {
+                Ok(made) => made,
+                Err(e) => {
+                    // Leave nothing half-made behind: a second `init` must be able to start over.
+                    let _ = store.close().await;
+                    remove_store_files(&path);
+                    return Err(e);
+                }
+            };
             if cli.json {
                 print_json(&json!({
                     "recovery_code": code,
@@ -326,6 +455,21 @@ pub async fn run(cli: Cli) -> Result<()> {
                     cli.quiet,
                     format!("device {}  space {}", info.device, info.space),
                 );
+                // Printed even with -q: it is shown this once and never again.
+                match &code {
+                    Some(code) => {
+                        outln!("recovery code: {code}");
+                        outln!(
+                            "store it safely, away from this device (on paper, in a password manager): \
+                             it is shown only now, and `hearth recover` needs it if the passphrase is lost"
+                        );
+                    }
+                    None => outln!(
+                        "no recovery code: recovery codes are not available for {} stores yet; \
+                         keep the passphrase safe, and a backup with `hearth export`",
+                        info.storage
+                    ),
+                }
             }
             store.close().await
         }
@@ -352,7 +496,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Some(v) if cli.json => {
                     print_json(&json!({"collection": collection, "key": key, "value": v}))
                 }
-                Some(v) => println!(
+                Some(v) => outln!(
                     "{}",
                     serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
                 ),
@@ -379,7 +523,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             } else {
                 for (k, v) in rows {
-                    println!("{k}\t{v}");
+                    outln!("{k}\t{v}");
                 }
             }
             Ok(())
@@ -401,13 +545,44 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status => {
             let store = open(&cli).await?;
-            let info = store.info().await?;
-            let engine = engine(&store);
-            let last = engine.last_sync().await?;
-            let conflicts = engine.conflicts().await?.len();
+            let facts = async {
+                let info = store.info().await?;
+                let engine = engine(&store);
+                let last = engine.last_sync().await?;
+                let conflicts = engine.conflicts().await?.len();
+                let remote = super::remote::load(&store).await?;
+                // Read the grants rather than decide: a status check is not a sync attempt and
+                // leaves no audit entry.
+                let consent = hearth::StoreConsent::new(&store);
+                let now = consent.now();
+                let consented = consent
+                    .grants_for(&hearth::StoreConsent::sync_request())
+                    .await?
+                    .iter()
+                    .any(|g| g.is_active(now));
+                Ok::<_, Error>((info, last, conflicts, remote, consented, now))
+            }
+            .await;
             store.close().await?;
+            let (info, last, conflicts, remote, consented, now) = facts?;
+            let state = sync_state(
+                remote.is_some(),
+                consented,
+                last.as_ref().and_then(|l| l.error.as_deref()),
+                conflicts,
+                info.pending,
+            );
+            let at_rfc3339 = |ms: u64| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                )
+                .to_string()
+            };
             if cli.json {
                 print_json(&json!({
+                    "state": state.0,
+                    "server": remote.as_ref().map(|r| r.url.clone()),
+                    "sync_consent": consented,
                     "device": info.device.to_hex(),
                     "space": info.space.to_hex(),
                     "storage": info.storage,
@@ -416,26 +591,37 @@ pub async fn run(cli: Cli) -> Result<()> {
                     "pending": info.pending,
                     "last_seq": info.last_seq,
                     "conflicts": conflicts,
-                    "last_sync": last.as_ref().map(|l| json!({"at": l.at, "error": l.error, "report": l.report})),
+                    "last_sync": last.as_ref().map(|l| json!({
+                        "at": l.at, "at_rfc3339": at_rfc3339(l.at), "error": l.error, "report": l.report,
+                    })),
                 }));
             } else {
-                println!("device      {}", info.device);
-                println!("space       {}", info.space);
-                println!("backends    {} + {}", info.storage, info.cipher);
-                println!("pending     {} change(s) not yet synced", info.pending);
-                println!("conflicts   {conflicts}");
+                outln!("sync        {}", state.1);
+                match &remote {
+                    Some(r) => outln!("server      {}", r.url),
+                    None => outln!("server      none (`hearth register --server URL`)"),
+                }
+                outln!("device      {}", info.device);
+                outln!("space       {}", info.space);
+                outln!("backends    {} + {}", info.storage, info.cipher);
+                outln!("pending     {} change(s) not yet synced", info.pending);
+                outln!("conflicts   {conflicts}");
                 match last {
-                    Some(l) => println!(
-                        "last sync   at {} ms: pushed {}, pulled {}, resolved {}{}",
-                        l.at,
-                        l.report.pushed,
-                        l.report.pulled,
-                        l.report.conflicts_resolved,
-                        l.error
-                            .map(|e| format!(", failed: {e}"))
-                            .unwrap_or_default()
-                    ),
-                    None => println!("last sync   never"),
+                    Some(l) => {
+                        let ago = std::time::Duration::from_secs(now.saturating_sub(l.at) / 1000);
+                        outln!(
+                            "last sync   {} ({} ago): pushed {}, pulled {}, resolved {}{}",
+                            at_rfc3339(l.at),
+                            humantime::format_duration(ago),
+                            l.report.pushed,
+                            l.report.pulled,
+                            l.report.conflicts_resolved,
+                            l.error
+                                .map(|e| format!(", failed: {e}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    None => outln!("last sync   never"),
                 }
             }
             Ok(())
@@ -572,7 +758,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .change_passphrase(&hearth::Passphrase::new(new), kdf_cost())
                 .await?;
             store.close().await?;
-            say(cli.quiet, "passphrase changed");
+            if cli.json {
+                print_json(&json!({"passphrase_changed": true}));
+            } else {
+                say(cli.quiet, "passphrase changed");
+            }
             Ok(())
         }
         Command::RotateKey => {
@@ -636,14 +826,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await?;
             store.close().await?;
-            say(
-                cli.quiet,
-                "recovered: the store now opens with the new passphrase",
-            );
+            if cli.json {
+                print_json(&json!({"recovered": true, "store": path.display().to_string()}));
+            } else {
+                say(
+                    cli.quiet,
+                    "recovered: the store now opens with the new passphrase",
+                );
+            }
             Ok(())
         }
         Command::Strategy { action } => match action {
             StrategyAction::Set { collection, name } => {
+                known_name(hearth::registry::strategy(name))?;
                 let store = open(&cli).await?;
                 engine(&store).set_strategy(collection, name).await?;
                 store.close().await?;
@@ -658,23 +853,35 @@ pub async fn run(cli: Cli) -> Result<()> {
                     print_json(&json!(names));
                 } else {
                     for n in names {
-                        println!("{n}");
+                        outln!("{n}");
                     }
                 }
                 Ok(())
             }
         },
-        Command::Demo => super::demo::run(cli.quiet).await,
+        Command::Demo => {
+            // Under --json the narrative is left out and the outcome is one JSON line.
+            super::demo::run(cli.quiet || cli.json).await?;
+            if cli.json {
+                print_json(&json!({"converged": true}));
+            }
+            Ok(())
+        }
         Command::Register { server } => {
             let store = open(&cli).await?;
-            let result = super::remote::register(&store, server).await;
+            // Running `hearth register` is the user enabling sync: recorded (and audited) as the
+            // sync consent before anything is uploaded.
+            let result = match ensure_sync_consent(&store).await {
+                Ok(()) => super::remote::register(&store, server).await,
+                Err(e) => Err(e),
+            };
             store.close().await?;
             let token = result?;
             if cli.json {
                 print_json(&json!({"server": server, "token": token}));
             } else {
                 say(cli.quiet, format!("registered with {server}"));
-                println!("account token (other devices join with it; keep it secret): {token}");
+                outln!("account token (other devices join with it; keep it secret): {token}");
             }
             Ok(())
         }
@@ -707,6 +914,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     &backup,
                 )
                 .await?;
+                ensure_sync_consent(&store).await?;
                 super::remote::register_device(&store, server, token).await?;
                 super::remote::save(&store, server, token).await?;
                 let info = store.info().await?;
@@ -746,7 +954,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             let store = open(&cli).await?;
             let progress =
                 !cli.json && !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let result = super::remote::sync(&store, progress).await;
+            let result = async {
+                // The sync consent is checked here, by the caller, before each round: the engine
+                // itself does not know about consent. The decision is audited.
+                super::remote::require(&store).await?;
+                if !hearth::StoreConsent::new(&store).sync_allowed().await? {
+                    return Err(Error::new(
+                        ErrorKind::ConsentDenied,
+                        "this store has no sync consent (withdrawn, or never given): nothing was sent",
+                    ));
+                }
+                super::remote::sync(&store, progress).await
+            }
+            .await;
             store.close().await?;
             let report = result?;
             if cli.json {
@@ -771,7 +991,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Some(url) => url.clone(),
                 None => format!("sqlite:{}", db.display()),
             };
-            super::remote::serve(*addr, database, cli.quiet).await
+            super::remote::serve(*addr, database, cli.quiet, cli.json).await
         }
         Command::Bench {
             n,
@@ -790,46 +1010,73 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Conflicts { action } => {
             let store = open(&cli).await?;
             let engine = engine(&store);
-            let result = match action {
-                ConflictAction::List => {
-                    let list = engine.conflicts().await?;
-                    for c in list {
-                        let siblings: Vec<Value> =
-                            c.siblings.iter().map(|s| json!(s.value)).collect();
+            // In a block, so the store is closed whatever happens inside.
+            let result = async {
+                match action {
+                    ConflictAction::List => {
+                        let list = engine.conflicts().await?;
+                        for c in list {
+                            let siblings: Vec<Value> =
+                                c.siblings.iter().map(|s| json!(s.value)).collect();
+                            if cli.json {
+                                print_json(&json!({
+                                    "collection": c.local.collection, "key": c.local.key,
+                                    "local": c.local.value, "remote": siblings, "since": c.since,
+                                }));
+                            } else {
+                                outln!(
+                                    "{}/{}: local {} vs remote {}",
+                                    c.local.collection,
+                                    c.local.key,
+                                    json!(c.local.value),
+                                    Value::Array(siblings)
+                                );
+                            }
+                        }
+                        Ok(())
+                    }
+                    ConflictAction::Resolve {
+                        collection,
+                        key,
+                        take,
+                        value,
+                    } => {
+                        let choice = match (take.as_deref(), value) {
+                            (Some("local"), None) => Choice::Local,
+                            (Some("remote"), None) => Choice::Remote(0),
+                            (None, Some(v)) => Choice::Value(Some(parse_json(v)?)),
+                            _ => {
+                                return Err(Error::invalid(
+                                    "give --take local|remote or --value JSON",
+                                ));
+                            }
+                        };
+                        engine.resolve(collection, key, choice).await.map_err(|e| {
+                            match e.kind() {
+                                ErrorKind::NotFound => Error::new(
+                                    ErrorKind::NotFound,
+                                    format!("no conflict waits on {collection}/{key}"),
+                                ),
+                                _ => e,
+                            }
+                        })?;
                         if cli.json {
-                            print_json(&json!({
-                                "collection": c.local.collection, "key": c.local.key,
-                                "local": c.local.value, "remote": siblings, "since": c.since,
-                            }));
+                            print_json(
+                                &json!({"collection": collection, "key": key, "resolved": true}),
+                            );
                         } else {
-                            println!(
-                                "{}/{}: local {} vs remote {}",
-                                c.local.collection,
-                                c.local.key,
-                                json!(c.local.value),
-                                Value::Array(siblings)
+                            say(
+                                cli.quiet,
+                                format!(
+                                    "resolved {collection}/{key}; `hearth sync` shares the decision"
+                                ),
                             );
                         }
+                        Ok(())
                     }
-                    Ok(())
                 }
-                ConflictAction::Resolve {
-                    collection,
-                    key,
-                    take,
-                    value,
-                } => {
-                    let choice = match (take.as_deref(), value) {
-                        (Some("local"), None) => Choice::Local,
-                        (Some("remote"), None) => Choice::Remote(0),
-                        (None, Some(v)) => Choice::Value(Some(parse_json(v)?)),
-                        _ => {
-                            return Err(Error::invalid("give --take local|remote or --value JSON"));
-                        }
-                    };
-                    engine.resolve(collection, key, choice).await
-                }
-            };
+            }
+            .await;
             store.close().await?;
             result
         }

@@ -27,12 +27,12 @@ impl Narrator {
     fn step(&mut self, text: &str) {
         self.step += 1;
         if !self.quiet {
-            println!("\n{}. {text}", self.step);
+            outln!("\n{}. {text}", self.step);
         }
     }
     fn say(&self, text: impl AsRef<str>) {
         if !self.quiet {
-            println!("   {}", text.as_ref());
+            outln!("   {}", text.as_ref());
         }
     }
 }
@@ -45,6 +45,16 @@ struct Device {
 
 impl Device {
     async fn sync(&self, n: &Narrator) -> Result<()> {
+        // Whoever starts a round checks the sync consent first (audited), as `hearth sync` does.
+        if !hearth::StoreConsent::new(&self.store)
+            .sync_allowed()
+            .await?
+        {
+            return Err(Error::new(
+                ErrorKind::ConsentDenied,
+                "the demo's sync consent is missing",
+            ));
+        }
         let r = self.engine.sync().await?;
         n.say(format!(
             "{} synced: pushed {}, pulled {}, applied {}, conflicts resolved {}, waiting for the user {}",
@@ -74,6 +84,10 @@ async fn create_store(path: std::path::PathBuf, join: Option<&[u8]>) -> Result<S
 }
 
 async fn device(name: &'static str, store: Store, transport: Arc<dyn Transport>) -> Result<Device> {
+    // Enabling sync is the user's consent to it, recorded and audited like any other.
+    hearth::StoreConsent::new(&store)
+        .grant_sync(hearth::GrantOptions::ongoing())
+        .await?;
     let engine = SyncEngine::new(store.clone(), transport, SyncConfig::default());
     engine.set_strategy("notes", "merge").await?;
     engine.set_strategy("tasks", "user-choice").await?;
@@ -102,6 +116,7 @@ pub async fn run(quiet: bool) -> Result<()> {
         "device {}  space {}  key fingerprint {}",
         info.device, info.space, info.fingerprint
     ));
+    n.say("enabling sync is recorded as the user's consent (hearth.user-data, sync, own-devices)");
 
     n.step(
         "The phone joins with only the passphrase and the account token (it fetches the wrapped key backup)",

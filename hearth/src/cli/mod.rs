@@ -7,10 +7,21 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hearth::{Error, ErrorKind, Result};
 use serde_json::json;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// `println!` that cannot panic: see [`emit`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::emit(format_args!($($arg)*))
+    };
+}
 
 mod commands;
 mod demo;
 mod demo_server;
+mod prompt;
 mod remote;
 
 /// Offline-first, end-to-end encrypted storage and sync.
@@ -23,10 +34,11 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
-    /// More output (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More diagnostics on stderr: -v info, -vv debug, -vvv trace (hearth's own crates; other
+    /// libraries stay at warnings).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
-    /// Less output.
+    /// Less output: no progress, no diagnostics, only results and errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// What to do.
@@ -219,6 +231,16 @@ pub enum ConsentAction {
         /// Destination (with a data type).
         destination: Option<String>,
     },
+    /// Decide whether DATA_TYPE may go to DESTINATION for PURPOSE now (audited): exit 0 if
+    /// allowed, 10 if not. With no grant, asks on a terminal (never with --json or -q).
+    Check {
+        /// Kind of data.
+        data_type: String,
+        /// Why it would leave.
+        purpose: String,
+        /// Where it would go.
+        destination: String,
+    },
     /// List grants and their status.
     List,
     /// Print the audit log of every consent decision (JSON lines).
@@ -252,18 +274,18 @@ pub enum ConflictAction {
     },
 }
 
-/// Exit code of an error class.
+/// Exit code of an error class (the table in `main.rs` and the README).
 pub fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::WrongPassphrase | ErrorKind::WrongKey => 3,
         ErrorKind::NotFound => 4,
         ErrorKind::InvalidInput | ErrorKind::TooLarge => 5,
+        ErrorKind::Unavailable | ErrorKind::ResyncRequired => 6,
         ErrorKind::Unauthorized | ErrorKind::Forbidden => 7,
-        ErrorKind::Unavailable => 6,
         ErrorKind::Config | ErrorKind::NotCompiledIn | ErrorKind::Conflict => 8,
         ErrorKind::Corrupt | ErrorKind::Tampered | ErrorKind::Unsupported => 9,
         ErrorKind::ConsentDenied => 10,
-        ErrorKind::Io | ErrorKind::StorageFull => 11,
+        ErrorKind::Io | ErrorKind::StorageFull | ErrorKind::Storage => 11,
         _ => 1,
     }
 }
@@ -271,31 +293,171 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
 /// What to do about an error, in one line.
 fn hint(e: &Error) -> &'static str {
     match e.kind() {
-        ErrorKind::NotFound if !e.message().contains("store") => {
-            "list what exists with `hearth list COLLECTION`"
+        ErrorKind::NotFound if e.message().contains("no store") => {
+            "check the path (--store or HEARTH_STORE), or create a store with `hearth init`"
+        }
+        ErrorKind::NotFound if e.message().contains("grant") => {
+            "`hearth consent list` shows the grants and their ids"
+        }
+        ErrorKind::NotFound if e.message().contains("conflict") => {
+            "`hearth conflicts list` shows the conflicts waiting for a decision"
+        }
+        ErrorKind::NotFound if e.message().starts_with("cannot open") => "check the file's path",
+        ErrorKind::NotFound if e.message().contains("account") => {
+            "register the first device with `hearth register --server URL`, then join with its token"
+        }
+        ErrorKind::NotFound => {
+            "check the collection and key; `hearth list COLLECTION` shows what exists"
         }
         ErrorKind::WrongPassphrase => {
             "check the passphrase (HEARTH_PASSPHRASE or the prompt); `hearth recover` uses the recovery code"
         }
-        ErrorKind::WrongKey => "this store holds a different key than the data or server expects",
-        ErrorKind::NotFound => "check the path (--store) or create a store with `hearth init`",
+        ErrorKind::WrongKey => {
+            "the data was sealed under another key: join this account again with `hearth join`, or restore a backup made by this store"
+        }
         ErrorKind::InvalidInput => "fix the input and run the command again",
+        ErrorKind::TooLarge => {
+            "the value or request is larger than the other side accepts: split it or store less per record"
+        }
         ErrorKind::Unavailable => "check the network and the server address, then try again",
+        ErrorKind::ResyncRequired => {
+            "run `hearth sync` again: this device was away too long and downloads the space afresh"
+        }
+        ErrorKind::Unauthorized => {
+            "the server does not know this account token (tokens do not expire; was the server's database replaced?): run `hearth register --server URL` again, or `hearth join` with a valid token"
+        }
+        ErrorKind::Forbidden => {
+            "this account token does not reach that space: use the token of the account that registered it (`hearth join --token`)"
+        }
         ErrorKind::NotCompiledIn => "rebuild hearth with the cargo feature named above",
+        ErrorKind::Config if e.message().contains("available:") => {
+            "use one of the available names listed above (`hearth strategy list` for strategies)"
+        }
+        ErrorKind::Config if e.message().contains("already exists") => {
+            "choose another path (hearth never overwrites a store or a backup), or move the existing one away"
+        }
+        ErrorKind::Config if e.message().contains("no sync server") => {
+            "register this store with `hearth register --server URL`, or create it with `hearth join`"
+        }
         ErrorKind::Config => "see `hearth --help`; the message names what does not match",
+        ErrorKind::Conflict => {
+            "resolve it first: `hearth conflicts list`, then `hearth conflicts resolve COLLECTION KEY --take local|remote`"
+        }
+        ErrorKind::ConsentDenied if e.message().contains("sync consent") => {
+            "resume sync with `hearth consent grant hearth.user-data sync own-devices`, or run `hearth register` again"
+        }
+        ErrorKind::ConsentDenied => {
+            "nothing was sent; if you agree, record it with `hearth consent grant DATA_TYPE PURPOSE DESTINATION` (`hearth consent list` shows grants)"
+        }
+        ErrorKind::Unsupported => {
+            "this hearth build does not support that for this store or server; upgrade hearth, or use the default backends (sqlite + orion)"
+        }
         ErrorKind::Corrupt | ErrorKind::Tampered => {
             "the data was damaged or altered; restore from a backup (`hearth import`)"
         }
-        ErrorKind::Io | ErrorKind::StorageFull => {
-            "check permissions and free space of the store's directory"
+        ErrorKind::Io => "check permissions of the store's directory and that it exists",
+        ErrorKind::StorageFull => {
+            "free some disk space, then run the command again (nothing was written)"
+        }
+        ErrorKind::Storage => {
+            "the database engine failed: run `hearth check`, and restore from a backup (`hearth import`) if it fails"
         }
         _ => "this is a bug in hearth; please report it with the command you ran",
     }
 }
 
+/// Maps an unknown registry name (storage, cipher, strategy) to a configuration error: the
+/// user named something that is not there, the message lists what is.
+pub fn known_name<T>(found: Result<T>) -> Result<T> {
+    found.map_err(|e| match e.kind() {
+        ErrorKind::NotFound => Error::new(ErrorKind::Config, e.message().to_owned()),
+        _ => e,
+    })
+}
+
+/// The crates whose diagnostics `-v` turns up. Their events carry ids, sizes and counts, never
+/// keys, passphrases, tokens or plaintext.
+const OWN_CRATES: &[&str] = &[
+    "hearth",
+    "sync_core",
+    "backend_sqlite",
+    "backend_sqlcipher",
+    "crypto_orion",
+    "crypto_sodium",
+    "transport_http",
+    "transport_mock",
+    "sync_server",
+];
+
+/// The diagnostics level of hearth's own crates for `-q` / `-v…` (the server logs its requests
+/// by default).
+fn log_level(quiet: bool, verbose: u8, serving: bool) -> LevelFilter {
+    if quiet {
+        return LevelFilter::OFF;
+    }
+    let base = if serving { 3 } else { 2 };
+    match base + u32::from(verbose) {
+        2 => LevelFilter::WARN,
+        3 => LevelFilter::INFO,
+        4 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    }
+}
+
+/// Diagnostics on stderr at `level` for hearth's crates; other libraries (HTTP, SQL) at most
+/// warnings, so headers and statements never reach the terminal.
+fn init_logging(level: LevelFilter) {
+    let targets = OWN_CRATES.iter().fold(
+        Targets::new().with_default(level.min(LevelFilter::WARN)),
+        |t, c| t.with_target(*c, level),
+    );
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(targets)
+        .try_init();
+}
+
+/// A command line clap refused (or `--help`/`--version`): clap's own output, except that a
+/// usage error under `--json` is one JSON line on stderr like every other error.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    let wants_json = std::env::args_os().any(|a| a == "--json");
+    let informational = matches!(
+        e.kind(),
+        Clap::DisplayHelp | Clap::DisplayVersion | Clap::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if wants_json && !informational {
+        // clap's text without the usage block, on one line.
+        let detail = e.to_string();
+        let message = detail
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let message = message.trim_start_matches("error: ");
+        eprintln!("{}", json!({"error": "usage", "message": message}));
+        return ExitCode::from(2);
+    }
+    e.exit()
+}
+
 /// Runs the command line.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logging(log_level(
+        cli.quiet,
+        cli.verbose,
+        matches!(cli.command, Command::Serve { .. }),
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -311,7 +473,8 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if json_errors {
-                let line = json!({"error": e.kind().as_str(), "message": e.to_string()});
+                let line =
+                    json!({"error": e.kind().as_str(), "message": e.to_string(), "hint": hint(&e)});
                 eprintln!("{line}");
             } else {
                 eprintln!("hearth: {e}\n  {}", hint(&e));
@@ -408,7 +571,71 @@ pub fn read_json(arg: Option<String>, file: Option<PathBuf>) -> Result<String> {
 /// Prints a line unless quiet.
 pub fn say(cli_quiet: bool, line: impl AsRef<str>) {
     if !cli_quiet {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", line.as_ref());
+        emit(format_args!("{}", line.as_ref()));
+    }
+}
+
+/// Writes one line to stdout. When the reader has gone (`hearth list notes | head`), the command
+/// ends quietly with success instead of panicking as `println!` does; the store is left as
+/// every write left it (each is a committed transaction).
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbosity_maps_to_levels_and_quiet_turns_diagnostics_off() {
+        assert_eq!(log_level(true, 0, true), LevelFilter::OFF);
+        assert_eq!(log_level(false, 0, false), LevelFilter::WARN);
+        assert_eq!(log_level(false, 1, false), LevelFilter::INFO);
+        assert_eq!(log_level(false, 2, false), LevelFilter::DEBUG);
+        assert_eq!(log_level(false, 3, false), LevelFilter::TRACE);
+        assert_eq!(log_level(false, 200, false), LevelFilter::TRACE);
+        assert_eq!(log_level(false, 0, true), LevelFilter::INFO);
+        assert_eq!(log_level(false, 1, true), LevelFilter::DEBUG);
+    }
+
+    #[test]
+    fn every_error_class_has_a_hint_and_only_internal_blames_hearth() {
+        let kinds = [
+            ErrorKind::NotFound,
+            ErrorKind::WrongPassphrase,
+            ErrorKind::WrongKey,
+            ErrorKind::Tampered,
+            ErrorKind::Corrupt,
+            ErrorKind::Unsupported,
+            ErrorKind::InvalidInput,
+            ErrorKind::NotCompiledIn,
+            ErrorKind::Config,
+            ErrorKind::Conflict,
+            ErrorKind::ConsentDenied,
+            ErrorKind::Unavailable,
+            ErrorKind::Io,
+            ErrorKind::StorageFull,
+            ErrorKind::Storage,
+            ErrorKind::ResyncRequired,
+            ErrorKind::Unauthorized,
+            ErrorKind::Forbidden,
+            ErrorKind::TooLarge,
+        ];
+        for kind in kinds {
+            let h = hint(&Error::new(kind, "x"));
+            assert!(!h.contains("bug"), "{kind:?}: {h}");
+            assert_ne!(exit_code(kind), 1, "{kind:?}");
+        }
+        assert!(hint(&Error::internal("x")).contains("bug"));
+        assert_eq!(exit_code(ErrorKind::Internal), 1);
     }
 }

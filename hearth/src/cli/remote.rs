@@ -49,6 +49,7 @@ pub async fn load(store: &Store) -> Result<Option<Remote>> {
 /// Creates an account on `url`, registers this store's space and uploads its key backup.
 /// Returns the account token (other devices join with it).
 pub async fn register(store: &Store, url: &str) -> Result<String> {
+    tracing::info!(server = url, "creating an account");
     let account = HttpTransport::register_account(url).await?;
     let http = HttpTransport::new(url, account.token.clone())?;
     http.register_space(store.space(), store.key_fingerprint())
@@ -88,14 +89,20 @@ pub async fn register_device(store: &Store, url: &str, token: &str) -> Result<()
     .await
 }
 
-/// A sync engine for the store's configured server.
-pub async fn engine(store: &Store) -> Result<SyncEngine> {
-    let remote = load(store).await?.ok_or_else(|| {
+/// The server this store syncs with, or a configuration error saying how to set one up.
+pub async fn require(store: &Store) -> Result<Remote> {
+    load(store).await?.ok_or_else(|| {
         Error::new(
             ErrorKind::Config,
             "no sync server for this store: run `hearth register --server URL` or create the store with `hearth join`",
         )
-    })?;
+    })
+}
+
+/// A sync engine for the store's configured server.
+pub async fn engine(store: &Store) -> Result<SyncEngine> {
+    let remote = require(store).await?;
+    tracing::debug!(server = %remote.url, "syncing with");
     let http = HttpTransport::new(&remote.url, remote.token)?;
     // An interactive command retries briefly; a long-running app would use the default policy.
     let policy = hearth::retry::RetryPolicy {
@@ -132,6 +139,7 @@ pub async fn sync(store: &Store, show_progress: bool) -> Result<Value> {
             }
         })
     });
+    tracing::info!("sync round starting");
     let result = engine.sync().await;
     if let Some(w) = watcher {
         w.abort();
@@ -140,6 +148,14 @@ pub async fn sync(store: &Store, show_progress: bool) -> Result<Value> {
         pb.finish_and_clear();
     }
     let r = result?;
+    tracing::info!(
+        pushed = r.pushed,
+        pulled = r.pulled,
+        applied = r.applied,
+        conflicts_pending = r.conflicts_pending,
+        ms = r.duration_ms,
+        "sync round done"
+    );
     Ok(json!({
         "pushed": r.pushed, "pulled": r.pulled, "applied": r.applied,
         "conflicts_resolved": r.conflicts_resolved, "conflicts_pending": r.conflicts_pending,
@@ -148,14 +164,19 @@ pub async fn sync(store: &Store, show_progress: bool) -> Result<Value> {
 }
 
 /// Runs the sync server until Ctrl-C.
-pub async fn serve(addr: SocketAddr, database: String, quiet: bool) -> Result<()> {
+pub async fn serve(addr: SocketAddr, database: String, quiet: bool, as_json: bool) -> Result<()> {
     let server = hearth::sync_server::Server::builder()
         .listen(addr)
         .database(database.clone())
         .build()
         .await?;
-    if !quiet {
-        println!(
+    if as_json {
+        outln!(
+            "{}",
+            json!({"listening": format!("http://{}", server.local_addr())})
+        );
+    } else if !quiet {
+        outln!(
             "hearth sync server listening on http://{} (store: {database}); Ctrl-C stops it",
             server.local_addr()
         );

@@ -503,7 +503,9 @@ impl StoreConsent {
     }
 
     /// Whether sync may run now: a decision like any other (audited), never prompting. The
-    /// sync engine asks before each sync.
+    /// sync engine does not call it: whoever starts a sync round asks first (the `hearth sync`
+    /// command does, and refuses with [`ErrorKind::ConsentDenied`](crate::ErrorKind) when
+    /// denied); an app that drives [`SyncEngine`](crate::SyncEngine) itself must do the same.
     pub async fn sync_allowed(&self) -> Result<bool> {
         Ok(self
             .decide_with(&Self::sync_request(), false)
