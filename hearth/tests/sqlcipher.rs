@@ -219,12 +219,18 @@ async fn opening_with_an_incompatible_storage_or_cipher_is_a_config_error() {
         .expect("close");
     let before = snapshot(dir.path());
 
+    link();
+    hearth::registry::register_cipher(hearth::registry::CipherRegistration {
+        name: "other-format",
+        make: || Arc::new(OtherFormat),
+    })
+    .expect("register");
     let cases = [
         (
             &encrypted,
             "sqlcipher",
-            "orion",
-            "made with cipher 'sodium'",
+            "other-format",
+            "made with cipher 'sodium' (format hearth-1); cipher 'other-format' uses format other-1",
         ),
         (
             &encrypted,
@@ -246,13 +252,27 @@ async fn opening_with_an_incompatible_storage_or_cipher_is_a_config_error() {
     }
     assert!(snapshot(dir.path()) == before, "refusals write nothing");
     // The key header in the storage's metadata names its cipher too.
-    let err = open(&plain, "sqlite", "orion", PASS).await.err();
+    let err = open(&plain, "sqlite", "other-format", PASS).await.err();
     assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Config));
     assert!(
         err.map(|e| e.to_string())
             .unwrap_or_default()
             .contains("made with cipher 'sodium'")
     );
+    // orion and sodium share the format: either opens a store the other made.
+    for path in [&encrypted, &plain] {
+        let storage = if path == &encrypted {
+            "sqlcipher"
+        } else {
+            "sqlite"
+        };
+        open(path, storage, "orion", PASS)
+            .await
+            .expect("orion opens a sodium store")
+            .close()
+            .await
+            .expect("close");
+    }
 
     // Opening the SQLCipher storage directly (with the right page key) and handing it to
     // Store::open is refused too, rather than given a second key header.
@@ -284,6 +304,141 @@ async fn opening_with_an_incompatible_storage_or_cipher_is_a_config_error() {
         .await
         .expect("still opens");
     store.close().await.expect("close");
+}
+
+/// orion under a byte format of its own: a cipher that cannot read hearth-1 stores.
+#[derive(Debug)]
+struct OtherFormat;
+impl Cipher for OtherFormat {
+    fn name(&self) -> &'static str {
+        "other-format"
+    }
+    fn format(&self) -> &'static str {
+        "other-1"
+    }
+    fn aead_seal(
+        &self,
+        k: &hearth::SecretKey,
+        n: &[u8; 24],
+        a: &[u8],
+        p: &[u8],
+    ) -> hearth::Result<Vec<u8>> {
+        OrionCipher.aead_seal(k, n, a, p)
+    }
+    fn aead_open(
+        &self,
+        k: &hearth::SecretKey,
+        n: &[u8; 24],
+        a: &[u8],
+        c: &[u8],
+    ) -> hearth::Result<Vec<u8>> {
+        OrionCipher.aead_open(k, n, a, c)
+    }
+    fn password_kdf(
+        &self,
+        p: &[u8],
+        s: &[u8; 16],
+        c: KdfCost,
+    ) -> hearth::Result<hearth::SecretKey> {
+        OrionCipher.password_kdf(p, s, c)
+    }
+    fn keyed_hash(&self, k: &hearth::SecretKey, parts: &[&[u8]]) -> hearth::Result<[u8; 32]> {
+        OrionCipher.keyed_hash(k, parts)
+    }
+    fn fill_random(&self, b: &mut [u8]) -> hearth::Result<()> {
+        OrionCipher.fill_random(b)
+    }
+    fn x25519_public(&self, s: &hearth::SecretKey) -> hearth::Result<[u8; 32]> {
+        OrionCipher.x25519_public(s)
+    }
+    fn x25519(&self, s: &hearth::SecretKey, p: &[u8; 32]) -> hearth::Result<hearth::SecretKey> {
+        OrionCipher.x25519(s, p)
+    }
+}
+
+/// Switching the cipher of a store: written through `Store::builder()` with one, reopened with
+/// the other, written again, and read back with the first, on SQLite and on SQLCipher.
+#[tokio::test]
+async fn a_store_switches_between_orion_and_sodium_through_the_builder() {
+    for storage in ["sqlite", "sqlcipher"] {
+        for (first, second) in [("orion", "sodium"), ("sodium", "orion")] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = dir.path().join("switch.db");
+            let s = open(&db, storage, first, PASS).await.expect("create");
+            s.put("notes", "a", &json!({"by": first}))
+                .await
+                .expect("put");
+            let device = s.device();
+            s.close().await.expect("close");
+
+            let s = open(&db, storage, second, PASS)
+                .await
+                .unwrap_or_else(|e| panic!("{storage}: {first} -> {second}: {e}"));
+            assert_eq!(s.cipher().name(), second);
+            assert_eq!(s.device(), device);
+            assert_eq!(
+                s.get("notes", "a").await.expect("get"),
+                Some(json!({"by": first}))
+            );
+            s.put("notes", "b", &json!({"by": second}))
+                .await
+                .expect("put");
+            s.check().await.expect("integrity");
+            s.close().await.expect("close");
+
+            let s = open(&db, storage, first, PASS).await.expect("back");
+            assert_eq!(
+                s.get("notes", "b").await.expect("get"),
+                Some(json!({"by": second}))
+            );
+            assert_eq!(s.info().await.expect("info").last_seq, 2);
+            s.close().await.expect("close");
+        }
+    }
+}
+
+/// With no names given, an existing store opens with the storage and cipher its key header
+/// records, not the compiled-in defaults (`sqlite` and `orion` here).
+#[tokio::test]
+async fn an_existing_store_opens_with_the_names_it_records() {
+    for storage in ["sqlcipher", "sqlite"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("recorded.db");
+        let s = open(&db, storage, "sodium", PASS).await.expect("create");
+        s.put("notes", "a", &json!(1)).await.expect("put");
+        s.close().await.expect("close");
+
+        let s = Store::builder()
+            .path(&db)
+            .passphrase(PASS)
+            .create(false)
+            .open()
+            .await
+            .unwrap_or_else(|e| panic!("{storage}: {e}"));
+        assert_eq!(s.storage().name(), storage);
+        assert_eq!(s.cipher().name(), "sodium");
+        assert_eq!(s.get("notes", "a").await.expect("get"), Some(json!(1)));
+        s.close().await.expect("close");
+        // A wrong passphrase is still the passphrase's fault, not a name's.
+        let err = Store::builder()
+            .path(&db)
+            .passphrase("wrong")
+            .open()
+            .await
+            .err()
+            .map(|e| e.kind());
+        assert_eq!(err, Some(ErrorKind::WrongPassphrase));
+    }
+    // A new store still gets the defaults.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::builder()
+        .path(dir.path().join("new.db"))
+        .passphrase(PASS)
+        .kdf_cost(KdfCost::INSECURE_FOR_TESTS)
+        .open()
+        .await
+        .expect("create");
+    assert_eq!((s.storage().name(), s.cipher().name()), ("sqlite", "orion"));
 }
 
 #[tokio::test]

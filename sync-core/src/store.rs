@@ -329,7 +329,9 @@ impl Store {
 
     /// Opens (or, with [`OpenOptions::create`], creates) the store held by `storage`, unlocking
     /// it with the passphrase. A wrong passphrase is [`ErrorKind::WrongPassphrase`] and writes
-    /// nothing; a store made by another storage or cipher is [`ErrorKind::Config`].
+    /// nothing; a store made by another storage, or by a cipher of another format, is
+    /// [`ErrorKind::Config`] (ciphers of one format, such as `orion` and `sodium`, open each
+    /// other's stores).
     ///
     /// The key header is read from the storage's metadata. A store encrypted at rest keeps it
     /// in a file next to its database instead ([`sidecar`]): open those with [`Store::builder`];
@@ -346,26 +348,8 @@ impl Store {
         let (keyring, root, state) = match keyring_bytes {
             Some(bytes) => {
                 let keyring = Keyring::decode(&bytes)?;
-                if keyring.storage != storage.name() {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!(
-                            "this store was made with storage '{}'; open it with that storage, not '{}'",
-                            keyring.storage,
-                            storage.name()
-                        ),
-                    ));
-                }
-                if keyring.cipher != cipher.name() {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!(
-                            "this store was made with cipher '{}'; open it with that cipher, not '{}'",
-                            keyring.cipher,
-                            cipher.name()
-                        ),
-                    ));
-                }
+                keyring.check_storage(storage.name())?;
+                keyring.check_cipher(cipher.as_ref())?;
                 let root = keyring.unlock(cipher.as_ref(), &options.passphrase)?;
                 let state_bytes = storage
                     .meta_get(META_DEVICE)
@@ -598,6 +582,7 @@ impl Store {
             return Err(Error::new(ErrorKind::Config, "a store already exists here"));
         }
         let mut keyring = Keyring::decode(backup)?;
+        keyring.check_cipher(cipher.as_ref())?;
         let root = keyring.unlock(cipher.as_ref(), &options.passphrase)?;
         keyring.storage = storage.name().to_owned();
         keyring.cipher = cipher.name().to_owned();
@@ -1165,8 +1150,9 @@ fn hex8(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Builds a [`Store`] from registry names. Defaults: the first compiled-in storage of
-/// `sqlite`, `sqlcipher`, `memory`, and the first cipher of `orion`, `sodium`.
+/// Builds a [`Store`] from registry names. An existing store opens with the names its key header
+/// records; a new one defaults to the first compiled-in storage of `sqlite`, `sqlcipher`,
+/// `memory`, and the first cipher of `orion`, `sodium`.
 #[derive(Debug, Default)]
 pub struct StoreBuilder {
     path: Option<PathBuf>,
@@ -1241,54 +1227,98 @@ impl StoreBuilder {
         })
     }
 
-    /// Resolves the names, opens the storage and unlocks the store. For a storage whose
-    /// registry entry needs a page key, the key header is read from (or, for a new store,
-    /// written to) `<path>.keys` and the page key derived from the root key; see [`sidecar`].
-    pub async fn open(self) -> Result<Store> {
-        let passphrase = self
-            .passphrase
-            .ok_or_else(|| Error::invalid("a passphrase is required"))?;
-        let storage_name = Self::pick(
-            self.storage,
-            &["sqlite", "sqlcipher", "memory"],
-            registry::storage_names(),
-        )
-        .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?;
-        let cipher_name = Self::pick(self.cipher, &["orion", "sodium"], registry::cipher_names())
-            .ok_or_else(|| {
+    /// The cipher to open a store with: the one named, else the one the store records (or, when
+    /// that one is not compiled in, a compiled-in cipher of the same format), else the default.
+    fn choose_cipher(explicit: Option<&str>, recorded: Option<&str>) -> Result<Arc<dyn Cipher>> {
+        if let Some(name) = explicit {
+            return Ok((registry::cipher(name)?.make)());
+        }
+        if let Some(recorded) = recorded {
+            if let Ok(reg) = registry::cipher(recorded) {
+                return Ok((reg.make)());
+            }
+            let format = crate::keyring::cipher_format(recorded);
+            let mut names = registry::cipher_names();
+            // The preferred ciphers first, then the rest in name order.
+            names.sort_by_key(|n| ["orion", "sodium"].iter().position(|p| p == n).unwrap_or(2));
+            for name in names {
+                let cipher = (registry::cipher(name)?.make)();
+                if format == Some(cipher.format()) {
+                    return Ok(cipher);
+                }
+            }
+            // Not compiled in and nothing compatible: the registry's error names the feature.
+            return Ok((registry::cipher(recorded)?.make)());
+        }
+        let name = Self::pick(None, &["orion", "sodium"], registry::cipher_names()).ok_or_else(|| {
             Error::new(
                 ErrorKind::NotCompiledIn,
                 "no cipher is compiled in: enable the cargo feature `orion` or `sodium` of hearth",
             )
         })?;
-        let storage_reg = registry::storage(&storage_name)?;
-        let cipher = (registry::cipher(&cipher_name)?.make)();
+        Ok((registry::cipher(&name)?.make)())
+    }
+
+    /// Resolves the names, opens the storage and unlocks the store. For a storage whose
+    /// registry entry needs a page key, the key header is read from (or, for a new store,
+    /// written to) `<path>.keys` and the page key derived from the root key; see [`sidecar`].
+    ///
+    /// Names not given are taken from an existing store's key header (`<path>.keys`, or the
+    /// storage's metadata), so a store opens with the storage and cipher that made it without
+    /// naming them; for a new store they default to the first compiled-in of `sqlite`,
+    /// `sqlcipher`, `memory` and of `orion`, `sodium`. A cipher named explicitly need only be
+    /// of the same format as the one that made the store.
+    pub async fn open(self) -> Result<Store> {
+        let passphrase = self
+            .passphrase
+            .ok_or_else(|| Error::invalid("a passphrase is required"))?;
         let create = self.create.unwrap_or(true);
-        // Storages encrypted at rest keep their key header in a file next to the database.
-        if storage_reg.needs_page_key || sidecar::present(self.path.as_deref()) {
-            let mut opts = OpenOptions::new(passphrase).create(create);
-            if let Some(c) = self.kdf_cost {
-                opts.kdf_cost = c;
+        // An existing store encrypted at rest names its storage and cipher in `<path>.keys`.
+        // Any cipher of the format reads that file (its checksum is a keyed BLAKE2b).
+        let recorded = match self.path.as_deref() {
+            Some(p) if sidecar::present(Some(p)) => {
+                let probe = Self::choose_cipher(self.cipher.as_deref(), None)?;
+                sidecar::read(probe.as_ref(), &sidecar::sidecar_path(p))?
             }
-            if let Some(p) = self.padding {
-                opts.padding = p;
-            }
-            return sidecar::open(storage_reg, cipher, self.path, opts).await;
-        }
-        let mut storage_opts = StorageOptions::default().create(create);
-        storage_opts.path = self.path;
-        let storage = (storage_reg.open)(storage_opts).await?;
-        let mut opts = OpenOptions {
-            passphrase,
-            create,
-            ..OpenOptions::new(String::new())
+            _ => None,
         };
+        let storage_name = match (self.storage, &recorded) {
+            (Some(name), _) => name,
+            (None, Some(ring)) => ring.storage.clone(),
+            (None, None) => Self::pick(
+                None,
+                &["sqlite", "sqlcipher", "memory"],
+                registry::storage_names(),
+            )
+            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+        };
+        let storage_reg = registry::storage(&storage_name)?;
+        let mut opts = OpenOptions::new(passphrase).create(create);
         if let Some(c) = self.kdf_cost {
             opts.kdf_cost = c;
         }
         if let Some(p) = self.padding {
             opts.padding = p;
         }
+        // Storages encrypted at rest keep their key header in a file next to the database.
+        if storage_reg.needs_page_key || recorded.is_some() {
+            let cipher = Self::choose_cipher(
+                self.cipher.as_deref(),
+                recorded.as_ref().map(|r| r.cipher.as_str()),
+            )?;
+            return sidecar::open(storage_reg, cipher, self.path, opts).await;
+        }
+        let mut storage_opts = StorageOptions::default().create(create);
+        storage_opts.path = self.path;
+        let storage = (storage_reg.open)(storage_opts).await?;
+        let recorded_cipher = match &self.cipher {
+            Some(_) => None,
+            None => match storage.meta_get(META_KEYRING).await? {
+                Some(bytes) => Some(Keyring::decode(&bytes)?.cipher),
+                None => None,
+            },
+        };
+        let cipher = Self::choose_cipher(self.cipher.as_deref(), recorded_cipher.as_deref())?;
         Store::open(storage, cipher, opts).await
     }
 }

@@ -5,7 +5,8 @@
 //! So for those storages the key header lives beside the database, at `<path>.keys`:
 //!
 //! 1. [`StoreBuilder::open`](super::StoreBuilder::open) reads `<path>.keys`, checks that the
-//!    storage and cipher it names are the ones asked for ([`ErrorKind::Config`] otherwise), and
+//!    storage it names is the one asked for and that the cipher asked for reads the format of
+//!    the one it names ([`ErrorKind::Config`] otherwise), and
 //!    unlocks the root key with the passphrase ([`ErrorKind::WrongPassphrase`] otherwise; nothing
 //!    is written). A new store gets a new key header, written atomically before the database
 //!    exists.
@@ -291,25 +292,8 @@ pub(super) async fn open(
     let mut created = false;
     let (keyring, root) = match existing {
         Some(ring) => {
-            if ring.storage != reg.name {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "this store was made with storage '{}'; open it with that storage, not '{}'",
-                        ring.storage, reg.name
-                    ),
-                ));
-            }
-            if ring.cipher != cipher.name() {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "this store was made with cipher '{}'; open it with that cipher, not '{}'",
-                        ring.cipher,
-                        cipher.name()
-                    ),
-                ));
-            }
+            ring.check_storage(reg.name)?;
+            ring.check_cipher(cipher.as_ref())?;
             let root = ring.unlock(cipher.as_ref(), &options.passphrase)?;
             (ring, root)
         }
