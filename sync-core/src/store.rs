@@ -283,6 +283,9 @@ struct Inner {
     device: DeviceId,
     padding: Padding,
     clock: WallClock,
+    /// The key header file of a store encrypted at rest (`<path>.keys`); `None` when the key
+    /// header is in the storage's metadata.
+    sidecar: Option<PathBuf>,
     writer: tokio::sync::Mutex<Writer>,
 }
 
@@ -378,7 +381,7 @@ impl Store {
                 ));
             }
         };
-        Self::finish_open(storage, cipher, options, keyring, root, state)
+        Self::finish_open(storage, cipher, options, keyring, root, state, None)
     }
 
     fn finish_open(
@@ -388,6 +391,7 @@ impl Store {
         keyring: Keyring,
         root: crate::cipher::SecretKey,
         state: DeviceState,
+        sidecar: Option<PathBuf>,
     ) -> Result<Store> {
         let blind = keyring.blind_key(cipher.as_ref(), &root)?;
         let keys = RecordKeys::derive_with_blind_key(
@@ -422,6 +426,7 @@ impl Store {
                 local_keys,
                 padding: options.padding,
                 clock: options.clock,
+                sidecar,
                 writer: tokio::sync::Mutex::new(Writer { state, encoded }),
             }),
         })
@@ -472,17 +477,23 @@ impl Store {
     }
 
     /// Replaces the key header, guarded by the current one: atomic, and refused if another
-    /// process changed it meanwhile.
+    /// process changed it meanwhile. In the storage's metadata (one guarded commit) or in the
+    /// key header file of a store encrypted at rest ([`sidecar::replace`]).
     async fn replace_keyring(&self, old: &Keyring, new: Keyring) -> Result<()> {
         let _w = self.inner.writer.lock().await;
-        self.inner
-            .storage
-            .commit(Batch {
-                guards: vec![(META_KEYRING.to_owned(), Some(old.encode()?))],
-                meta: vec![(META_KEYRING.to_owned(), Some(new.encode()?))],
-                ..Batch::default()
-            })
-            .await?;
+        match &self.inner.sidecar {
+            Some(path) => sidecar::replace(self.inner.cipher.as_ref(), path, old, &new)?,
+            None => {
+                self.inner
+                    .storage
+                    .commit(Batch {
+                        guards: vec![(META_KEYRING.to_owned(), Some(old.encode()?))],
+                        meta: vec![(META_KEYRING.to_owned(), Some(new.encode()?))],
+                        ..Batch::default()
+                    })
+                    .await?;
+            }
+        }
         *self
             .inner
             .keyring
@@ -492,9 +503,11 @@ impl Store {
     }
 
     /// Changes the passphrase: rewraps the root key only (no record is re-encrypted), in one
-    /// atomic write. `cost` is the Argon2id cost for the new passphrase.
+    /// atomic write: of the storage's metadata, or, for a store encrypted at rest, of its key
+    /// header file ([`sidecar::replace`]). `cost` is the Argon2id cost for the new passphrase.
+    /// Another process having changed the key header since this store was opened is
+    /// [`ErrorKind::Conflict`].
     pub async fn change_passphrase(&self, new: &Passphrase, cost: KdfCost) -> Result<()> {
-        self.refuse_at_rest("changing the passphrase")?;
         let old = self.keyring()?;
         let mut next = old.clone();
         next.wrap(self.inner.cipher.as_ref(), new, cost, &self.inner.root)?;
@@ -505,7 +518,6 @@ impl Store {
     /// characters in groups of four. Show it to the user once; hearth keeps only the root key
     /// wrapped under it.
     pub async fn create_recovery_code(&self, cost: KdfCost) -> Result<String> {
-        self.refuse_at_rest("a recovery code")?;
         let mut raw = zeroize::Zeroizing::new([0u8; 20]);
         self.inner.cipher.fill_random(raw.as_mut())?;
         let code = data_encoding::BASE32_NOPAD.encode(raw.as_ref());
@@ -541,6 +553,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::new(ErrorKind::NotFound, "no hearth store here"))?;
         let old = Keyring::decode(&bytes)?;
+        old.check_cipher(cipher.as_ref())?;
         let code = crate::keyring::normalise_recovery_code(recovery_code);
         let root = old.unlock_with_recovery(cipher.as_ref(), &code)?;
         let mut next = old.clone();
@@ -587,7 +600,7 @@ impl Store {
         keyring.storage = storage.name().to_owned();
         keyring.cipher = cipher.name().to_owned();
         let state = Self::initialise(storage.as_ref(), cipher.as_ref(), &keyring).await?;
-        Self::finish_open(storage, cipher, options, keyring, root, state)
+        Self::finish_open(storage, cipher, options, keyring, root, state, None)
     }
 
     /// Rotates the root key: a fresh root key in a fresh sync space, then every record is
@@ -725,14 +738,17 @@ impl Store {
         }
     }
 
-    /// Key-header changes are written to storage metadata; a store encrypted at rest keeps its
-    /// header in a sidecar file and its page key derives from the root key, so these operations
-    /// are refused there rather than half done.
+    /// A store encrypted at rest derives its page key from the root key, so a rotation would
+    /// have to re-key every page (`PRAGMA rekey`) and replace the key header file in step with
+    /// re-encrypting the records; that is not crash-safe yet, so it is refused rather than half
+    /// done (see docs/security.md).
     fn refuse_at_rest(&self, what: &str) -> Result<()> {
-        if self.inner.storage.capabilities().encrypted_at_rest {
+        if self.inner.storage.capabilities().encrypted_at_rest || self.inner.sidecar.is_some() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                format!("{what} is not supported yet for stores encrypted at rest (SQLCipher)"),
+                format!(
+                    "{what} is not supported yet for stores encrypted at rest (SQLCipher) (see docs/security.md)"
+                ),
             ));
         }
         Ok(())
@@ -1153,7 +1169,7 @@ fn hex8(bytes: &[u8]) -> String {
 /// Builds a [`Store`] from registry names. An existing store opens with the names its key header
 /// records; a new one defaults to the first compiled-in storage of `sqlite`, `sqlcipher`,
 /// `memory`, and the first cipher of `orion`, `sodium`.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct StoreBuilder {
     path: Option<PathBuf>,
     passphrase: Option<Passphrase>,
@@ -1225,6 +1241,56 @@ impl StoreBuilder {
                 .find(|p| available.contains(p))
                 .map(|s| (*s).to_owned())
         })
+    }
+
+    /// Unlocks an existing store with its recovery code (case and separators do not matter),
+    /// sets the builder's passphrase (and KDF cost) as its new passphrase, and opens it. Works for
+    /// stores whose key header is in the storage's metadata ([`Store::recover`]) and for stores
+    /// encrypted at rest, whose key header file is replaced atomically ([`sidecar::replace`]).
+    /// A wrong code is [`ErrorKind::WrongPassphrase`] and changes nothing.
+    pub async fn recover(self, recovery_code: &str) -> Result<Store> {
+        let passphrase = self
+            .passphrase
+            .clone()
+            .ok_or_else(|| Error::invalid("a new passphrase is required"))?;
+        let cost = self.kdf_cost.unwrap_or(KdfCost::DEFAULT);
+        let code = crate::keyring::normalise_recovery_code(recovery_code);
+        let keys_path = self.path.as_deref().map(sidecar::sidecar_path);
+        if let Some(keys_path) = keys_path.filter(|p| p.exists()) {
+            let probe = Self::choose_cipher(self.cipher.as_deref(), None)?;
+            let ring = sidecar::read(probe.as_ref(), &keys_path)?
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, "no hearth store here"))?;
+            let cipher = Self::choose_cipher(self.cipher.as_deref(), Some(&ring.cipher))?;
+            ring.check_cipher(cipher.as_ref())?;
+            let root = ring.unlock_with_recovery(cipher.as_ref(), &code)?;
+            let mut next = ring.clone();
+            next.wrap(cipher.as_ref(), &passphrase, cost, &root)?;
+            drop(root);
+            sidecar::replace(cipher.as_ref(), &keys_path, &ring, &next)?;
+            return self.create(false).open().await;
+        }
+        let storage_name = match &self.storage {
+            Some(name) => name.clone(),
+            None => Self::pick(
+                None,
+                &["sqlite", "sqlcipher", "memory"],
+                registry::storage_names(),
+            )
+            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+        };
+        let mut storage_opts = StorageOptions::default().create(false);
+        storage_opts.path = self.path.clone();
+        let storage = (registry::storage(&storage_name)?.open)(storage_opts).await?;
+        let recorded = match storage.meta_get(META_KEYRING).await? {
+            Some(bytes) => Some(Keyring::decode(&bytes)?.cipher),
+            None => None,
+        };
+        let cipher = Self::choose_cipher(self.cipher.as_deref(), recorded.as_deref())?;
+        let mut opts = OpenOptions::new(passphrase).kdf_cost(cost);
+        if let Some(p) = self.padding {
+            opts.padding = p;
+        }
+        Store::recover(storage, cipher, opts, recovery_code).await
     }
 
     /// The cipher to open a store with: the one named, else the one the store records (or, when
