@@ -599,6 +599,21 @@ impl Store {
         let root = keyring.unlock(cipher.as_ref(), &options.passphrase)?;
         keyring.storage = storage.name().to_owned();
         keyring.cipher = cipher.name().to_owned();
+        Self::join_unlocked(storage, cipher, options, keyring, root).await
+    }
+
+    /// [`Store::join`] with the key header already unlocked (and naming `storage` and `cipher`).
+    pub(crate) async fn join_unlocked(
+        storage: Arc<dyn Storage>,
+        cipher: Arc<dyn Cipher>,
+        options: OpenOptions,
+        keyring: Keyring,
+        root: crate::cipher::SecretKey,
+    ) -> Result<Store> {
+        if storage.meta_get(META_KEYRING).await?.is_some() {
+            return Err(Error::new(ErrorKind::Config, "a store already exists here"));
+        }
+        sidecar::refuse_sidecar_store(storage.as_ref()).await?;
         let state = Self::initialise(storage.as_ref(), cipher.as_ref(), &keyring).await?;
         Self::finish_open(storage, cipher, options, keyring, root, state, None)
     }
@@ -1166,6 +1181,81 @@ fn hex8(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The files a store at `db` may have, by suffix: the database, SQLite's journal files, the key
+/// header file.
+const STORE_FILE_SUFFIXES: [&str; 4] = ["", "-wal", "-shm", sidecar::SIDECAR_SUFFIX];
+
+fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// A fresh name next to `path` for a store being imported: `.<name>.import-<random>`.
+fn import_temp_path(cipher: &dyn Cipher, path: &std::path::Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("the store path has no file name"))?;
+    let mut tag = [0u8; 8];
+    cipher.fill_random(&mut tag)?;
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".import-{}", hex8(&tag)));
+    Ok(sidecar::parent_dir(path).join(tmp))
+}
+
+fn remove_store_files(db: &std::path::Path) {
+    for suffix in STORE_FILE_SUFFIXES {
+        let _ = std::fs::remove_file(with_suffix(db, suffix));
+    }
+}
+
+/// Moves a closed store from `tmp` to `path`: SQLite's journal files first (if any survived the
+/// close), then the database, then its key header file. The database is linked into place, which
+/// fails if something appeared at `path` meanwhile; a crash between the last two steps leaves a
+/// database that refuses to open without its key header (still at `<tmp>.keys`), never one
+/// that a new key header would be written for.
+fn move_into_place(tmp: &std::path::Path, path: &std::path::Path, sidecar: bool) -> Result<()> {
+    let io = |what: &str, p: &std::path::Path, e| {
+        sidecar::io_error(format!("cannot {what} {}", p.display()), e)
+    };
+    if path.exists() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{} appeared during the import", path.display()),
+        ));
+    }
+    for suffix in ["-wal", "-shm"] {
+        let from = with_suffix(tmp, suffix);
+        if from.exists() {
+            let to = with_suffix(path, suffix);
+            std::fs::rename(&from, &to).map_err(|e| io("move the store to", &to, e))?;
+        }
+    }
+    match std::fs::hard_link(tmp, path) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(tmp);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("{} appeared during the import", path.display()),
+            ));
+        }
+        Err(_) => std::fs::rename(tmp, path).map_err(|e| io("move the store to", path, e))?,
+    }
+    if sidecar {
+        let from = sidecar::sidecar_path(tmp);
+        let to = sidecar::sidecar_path(path);
+        if let Err(e) = std::fs::rename(&from, &to) {
+            // Put the database back beside its key header, so the caller removes both.
+            let _ = std::fs::rename(path, tmp);
+            return Err(io("move the key header to", &to, e));
+        }
+    }
+    sidecar::sync_dir(&sidecar::parent_dir(path))
+}
+
 /// Builds a [`Store`] from registry names. An existing store opens with the names its key header
 /// records; a new one defaults to the first compiled-in storage of `sqlite`, `sqlcipher`,
 /// `memory`, and the first cipher of `orion`, `sodium`.
@@ -1291,6 +1381,98 @@ impl StoreBuilder {
             opts.padding = p;
         }
         Store::recover(storage, cipher, opts, recovery_code).await
+    }
+
+    /// Imports a backup ([`Store::export`]) into a new store at the builder's path, with the
+    /// builder's storage (default as for a new store) and cipher (default: the one that made the
+    /// backup, or a compiled-in cipher of its format), unlocking it with the builder's passphrase.
+    /// So a backup made on `sqlite` + `orion` imports into `sqlcipher` + `sodium`.
+    ///
+    /// Nothing is left half-written: the passphrase is checked before anything is created, the
+    /// rows are written to a temporary store next to the path, and that is moved into place only
+    /// when the whole backup has been read and authenticated; on any error (a wrong passphrase,
+    /// a truncated file, a flipped byte, a full disk) the path does not exist afterwards and the
+    /// temporary files are removed. A store already at the path is [`ErrorKind::Config`].
+    pub async fn import(
+        self,
+        input: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> Result<(Store, crate::backup::BackupSummary)> {
+        let path = self
+            .path
+            .clone()
+            .ok_or_else(|| Error::invalid("an import needs the path of the new store"))?;
+        let passphrase = self
+            .passphrase
+            .clone()
+            .ok_or_else(|| Error::invalid("a passphrase is required"))?;
+        let keys_path = sidecar::sidecar_path(&path);
+        if path.exists() || keys_path.exists() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "a store already exists at {}; import into a new path",
+                    path.display()
+                ),
+            ));
+        }
+        let head = crate::backup::read_head(input).await?;
+        let cipher = Self::choose_cipher(self.cipher.as_deref(), Some(&head.keyring.cipher))?;
+        head.keyring.check_cipher(cipher.as_ref())?;
+        // A wrong passphrase stops here, before any file exists.
+        let root = head.keyring.unlock(cipher.as_ref(), &passphrase)?;
+        let keys = head.keys(cipher.as_ref(), &root)?;
+        let storage_name = match &self.storage {
+            Some(name) => name.clone(),
+            None => Self::pick(
+                None,
+                &["sqlite", "sqlcipher", "memory"],
+                registry::storage_names(),
+            )
+            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+        };
+        let reg = registry::storage(&storage_name)?;
+        let mut keyring = head.keyring.clone();
+        keyring.storage = reg.name.to_owned();
+        keyring.cipher = cipher.name().to_owned();
+        let mut opts = OpenOptions::new(passphrase.clone()).create(true);
+        if let Some(p) = self.padding {
+            opts.padding = p;
+        }
+        let tmp = import_temp_path(cipher.as_ref(), &path)?;
+        let result = async {
+            let store = if reg.needs_page_key {
+                sidecar::create_from(reg, cipher.clone(), &tmp, opts, keyring, root).await?
+            } else {
+                let storage = (reg.open)(StorageOptions::at(&tmp).create(true)).await?;
+                Store::join_unlocked(storage, cipher.clone(), opts, keyring, root).await?
+            };
+            let restored = crate::backup::restore(input, &store, &head, &keys).await;
+            let closed = store.close().await;
+            let summary = restored?;
+            closed?;
+            move_into_place(&tmp, &path, reg.needs_page_key)?;
+            Ok::<_, Error>(summary)
+        }
+        .await;
+        let summary = match result {
+            Ok(s) => s,
+            Err(e) => {
+                remove_store_files(&tmp);
+                return Err(e);
+            }
+        };
+        let store = StoreBuilder {
+            path: Some(path),
+            passphrase: Some(passphrase),
+            storage: Some(reg.name.to_owned()),
+            cipher: Some(cipher.name().to_owned()),
+            create: Some(false),
+            kdf_cost: None,
+            padding: self.padding,
+        }
+        .open()
+        .await?;
+        Ok((store, summary))
     }
 
     /// The cipher to open a store with: the one named, else the one the store records (or, when

@@ -136,7 +136,7 @@ pub fn decode(cipher: &dyn Cipher, bytes: &[u8]) -> Result<Keyring> {
     Keyring::decode(&bytes[PREFIX_LEN..body_end])
 }
 
-fn io_error(what: String, e: std::io::Error) -> Error {
+pub(crate) fn io_error(what: String, e: std::io::Error) -> Error {
     let kind = match e.kind() {
         std::io::ErrorKind::StorageFull => ErrorKind::StorageFull,
         _ => ErrorKind::Io,
@@ -253,7 +253,7 @@ pub fn replace(cipher: &dyn Cipher, path: &Path, old: &Keyring, new: &Keyring) -
     Ok(())
 }
 
-fn parent_dir(path: &Path) -> PathBuf {
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -318,7 +318,7 @@ fn write_tmp_then_link(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         fs::File::open(dir)
@@ -429,8 +429,60 @@ pub(super) async fn open(
             (ring, root)
         }
     };
+    open_unlocked(
+        reg, cipher, &path, keys_path, options, keyring, root, created,
+    )
+    .await
+}
+
+/// Creates a store at `path` (where nothing exists yet) with a key header already unlocked:
+/// writes `<path>.keys`, then the database. For imports: the key header is a backup's, naming
+/// this storage and cipher.
+pub(crate) async fn create_from(
+    reg: StorageRegistration,
+    cipher: Arc<dyn Cipher>,
+    path: &Path,
+    options: OpenOptions,
+    keyring: Keyring,
+    root: SecretKey,
+) -> Result<Store> {
+    let keys_path = sidecar_path(path);
+    if fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("a store already exists at {}", path.display()),
+        ));
+    }
+    write_new(cipher.as_ref(), &keys_path, &keyring)?;
+    open_unlocked(
+        reg,
+        cipher,
+        path,
+        keys_path,
+        options.create(true),
+        keyring,
+        root,
+        true,
+    )
+    .await
+}
+
+/// The rest of [`open`] once the key header is unlocked: opens the database with the page key,
+/// checks its binding to the key header, and reads (or, for a new database, writes) the device
+/// state.
+#[allow(clippy::too_many_arguments)]
+async fn open_unlocked(
+    reg: StorageRegistration,
+    cipher: Arc<dyn Cipher>,
+    path: &Path,
+    keys_path: PathBuf,
+    options: OpenOptions,
+    keyring: Keyring,
+    root: SecretKey,
+    created: bool,
+) -> Result<Store> {
     let key = page_key(cipher.as_ref(), &root)?;
-    let storage_opts = StorageOptions::at(&path)
+    let storage_opts = StorageOptions::at(path)
         .create(options.create)
         .page_key(Some(key));
     let storage = match (reg.open)(storage_opts).await {
