@@ -187,3 +187,210 @@ async fn every_header_byte_is_authenticated() {
         assert!(err.is_err(), "a flipped header byte at {pos} was accepted");
     }
 }
+
+fn link() {
+    // Name the crates so the linker keeps them and their registrations.
+    let _ = (
+        backend_sqlcipher::SqlcipherStorage::NAME,
+        crypto_sodium::SodiumCipher::NAME,
+    );
+}
+
+async fn source_with(dir: &Path, storage: &str, cipher: &str) -> Store {
+    link();
+    let store = Store::builder()
+        .path(dir.join(format!("source-{storage}-{cipher}.db")))
+        .passphrase(PASS)
+        .storage(storage)
+        .cipher(cipher)
+        .kdf_cost(KdfCost::INSECURE_FOR_TESTS)
+        .open()
+        .await
+        .expect("open");
+    let mut batch = WriteBatch::new();
+    for i in 0..600 {
+        batch
+            .put("notes", format!("n{i:04}"), &json!({"i": i, "by": cipher}))
+            .expect("put");
+    }
+    store.write(batch).await.expect("write");
+    store.delete("notes", "n0003").await.expect("delete");
+    store
+}
+
+async fn import_with(
+    bytes: &[u8],
+    dest: &Path,
+    storage: Option<&str>,
+    cipher: Option<&str>,
+    pass: &str,
+) -> hearth::Result<Store> {
+    let mut b = Store::builder().path(dest).passphrase(pass);
+    if let Some(s) = storage {
+        b = b.storage(s);
+    }
+    if let Some(c) = cipher {
+        b = b.cipher(c);
+    }
+    let mut input = bytes;
+    b.import(&mut input).await.map(|(s, _)| s)
+}
+
+async fn same_records(a: &Store, b: &Store) {
+    let all_a = a.scan("notes", None, 10_000).await.expect("scan");
+    let all_b = b.scan("notes", None, 10_000).await.expect("scan");
+    assert_eq!(all_a.len(), 599);
+    assert!(all_a == all_b, "the records survive");
+    assert_eq!(b.get("notes", "n0003").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn a_backup_made_with_one_cipher_imports_with_the_other() {
+    for (made, read) in [("orion", "sodium"), ("sodium", "orion")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = source_with(dir.path(), "sqlite", made).await;
+        let bytes = export(&src).await;
+
+        // Through the builder, naming the other cipher.
+        let dest = dir.path().join("builder.db");
+        let restored = import_with(&bytes, &dest, None, Some(read), PASS)
+            .await
+            .unwrap_or_else(|e| panic!("{made} -> {read}: {e}"));
+        assert_eq!(restored.cipher().name(), read);
+        assert_eq!(restored.space(), src.space());
+        same_records(&src, &restored).await;
+        restored.close().await.expect("close");
+
+        // Through Store::import, with the other cipher's object.
+        let other: Arc<dyn hearth::Cipher> = match read {
+            "sodium" => crypto_sodium::SodiumCipher::shared(),
+            _ => Arc::new(OrionCipher),
+        };
+        let storage = Arc::new(
+            SqliteStorage::open(&dir.path().join("direct.db"), true)
+                .await
+                .expect("storage"),
+        );
+        let mut input = &bytes[..];
+        let (restored, summary) = Store::import(
+            &mut input,
+            storage,
+            other,
+            OpenOptions::new(PASS).kdf_cost(KdfCost::INSECURE_FOR_TESTS),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{made} -> {read}: {e}"));
+        assert_eq!(summary.rows, 600);
+        same_records(&src, &restored).await;
+    }
+}
+
+#[tokio::test]
+async fn a_backup_imports_into_another_storage_and_cipher() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source_with(dir.path(), "sqlite", "orion").await;
+    let bytes = export(&src).await;
+    let dest = dir.path().join("encrypted.db");
+    let restored = import_with(&bytes, &dest, Some("sqlcipher"), Some("sodium"), PASS)
+        .await
+        .expect("sqlite+orion backup into sqlcipher+sodium");
+    let info = restored.info().await.expect("info");
+    assert_eq!(
+        (info.storage.as_str(), info.cipher.as_str()),
+        ("sqlcipher", "sodium")
+    );
+    same_records(&src, &restored).await;
+    restored.close().await.expect("close");
+    let head = std::fs::read(&dest).expect("read");
+    assert_ne!(
+        &head[..16],
+        b"SQLite format 3\0",
+        "the whole file is encrypted"
+    );
+    assert!(hearth::store::sidecar::sidecar_path(&dest).exists());
+
+    // It reopens without naming anything, and goes back the other way too.
+    let reopened = Store::builder()
+        .path(&dest)
+        .passphrase(PASS)
+        .create(false)
+        .open()
+        .await
+        .expect("reopen");
+    assert_eq!(reopened.storage().name(), "sqlcipher");
+    reopened.check().await.expect("integrity");
+    let back = export(&reopened).await;
+    let plain = dir.path().join("plain-again.db");
+    let restored = import_with(&back, &plain, Some("sqlite"), None, PASS)
+        .await
+        .expect("sqlcipher+sodium backup into sqlite");
+    assert_eq!(
+        restored.cipher().name(),
+        "sodium",
+        "the backup's cipher by default"
+    );
+    same_records(&src, &restored).await;
+
+    // A store already at the path is refused and left alone.
+    let err = import_with(&bytes, &dest, Some("sqlcipher"), None, PASS)
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::Config));
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A failed import leaves no store at the path and no temporary file: the rows of the chunks
+/// before the damage were written, but only to a temporary store that is removed.
+#[tokio::test]
+async fn a_failed_import_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source_with(dir.path(), "sqlite", "sodium").await;
+    let bytes = export(&src).await;
+    src.close().await.expect("close");
+    let before = names_in(dir.path());
+    let mut cases: Vec<(String, Vec<u8>, &str)> =
+        vec![("wrong passphrase".into(), bytes.clone(), "nope")];
+    for cut in [20, bytes.len() / 2, bytes.len() - 17, bytes.len() - 1] {
+        cases.push((format!("cut at {cut}"), bytes[..cut].to_vec(), PASS));
+    }
+    // The last chunk's bytes: earlier chunks were already restored when the damage is found.
+    for pos in [100, bytes.len() * 2 / 3, bytes.len() - 2] {
+        let mut b = bytes.clone();
+        b[pos] ^= 0x04;
+        cases.push((format!("flip at {pos}"), b, PASS));
+    }
+    for storage in ["sqlite", "sqlcipher"] {
+        for (what, b, pass) in &cases {
+            let dest = dir.path().join("target.db");
+            let err = import_with(b, &dest, Some(storage), None, pass).await.err();
+            assert!(err.is_some(), "{storage}: {what}: accepted");
+            assert!(
+                !dest.exists(),
+                "{storage}: {what}: a store was left at the path"
+            );
+            assert_eq!(
+                names_in(dir.path()),
+                before,
+                "{storage}: {what}: files were left behind ({err:?})"
+            );
+        }
+    }
+    // The intact backup still imports at the same path.
+    let dest = dir.path().join("target.db");
+    let ok = import_with(&bytes, &dest, Some("sqlcipher"), None, PASS)
+        .await
+        .expect("import");
+    assert_eq!(
+        ok.scan("notes", None, 10_000).await.expect("scan").len(),
+        599
+    );
+}

@@ -219,12 +219,18 @@ async fn opening_with_an_incompatible_storage_or_cipher_is_a_config_error() {
         .expect("close");
     let before = snapshot(dir.path());
 
+    link();
+    hearth::registry::register_cipher(hearth::registry::CipherRegistration {
+        name: "other-format",
+        make: || Arc::new(OtherFormat),
+    })
+    .expect("register");
     let cases = [
         (
             &encrypted,
             "sqlcipher",
-            "orion",
-            "made with cipher 'sodium'",
+            "other-format",
+            "made with cipher 'sodium' (format hearth-1); cipher 'other-format' uses format other-1",
         ),
         (
             &encrypted,
@@ -246,13 +252,27 @@ async fn opening_with_an_incompatible_storage_or_cipher_is_a_config_error() {
     }
     assert!(snapshot(dir.path()) == before, "refusals write nothing");
     // The key header in the storage's metadata names its cipher too.
-    let err = open(&plain, "sqlite", "orion", PASS).await.err();
+    let err = open(&plain, "sqlite", "other-format", PASS).await.err();
     assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Config));
     assert!(
         err.map(|e| e.to_string())
             .unwrap_or_default()
             .contains("made with cipher 'sodium'")
     );
+    // orion and sodium share the format: either opens a store the other made.
+    for path in [&encrypted, &plain] {
+        let storage = if path == &encrypted {
+            "sqlcipher"
+        } else {
+            "sqlite"
+        };
+        open(path, storage, "orion", PASS)
+            .await
+            .expect("orion opens a sodium store")
+            .close()
+            .await
+            .expect("close");
+    }
 
     // Opening the SQLCipher storage directly (with the right page key) and handing it to
     // Store::open is refused too, rather than given a second key header.
@@ -284,6 +304,141 @@ async fn opening_with_an_incompatible_storage_or_cipher_is_a_config_error() {
         .await
         .expect("still opens");
     store.close().await.expect("close");
+}
+
+/// orion under a byte format of its own: a cipher that cannot read hearth-1 stores.
+#[derive(Debug)]
+struct OtherFormat;
+impl Cipher for OtherFormat {
+    fn name(&self) -> &'static str {
+        "other-format"
+    }
+    fn format(&self) -> &'static str {
+        "other-1"
+    }
+    fn aead_seal(
+        &self,
+        k: &hearth::SecretKey,
+        n: &[u8; 24],
+        a: &[u8],
+        p: &[u8],
+    ) -> hearth::Result<Vec<u8>> {
+        OrionCipher.aead_seal(k, n, a, p)
+    }
+    fn aead_open(
+        &self,
+        k: &hearth::SecretKey,
+        n: &[u8; 24],
+        a: &[u8],
+        c: &[u8],
+    ) -> hearth::Result<Vec<u8>> {
+        OrionCipher.aead_open(k, n, a, c)
+    }
+    fn password_kdf(
+        &self,
+        p: &[u8],
+        s: &[u8; 16],
+        c: KdfCost,
+    ) -> hearth::Result<hearth::SecretKey> {
+        OrionCipher.password_kdf(p, s, c)
+    }
+    fn keyed_hash(&self, k: &hearth::SecretKey, parts: &[&[u8]]) -> hearth::Result<[u8; 32]> {
+        OrionCipher.keyed_hash(k, parts)
+    }
+    fn fill_random(&self, b: &mut [u8]) -> hearth::Result<()> {
+        OrionCipher.fill_random(b)
+    }
+    fn x25519_public(&self, s: &hearth::SecretKey) -> hearth::Result<[u8; 32]> {
+        OrionCipher.x25519_public(s)
+    }
+    fn x25519(&self, s: &hearth::SecretKey, p: &[u8; 32]) -> hearth::Result<hearth::SecretKey> {
+        OrionCipher.x25519(s, p)
+    }
+}
+
+/// Switching the cipher of a store: written through `Store::builder()` with one, reopened with
+/// the other, written again, and read back with the first, on SQLite and on SQLCipher.
+#[tokio::test]
+async fn a_store_switches_between_orion_and_sodium_through_the_builder() {
+    for storage in ["sqlite", "sqlcipher"] {
+        for (first, second) in [("orion", "sodium"), ("sodium", "orion")] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = dir.path().join("switch.db");
+            let s = open(&db, storage, first, PASS).await.expect("create");
+            s.put("notes", "a", &json!({"by": first}))
+                .await
+                .expect("put");
+            let device = s.device();
+            s.close().await.expect("close");
+
+            let s = open(&db, storage, second, PASS)
+                .await
+                .unwrap_or_else(|e| panic!("{storage}: {first} -> {second}: {e}"));
+            assert_eq!(s.cipher().name(), second);
+            assert_eq!(s.device(), device);
+            assert_eq!(
+                s.get("notes", "a").await.expect("get"),
+                Some(json!({"by": first}))
+            );
+            s.put("notes", "b", &json!({"by": second}))
+                .await
+                .expect("put");
+            s.check().await.expect("integrity");
+            s.close().await.expect("close");
+
+            let s = open(&db, storage, first, PASS).await.expect("back");
+            assert_eq!(
+                s.get("notes", "b").await.expect("get"),
+                Some(json!({"by": second}))
+            );
+            assert_eq!(s.info().await.expect("info").last_seq, 2);
+            s.close().await.expect("close");
+        }
+    }
+}
+
+/// With no names given, an existing store opens with the storage and cipher its key header
+/// records, not the compiled-in defaults (`sqlite` and `orion` here).
+#[tokio::test]
+async fn an_existing_store_opens_with_the_names_it_records() {
+    for storage in ["sqlcipher", "sqlite"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("recorded.db");
+        let s = open(&db, storage, "sodium", PASS).await.expect("create");
+        s.put("notes", "a", &json!(1)).await.expect("put");
+        s.close().await.expect("close");
+
+        let s = Store::builder()
+            .path(&db)
+            .passphrase(PASS)
+            .create(false)
+            .open()
+            .await
+            .unwrap_or_else(|e| panic!("{storage}: {e}"));
+        assert_eq!(s.storage().name(), storage);
+        assert_eq!(s.cipher().name(), "sodium");
+        assert_eq!(s.get("notes", "a").await.expect("get"), Some(json!(1)));
+        s.close().await.expect("close");
+        // A wrong passphrase is still the passphrase's fault, not a name's.
+        let err = Store::builder()
+            .path(&db)
+            .passphrase("wrong")
+            .open()
+            .await
+            .err()
+            .map(|e| e.kind());
+        assert_eq!(err, Some(ErrorKind::WrongPassphrase));
+    }
+    // A new store still gets the defaults.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::builder()
+        .path(dir.path().join("new.db"))
+        .passphrase(PASS)
+        .kdf_cost(KdfCost::INSECURE_FOR_TESTS)
+        .open()
+        .await
+        .expect("create");
+    assert_eq!((s.storage().name(), s.cipher().name()), ("sqlite", "orion"));
 }
 
 #[tokio::test]
@@ -492,4 +647,228 @@ async fn a_key_header_file_is_never_replaced_and_leaves_no_temporary_files() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn passphrase_change_and_recovery_code_replace_the_key_header_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("life.db");
+    let keys = sidecar::sidecar_path(&db);
+    let store = open(&db, "sqlcipher", "sodium", PASS)
+        .await
+        .expect("create");
+    store
+        .put("notes", "a", &json!("secret"))
+        .await
+        .expect("put");
+    let code = store
+        .create_recovery_code(KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .expect("a recovery code on a SQLCipher store");
+    store
+        .change_passphrase(&"new passphrase".into(), KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .expect("a passphrase change on a SQLCipher store");
+    // The same store keeps working, and changes again from its new header.
+    store
+        .change_passphrase(&"newer passphrase".into(), KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .expect("second change");
+    store.close().await.expect("close");
+    assert!(temp_files(dir.path()).is_empty(), "no temporary file left");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&keys).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the replaced key header stays private");
+    }
+
+    for old in [PASS, "new passphrase"] {
+        assert_eq!(
+            open(&db, "sqlcipher", "sodium", old)
+                .await
+                .err()
+                .map(|e| e.kind()),
+            Some(ErrorKind::WrongPassphrase),
+            "{old}"
+        );
+    }
+    let store = open(&db, "sqlcipher", "orion", "newer passphrase")
+        .await
+        .expect("the new passphrase opens it, with either cipher");
+    assert_eq!(
+        store.get("notes", "a").await.expect("get"),
+        Some(json!("secret"))
+    );
+    store.close().await.expect("close");
+
+    // The passphrase is lost: the recovery code (typed sloppily) sets a new one.
+    let before = std::fs::read(&keys).expect("read");
+    let wrong = Store::builder()
+        .path(&db)
+        .passphrase("x")
+        .kdf_cost(KdfCost::INSECURE_FOR_TESTS)
+        .recover("AAAA-BBBB-CCCC-DDDD-EEEE-FFFF-GGGG-HHHH")
+        .await;
+    assert_eq!(
+        wrong.err().map(|e| e.kind()),
+        Some(ErrorKind::WrongPassphrase)
+    );
+    assert!(
+        std::fs::read(&keys).expect("read") == before,
+        "a wrong code changes nothing"
+    );
+    let sloppy = code.to_lowercase().replace('-', " ");
+    let store = Store::builder()
+        .path(&db)
+        .passphrase("third passphrase")
+        .kdf_cost(KdfCost::INSECURE_FOR_TESTS)
+        .recover(&sloppy)
+        .await
+        .expect("recover");
+    assert_eq!(store.storage().name(), "sqlcipher");
+    assert_eq!(
+        store.get("notes", "a").await.expect("get"),
+        Some(json!("secret"))
+    );
+    store.close().await.expect("close");
+    assert!(
+        open(&db, "sqlcipher", "sodium", "third passphrase")
+            .await
+            .is_ok()
+    );
+    assert!(temp_files(dir.path()).is_empty(), "no temporary file left");
+}
+
+/// A crash during a passphrase change leaves the old key header file (and perhaps the new one
+/// under its temporary name) or the new one in place: each opens the same database.
+#[tokio::test]
+async fn either_key_header_a_crashed_change_can_leave_unlocks_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("crash.db");
+    let keys = sidecar::sidecar_path(&db);
+    let s = open(&db, "sqlcipher", "sodium", PASS)
+        .await
+        .expect("create");
+    s.put("notes", "a", &json!(1)).await.expect("put");
+    s.close().await.expect("close");
+    // What the change writes before its rename: the root key rewrapped for the new passphrase.
+    let ring = sidecar::read(&SodiumCipher, &keys)
+        .expect("read")
+        .expect("present");
+    let root = ring
+        .unlock(&SodiumCipher, &Passphrase::new(PASS))
+        .expect("unlock");
+    let mut next = ring.clone();
+    next.wrap(
+        &SodiumCipher,
+        &Passphrase::new("after"),
+        KdfCost::INSECURE_FOR_TESTS,
+        &root,
+    )
+    .expect("wrap");
+    let tmp = dir.path().join(".crash.db.keys.tmp-0011223344556677");
+    std::fs::write(&tmp, sidecar::encode(&SodiumCipher, &next).expect("encode")).expect("write");
+
+    // Killed before the rename: the old file is in place and opens with the old passphrase.
+    let s = open(&db, "sqlcipher", "sodium", PASS)
+        .await
+        .expect("the old header opens it");
+    assert_eq!(s.get("notes", "a").await.expect("get"), Some(json!(1)));
+    s.close().await.expect("close");
+    // Killed after the rename: the new file opens the same database with the new passphrase.
+    std::fs::rename(&tmp, &keys).expect("rename");
+    let s = open(&db, "sqlcipher", "sodium", "after")
+        .await
+        .expect("the new header opens it");
+    assert_eq!(s.get("notes", "a").await.expect("get"), Some(json!(1)));
+    s.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_concurrent_key_header_change_is_detected_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("two.db");
+    let keys = sidecar::sidecar_path(&db);
+    let one = open(&db, "sqlcipher", "sodium", PASS)
+        .await
+        .expect("create");
+    let two = open(&db, "sqlcipher", "sodium", PASS)
+        .await
+        .expect("second handle");
+
+    // Another process holds the lock: refused, nothing written.
+    let before = std::fs::read(&keys).expect("read");
+    let lock = std::fs::File::create(sidecar::lock_path(&keys)).expect("lock file");
+    lock.try_lock().expect("lock");
+    let err = one
+        .change_passphrase(&"blocked".into(), KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::Conflict));
+    assert!(std::fs::read(&keys).expect("read") == before);
+    drop(lock);
+
+    // One handle changes the passphrase; the other, holding the old header, is refused.
+    one.change_passphrase(&"one".into(), KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .expect("change");
+    let after = std::fs::read(&keys).expect("read");
+    for err in [
+        two.change_passphrase(&"two".into(), KdfCost::INSECURE_FOR_TESTS)
+            .await
+            .err(),
+        two.create_recovery_code(KdfCost::INSECURE_FOR_TESTS)
+            .await
+            .err(),
+    ] {
+        assert_eq!(
+            err.as_ref().map(|e| e.kind()),
+            Some(ErrorKind::Conflict),
+            "{err:?}"
+        );
+    }
+    assert!(
+        std::fs::read(&keys).expect("read") == after,
+        "the first change stands"
+    );
+    assert!(temp_files(dir.path()).is_empty());
+    one.close().await.expect("close");
+    two.close().await.expect("close");
+    assert!(open(&db, "sqlcipher", "sodium", "one").await.is_ok());
+}
+
+#[tokio::test]
+async fn root_key_rotation_on_sqlcipher_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("rotate.db");
+    let s = open(&db, "sqlcipher", "sodium", PASS)
+        .await
+        .expect("create");
+    s.put("notes", "a", &json!(1)).await.expect("put");
+    let keys = std::fs::read(sidecar::sidecar_path(&db)).expect("read");
+    let err = s
+        .rotate_root_key(&PASS.into(), KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .err();
+    assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Unsupported));
+    assert!(
+        err.map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("docs/security.md")
+    );
+    assert!(std::fs::read(sidecar::sidecar_path(&db)).expect("read") == keys);
+    let s = open(&db, "sqlcipher", "sodium", PASS)
+        .await
+        .expect("reopen");
+    assert_eq!(s.get("notes", "a").await.expect("get"), Some(json!(1)));
 }

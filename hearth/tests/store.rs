@@ -432,12 +432,16 @@ async fn a_second_writer_on_the_same_file_is_detected() {
         .expect("first writer continues");
 }
 
-/// A cipher that is orion under another name, to open a store with a cipher that did not make it.
+/// A cipher that claims a byte format other than hearth's (it is orion inside), to open a store
+/// with a cipher that cannot read it.
 #[derive(Debug)]
 struct Renamed;
 impl Cipher for Renamed {
     fn name(&self) -> &'static str {
         "orion-renamed"
+    }
+    fn format(&self) -> &'static str {
+        "not-hearth-1"
     }
     fn aead_seal(
         &self,
@@ -480,7 +484,7 @@ impl Cipher for Renamed {
 }
 
 #[tokio::test]
-async fn opening_with_another_cipher_or_unknown_names_is_a_clear_error() {
+async fn opening_with_an_incompatible_cipher_or_unknown_names_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("mismatch.db");
     open(&db, PASS)
@@ -490,28 +494,71 @@ async fn opening_with_another_cipher_or_unknown_names_is_a_clear_error() {
         .await
         .expect("close");
     let storage = Arc::new(SqliteStorage::open(&db, false).await.expect("storage"));
-    let err = Store::open(storage, Arc::new(Renamed), OpenOptions::new(PASS))
+    let err = Store::open(storage.clone(), Arc::new(Renamed), OpenOptions::new(PASS))
         .await
         .err();
-    assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Config));
-    assert!(
-        err.map(|e| e.to_string())
-            .unwrap_or_default()
-            .contains("made with cipher 'orion'")
-    );
-
-    let err = Store::builder()
-        .path(&db)
-        .passphrase(PASS)
-        .cipher("sodium")
-        .open()
-        .await
-        .err();
-    // sodium is linked into this test binary: the store itself refuses a cipher that did not
-    // make it. (A name that is not compiled in is tested in sync-core's registry tests.)
     assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Config));
     let msg = err.map(|e| e.to_string()).unwrap_or_default();
-    assert!(msg.contains("made with cipher 'orion'"), "{msg}");
+    assert!(
+        msg.contains("made with cipher 'orion'") && msg.contains("cannot read it"),
+        "{msg}"
+    );
+    // Under the default format, another name is fine: the bytes are what count.
+    #[derive(Debug)]
+    struct SameFormat;
+    impl Cipher for SameFormat {
+        fn name(&self) -> &'static str {
+            "orion-alias"
+        }
+        fn aead_seal(
+            &self,
+            k: &hearth::SecretKey,
+            n: &[u8; 24],
+            a: &[u8],
+            p: &[u8],
+        ) -> hearth::Result<Vec<u8>> {
+            Renamed.aead_seal(k, n, a, p)
+        }
+        fn aead_open(
+            &self,
+            k: &hearth::SecretKey,
+            n: &[u8; 24],
+            a: &[u8],
+            c: &[u8],
+        ) -> hearth::Result<Vec<u8>> {
+            Renamed.aead_open(k, n, a, c)
+        }
+        fn password_kdf(
+            &self,
+            p: &[u8],
+            s: &[u8; 16],
+            c: KdfCost,
+        ) -> hearth::Result<hearth::SecretKey> {
+            Renamed.password_kdf(p, s, c)
+        }
+        fn keyed_hash(&self, k: &hearth::SecretKey, parts: &[&[u8]]) -> hearth::Result<[u8; 32]> {
+            Renamed.keyed_hash(k, parts)
+        }
+        fn fill_random(&self, b: &mut [u8]) -> hearth::Result<()> {
+            Renamed.fill_random(b)
+        }
+        fn x25519_public(&self, s: &hearth::SecretKey) -> hearth::Result<[u8; 32]> {
+            Renamed.x25519_public(s)
+        }
+        fn x25519(&self, s: &hearth::SecretKey, p: &[u8; 32]) -> hearth::Result<hearth::SecretKey> {
+            Renamed.x25519(s, p)
+        }
+    }
+    let store = Store::open(storage, Arc::new(SameFormat), OpenOptions::new(PASS))
+        .await
+        .expect("a cipher of the same format opens the store");
+    assert_eq!(
+        store.info().await.expect("info").cipher,
+        "orion",
+        "the key header still names the cipher that made the store"
+    );
+    store.close().await.expect("close");
+
     let err = Store::builder()
         .path(&db)
         .passphrase(PASS)

@@ -21,6 +21,10 @@ pub const TAG_LEN: usize = 16;
 pub const SALT_LEN: usize = 16;
 /// Length of a keyed hash output (BLAKE2b-256).
 pub const HASH_LEN: usize = 32;
+/// The byte format every cipher described by [`Cipher`] implements: XChaCha20-Poly1305,
+/// Argon2id v1.3 (one lane), keyed BLAKE2b-256, X25519. Ciphers of one format read each other's
+/// data, so a store made with one opens with any other (see [`Cipher::format`]).
+pub const CIPHER_FORMAT: &str = "hearth-1";
 
 /// A 256-bit secret key. Zeroized on drop; its `Debug` prints nothing of it.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
@@ -149,6 +153,15 @@ impl Default for KdfCost {
 pub trait Cipher: Send + Sync + fmt::Debug + 'static {
     /// The registry name of the implementation (`"orion"`, `"sodium"`).
     fn name(&self) -> &'static str;
+
+    /// The byte format the implementation produces and reads. Every implementation of the
+    /// primitives above is [`CIPHER_FORMAT`] (the default); a store made by a cipher of one
+    /// format opens with any cipher of the same format, and a cipher of another format is
+    /// refused ([`ErrorKind::Config`](crate::ErrorKind::Config)). Override only for a cipher
+    /// that is not byte-identical to these primitives.
+    fn format(&self) -> &'static str {
+        CIPHER_FORMAT
+    }
 
     /// Seals `plaintext` under `key` and `nonce`, authenticating `aad` too.
     /// Returns `ciphertext || tag` (`plaintext.len() + 16` bytes).

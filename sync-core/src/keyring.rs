@@ -14,9 +14,12 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::cipher::{Cipher, CipherExt, HASH_LEN, KdfCost, Passphrase, SALT_LEN, SecretKey};
+use crate::cipher::{
+    CIPHER_FORMAT, Cipher, CipherExt, HASH_LEN, KdfCost, Passphrase, SALT_LEN, SecretKey,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::SpaceId;
+use crate::registry;
 
 /// The key header format this build writes.
 pub const KEYRING_FORMAT: u8 = 1;
@@ -107,7 +110,65 @@ pub fn fingerprint(
     cipher.keyed_hash(&k, &[space.as_bytes()])
 }
 
+/// The byte format of the cipher named `name`: asked of the cipher when it is registered, else
+/// [`CIPHER_FORMAT`] for the ciphers hearth ships (`orion`, `sodium`) even when they are not
+/// compiled in; `None` for a name this build knows nothing about.
+pub fn cipher_format(name: &str) -> Option<&'static str> {
+    if let Ok(reg) = registry::cipher(name) {
+        return Some((reg.make)().format());
+    }
+    registry::KNOWN_CIPHERS
+        .iter()
+        .any(|(n, _)| *n == name)
+        .then_some(CIPHER_FORMAT)
+}
+
 impl Keyring {
+    /// Checks that `storage` is the storage that made this store. Storages do not share a
+    /// format (a SQLCipher file is not a SQLite file), so another name is
+    /// [`ErrorKind::Config`].
+    pub fn check_storage(&self, storage: &str) -> Result<()> {
+        if self.storage != storage {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "this store was made with storage '{}'; open it with that storage, not '{storage}' (or export it and import the backup into a '{storage}' store)",
+                    self.storage
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that `cipher` reads what the cipher that made this store wrote: the same cipher,
+    /// or one of the same [`Cipher::format`] (`orion` and `sodium` are byte-identical, so a
+    /// store made by one opens with the other). Anything else is [`ErrorKind::Config`].
+    pub fn check_cipher(&self, cipher: &dyn Cipher) -> Result<()> {
+        if self.cipher == cipher.name() {
+            return Ok(());
+        }
+        match cipher_format(&self.cipher) {
+            Some(f) if f == cipher.format() => Ok(()),
+            Some(f) => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "this store was made with cipher '{}' (format {f}); cipher '{}' uses format {} and cannot read it",
+                    self.cipher,
+                    cipher.name(),
+                    cipher.format()
+                ),
+            )),
+            None => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "this store was made with cipher '{}', which this build does not know; open it with that cipher, not '{}'",
+                    self.cipher,
+                    cipher.name()
+                ),
+            )),
+        }
+    }
+
     /// Makes a new key header with a fresh random root key for `space`.
     pub fn create(
         cipher: &dyn Cipher,

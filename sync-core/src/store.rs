@@ -283,6 +283,9 @@ struct Inner {
     device: DeviceId,
     padding: Padding,
     clock: WallClock,
+    /// The key header file of a store encrypted at rest (`<path>.keys`); `None` when the key
+    /// header is in the storage's metadata.
+    sidecar: Option<PathBuf>,
     writer: tokio::sync::Mutex<Writer>,
 }
 
@@ -329,7 +332,9 @@ impl Store {
 
     /// Opens (or, with [`OpenOptions::create`], creates) the store held by `storage`, unlocking
     /// it with the passphrase. A wrong passphrase is [`ErrorKind::WrongPassphrase`] and writes
-    /// nothing; a store made by another storage or cipher is [`ErrorKind::Config`].
+    /// nothing; a store made by another storage, or by a cipher of another format, is
+    /// [`ErrorKind::Config`] (ciphers of one format, such as `orion` and `sodium`, open each
+    /// other's stores).
     ///
     /// The key header is read from the storage's metadata. A store encrypted at rest keeps it
     /// in a file next to its database instead ([`sidecar`]): open those with [`Store::builder`];
@@ -346,26 +351,8 @@ impl Store {
         let (keyring, root, state) = match keyring_bytes {
             Some(bytes) => {
                 let keyring = Keyring::decode(&bytes)?;
-                if keyring.storage != storage.name() {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!(
-                            "this store was made with storage '{}'; open it with that storage, not '{}'",
-                            keyring.storage,
-                            storage.name()
-                        ),
-                    ));
-                }
-                if keyring.cipher != cipher.name() {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!(
-                            "this store was made with cipher '{}'; open it with that cipher, not '{}'",
-                            keyring.cipher,
-                            cipher.name()
-                        ),
-                    ));
-                }
+                keyring.check_storage(storage.name())?;
+                keyring.check_cipher(cipher.as_ref())?;
                 let root = keyring.unlock(cipher.as_ref(), &options.passphrase)?;
                 let state_bytes = storage
                     .meta_get(META_DEVICE)
@@ -394,7 +381,7 @@ impl Store {
                 ));
             }
         };
-        Self::finish_open(storage, cipher, options, keyring, root, state)
+        Self::finish_open(storage, cipher, options, keyring, root, state, None)
     }
 
     fn finish_open(
@@ -404,6 +391,7 @@ impl Store {
         keyring: Keyring,
         root: crate::cipher::SecretKey,
         state: DeviceState,
+        sidecar: Option<PathBuf>,
     ) -> Result<Store> {
         let blind = keyring.blind_key(cipher.as_ref(), &root)?;
         let keys = RecordKeys::derive_with_blind_key(
@@ -438,6 +426,7 @@ impl Store {
                 local_keys,
                 padding: options.padding,
                 clock: options.clock,
+                sidecar,
                 writer: tokio::sync::Mutex::new(Writer { state, encoded }),
             }),
         })
@@ -488,17 +477,23 @@ impl Store {
     }
 
     /// Replaces the key header, guarded by the current one: atomic, and refused if another
-    /// process changed it meanwhile.
+    /// process changed it meanwhile. In the storage's metadata (one guarded commit) or in the
+    /// key header file of a store encrypted at rest ([`sidecar::replace`]).
     async fn replace_keyring(&self, old: &Keyring, new: Keyring) -> Result<()> {
         let _w = self.inner.writer.lock().await;
-        self.inner
-            .storage
-            .commit(Batch {
-                guards: vec![(META_KEYRING.to_owned(), Some(old.encode()?))],
-                meta: vec![(META_KEYRING.to_owned(), Some(new.encode()?))],
-                ..Batch::default()
-            })
-            .await?;
+        match &self.inner.sidecar {
+            Some(path) => sidecar::replace(self.inner.cipher.as_ref(), path, old, &new)?,
+            None => {
+                self.inner
+                    .storage
+                    .commit(Batch {
+                        guards: vec![(META_KEYRING.to_owned(), Some(old.encode()?))],
+                        meta: vec![(META_KEYRING.to_owned(), Some(new.encode()?))],
+                        ..Batch::default()
+                    })
+                    .await?;
+            }
+        }
         *self
             .inner
             .keyring
@@ -508,9 +503,11 @@ impl Store {
     }
 
     /// Changes the passphrase: rewraps the root key only (no record is re-encrypted), in one
-    /// atomic write. `cost` is the Argon2id cost for the new passphrase.
+    /// atomic write: of the storage's metadata, or, for a store encrypted at rest, of its key
+    /// header file ([`sidecar::replace`]). `cost` is the Argon2id cost for the new passphrase.
+    /// Another process having changed the key header since this store was opened is
+    /// [`ErrorKind::Conflict`].
     pub async fn change_passphrase(&self, new: &Passphrase, cost: KdfCost) -> Result<()> {
-        self.refuse_at_rest("changing the passphrase")?;
         let old = self.keyring()?;
         let mut next = old.clone();
         next.wrap(self.inner.cipher.as_ref(), new, cost, &self.inner.root)?;
@@ -521,7 +518,6 @@ impl Store {
     /// characters in groups of four. Show it to the user once; hearth keeps only the root key
     /// wrapped under it.
     pub async fn create_recovery_code(&self, cost: KdfCost) -> Result<String> {
-        self.refuse_at_rest("a recovery code")?;
         let mut raw = zeroize::Zeroizing::new([0u8; 20]);
         self.inner.cipher.fill_random(raw.as_mut())?;
         let code = data_encoding::BASE32_NOPAD.encode(raw.as_ref());
@@ -557,6 +553,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::new(ErrorKind::NotFound, "no hearth store here"))?;
         let old = Keyring::decode(&bytes)?;
+        old.check_cipher(cipher.as_ref())?;
         let code = crate::keyring::normalise_recovery_code(recovery_code);
         let root = old.unlock_with_recovery(cipher.as_ref(), &code)?;
         let mut next = old.clone();
@@ -598,11 +595,27 @@ impl Store {
             return Err(Error::new(ErrorKind::Config, "a store already exists here"));
         }
         let mut keyring = Keyring::decode(backup)?;
+        keyring.check_cipher(cipher.as_ref())?;
         let root = keyring.unlock(cipher.as_ref(), &options.passphrase)?;
         keyring.storage = storage.name().to_owned();
         keyring.cipher = cipher.name().to_owned();
+        Self::join_unlocked(storage, cipher, options, keyring, root).await
+    }
+
+    /// [`Store::join`] with the key header already unlocked (and naming `storage` and `cipher`).
+    pub(crate) async fn join_unlocked(
+        storage: Arc<dyn Storage>,
+        cipher: Arc<dyn Cipher>,
+        options: OpenOptions,
+        keyring: Keyring,
+        root: crate::cipher::SecretKey,
+    ) -> Result<Store> {
+        if storage.meta_get(META_KEYRING).await?.is_some() {
+            return Err(Error::new(ErrorKind::Config, "a store already exists here"));
+        }
+        sidecar::refuse_sidecar_store(storage.as_ref()).await?;
         let state = Self::initialise(storage.as_ref(), cipher.as_ref(), &keyring).await?;
-        Self::finish_open(storage, cipher, options, keyring, root, state)
+        Self::finish_open(storage, cipher, options, keyring, root, state, None)
     }
 
     /// Rotates the root key: a fresh root key in a fresh sync space, then every record is
@@ -740,14 +753,17 @@ impl Store {
         }
     }
 
-    /// Key-header changes are written to storage metadata; a store encrypted at rest keeps its
-    /// header in a sidecar file and its page key derives from the root key, so these operations
-    /// are refused there rather than half done.
+    /// A store encrypted at rest derives its page key from the root key, so a rotation would
+    /// have to re-key every page (`PRAGMA rekey`) and replace the key header file in step with
+    /// re-encrypting the records; that is not crash-safe yet, so it is refused rather than half
+    /// done (see docs/security.md).
     fn refuse_at_rest(&self, what: &str) -> Result<()> {
-        if self.inner.storage.capabilities().encrypted_at_rest {
+        if self.inner.storage.capabilities().encrypted_at_rest || self.inner.sidecar.is_some() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                format!("{what} is not supported yet for stores encrypted at rest (SQLCipher)"),
+                format!(
+                    "{what} is not supported yet for stores encrypted at rest (SQLCipher) (see docs/security.md)"
+                ),
             ));
         }
         Ok(())
@@ -1165,9 +1181,85 @@ fn hex8(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Builds a [`Store`] from registry names. Defaults: the first compiled-in storage of
-/// `sqlite`, `sqlcipher`, `memory`, and the first cipher of `orion`, `sodium`.
-#[derive(Debug, Default)]
+/// The files a store at `db` may have, by suffix: the database, SQLite's journal files, the key
+/// header file.
+const STORE_FILE_SUFFIXES: [&str; 4] = ["", "-wal", "-shm", sidecar::SIDECAR_SUFFIX];
+
+fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// A fresh name next to `path` for a store being imported: `.<name>.import-<random>`.
+fn import_temp_path(cipher: &dyn Cipher, path: &std::path::Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid("the store path has no file name"))?;
+    let mut tag = [0u8; 8];
+    cipher.fill_random(&mut tag)?;
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".import-{}", hex8(&tag)));
+    Ok(sidecar::parent_dir(path).join(tmp))
+}
+
+fn remove_store_files(db: &std::path::Path) {
+    for suffix in STORE_FILE_SUFFIXES {
+        let _ = std::fs::remove_file(with_suffix(db, suffix));
+    }
+}
+
+/// Moves a closed store from `tmp` to `path`: SQLite's journal files first (if any survived the
+/// close), then the database, then its key header file. The database is linked into place, which
+/// fails if something appeared at `path` meanwhile; a crash between the last two steps leaves a
+/// database that refuses to open without its key header (still at `<tmp>.keys`), never one
+/// that a new key header would be written for.
+fn move_into_place(tmp: &std::path::Path, path: &std::path::Path, sidecar: bool) -> Result<()> {
+    let io = |what: &str, p: &std::path::Path, e| {
+        sidecar::io_error(format!("cannot {what} {}", p.display()), e)
+    };
+    if path.exists() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{} appeared during the import", path.display()),
+        ));
+    }
+    for suffix in ["-wal", "-shm"] {
+        let from = with_suffix(tmp, suffix);
+        if from.exists() {
+            let to = with_suffix(path, suffix);
+            std::fs::rename(&from, &to).map_err(|e| io("move the store to", &to, e))?;
+        }
+    }
+    match std::fs::hard_link(tmp, path) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(tmp);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("{} appeared during the import", path.display()),
+            ));
+        }
+        Err(_) => std::fs::rename(tmp, path).map_err(|e| io("move the store to", path, e))?,
+    }
+    if sidecar {
+        let from = sidecar::sidecar_path(tmp);
+        let to = sidecar::sidecar_path(path);
+        if let Err(e) = std::fs::rename(&from, &to) {
+            // Put the database back beside its key header, so the caller removes both.
+            let _ = std::fs::rename(path, tmp);
+            return Err(io("move the key header to", &to, e));
+        }
+    }
+    sidecar::sync_dir(&sidecar::parent_dir(path))
+}
+
+/// Builds a [`Store`] from registry names. An existing store opens with the names its key header
+/// records; a new one defaults to the first compiled-in storage of `sqlite`, `sqlcipher`,
+/// `memory`, and the first cipher of `orion`, `sodium`.
+#[derive(Clone, Debug, Default)]
 pub struct StoreBuilder {
     path: Option<PathBuf>,
     passphrase: Option<Passphrase>,
@@ -1241,54 +1333,240 @@ impl StoreBuilder {
         })
     }
 
-    /// Resolves the names, opens the storage and unlocks the store. For a storage whose
-    /// registry entry needs a page key, the key header is read from (or, for a new store,
-    /// written to) `<path>.keys` and the page key derived from the root key; see [`sidecar`].
-    pub async fn open(self) -> Result<Store> {
+    /// Unlocks an existing store with its recovery code (case and separators do not matter),
+    /// sets the builder's passphrase (and KDF cost) as its new passphrase, and opens it. Works for
+    /// stores whose key header is in the storage's metadata ([`Store::recover`]) and for stores
+    /// encrypted at rest, whose key header file is replaced atomically ([`sidecar::replace`]).
+    /// A wrong code is [`ErrorKind::WrongPassphrase`] and changes nothing.
+    pub async fn recover(self, recovery_code: &str) -> Result<Store> {
         let passphrase = self
             .passphrase
+            .clone()
+            .ok_or_else(|| Error::invalid("a new passphrase is required"))?;
+        let cost = self.kdf_cost.unwrap_or(KdfCost::DEFAULT);
+        let code = crate::keyring::normalise_recovery_code(recovery_code);
+        let keys_path = self.path.as_deref().map(sidecar::sidecar_path);
+        if let Some(keys_path) = keys_path.filter(|p| p.exists()) {
+            let probe = Self::choose_cipher(self.cipher.as_deref(), None)?;
+            let ring = sidecar::read(probe.as_ref(), &keys_path)?
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, "no hearth store here"))?;
+            let cipher = Self::choose_cipher(self.cipher.as_deref(), Some(&ring.cipher))?;
+            ring.check_cipher(cipher.as_ref())?;
+            let root = ring.unlock_with_recovery(cipher.as_ref(), &code)?;
+            let mut next = ring.clone();
+            next.wrap(cipher.as_ref(), &passphrase, cost, &root)?;
+            drop(root);
+            sidecar::replace(cipher.as_ref(), &keys_path, &ring, &next)?;
+            return self.create(false).open().await;
+        }
+        let storage_name = match &self.storage {
+            Some(name) => name.clone(),
+            None => Self::pick(
+                None,
+                &["sqlite", "sqlcipher", "memory"],
+                registry::storage_names(),
+            )
+            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+        };
+        let mut storage_opts = StorageOptions::default().create(false);
+        storage_opts.path = self.path.clone();
+        let storage = (registry::storage(&storage_name)?.open)(storage_opts).await?;
+        let recorded = match storage.meta_get(META_KEYRING).await? {
+            Some(bytes) => Some(Keyring::decode(&bytes)?.cipher),
+            None => None,
+        };
+        let cipher = Self::choose_cipher(self.cipher.as_deref(), recorded.as_deref())?;
+        let mut opts = OpenOptions::new(passphrase).kdf_cost(cost);
+        if let Some(p) = self.padding {
+            opts.padding = p;
+        }
+        Store::recover(storage, cipher, opts, recovery_code).await
+    }
+
+    /// Imports a backup ([`Store::export`]) into a new store at the builder's path, with the
+    /// builder's storage (default as for a new store) and cipher (default: the one that made the
+    /// backup, or a compiled-in cipher of its format), unlocking it with the builder's passphrase.
+    /// So a backup made on `sqlite` + `orion` imports into `sqlcipher` + `sodium`.
+    ///
+    /// Nothing is left half-written: the passphrase is checked before anything is created, the
+    /// rows are written to a temporary store next to the path, and that is moved into place only
+    /// when the whole backup has been read and authenticated; on any error (a wrong passphrase,
+    /// a truncated file, a flipped byte, a full disk) the path does not exist afterwards and the
+    /// temporary files are removed. A store already at the path is [`ErrorKind::Config`].
+    pub async fn import(
+        self,
+        input: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> Result<(Store, crate::backup::BackupSummary)> {
+        let path = self
+            .path
+            .clone()
+            .ok_or_else(|| Error::invalid("an import needs the path of the new store"))?;
+        let passphrase = self
+            .passphrase
+            .clone()
             .ok_or_else(|| Error::invalid("a passphrase is required"))?;
-        let storage_name = Self::pick(
-            self.storage,
-            &["sqlite", "sqlcipher", "memory"],
-            registry::storage_names(),
-        )
-        .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?;
-        let cipher_name = Self::pick(self.cipher, &["orion", "sodium"], registry::cipher_names())
-            .ok_or_else(|| {
+        let keys_path = sidecar::sidecar_path(&path);
+        if path.exists() || keys_path.exists() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "a store already exists at {}; import into a new path",
+                    path.display()
+                ),
+            ));
+        }
+        let head = crate::backup::read_head(input).await?;
+        let cipher = Self::choose_cipher(self.cipher.as_deref(), Some(&head.keyring.cipher))?;
+        head.keyring.check_cipher(cipher.as_ref())?;
+        // A wrong passphrase stops here, before any file exists.
+        let root = head.keyring.unlock(cipher.as_ref(), &passphrase)?;
+        let keys = head.keys(cipher.as_ref(), &root)?;
+        let storage_name = match &self.storage {
+            Some(name) => name.clone(),
+            None => Self::pick(
+                None,
+                &["sqlite", "sqlcipher", "memory"],
+                registry::storage_names(),
+            )
+            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+        };
+        let reg = registry::storage(&storage_name)?;
+        let mut keyring = head.keyring.clone();
+        keyring.storage = reg.name.to_owned();
+        keyring.cipher = cipher.name().to_owned();
+        let mut opts = OpenOptions::new(passphrase.clone()).create(true);
+        if let Some(p) = self.padding {
+            opts.padding = p;
+        }
+        let tmp = import_temp_path(cipher.as_ref(), &path)?;
+        let result = async {
+            let store = if reg.needs_page_key {
+                sidecar::create_from(reg, cipher.clone(), &tmp, opts, keyring, root).await?
+            } else {
+                let storage = (reg.open)(StorageOptions::at(&tmp).create(true)).await?;
+                Store::join_unlocked(storage, cipher.clone(), opts, keyring, root).await?
+            };
+            let restored = crate::backup::restore(input, &store, &head, &keys).await;
+            let closed = store.close().await;
+            let summary = restored?;
+            closed?;
+            move_into_place(&tmp, &path, reg.needs_page_key)?;
+            Ok::<_, Error>(summary)
+        }
+        .await;
+        let summary = match result {
+            Ok(s) => s,
+            Err(e) => {
+                remove_store_files(&tmp);
+                return Err(e);
+            }
+        };
+        let store = StoreBuilder {
+            path: Some(path),
+            passphrase: Some(passphrase),
+            storage: Some(reg.name.to_owned()),
+            cipher: Some(cipher.name().to_owned()),
+            create: Some(false),
+            kdf_cost: None,
+            padding: self.padding,
+        }
+        .open()
+        .await?;
+        Ok((store, summary))
+    }
+
+    /// The cipher to open a store with: the one named, else the one the store records (or, when
+    /// that one is not compiled in, a compiled-in cipher of the same format), else the default.
+    fn choose_cipher(explicit: Option<&str>, recorded: Option<&str>) -> Result<Arc<dyn Cipher>> {
+        if let Some(name) = explicit {
+            return Ok((registry::cipher(name)?.make)());
+        }
+        if let Some(recorded) = recorded {
+            if let Ok(reg) = registry::cipher(recorded) {
+                return Ok((reg.make)());
+            }
+            let format = crate::keyring::cipher_format(recorded);
+            let mut names = registry::cipher_names();
+            // The preferred ciphers first, then the rest in name order.
+            names.sort_by_key(|n| ["orion", "sodium"].iter().position(|p| p == n).unwrap_or(2));
+            for name in names {
+                let cipher = (registry::cipher(name)?.make)();
+                if format == Some(cipher.format()) {
+                    return Ok(cipher);
+                }
+            }
+            // Not compiled in and nothing compatible: the registry's error names the feature.
+            return Ok((registry::cipher(recorded)?.make)());
+        }
+        let name = Self::pick(None, &["orion", "sodium"], registry::cipher_names()).ok_or_else(|| {
             Error::new(
                 ErrorKind::NotCompiledIn,
                 "no cipher is compiled in: enable the cargo feature `orion` or `sodium` of hearth",
             )
         })?;
-        let storage_reg = registry::storage(&storage_name)?;
-        let cipher = (registry::cipher(&cipher_name)?.make)();
+        Ok((registry::cipher(&name)?.make)())
+    }
+
+    /// Resolves the names, opens the storage and unlocks the store. For a storage whose
+    /// registry entry needs a page key, the key header is read from (or, for a new store,
+    /// written to) `<path>.keys` and the page key derived from the root key; see [`sidecar`].
+    ///
+    /// Names not given are taken from an existing store's key header (`<path>.keys`, or the
+    /// storage's metadata), so a store opens with the storage and cipher that made it without
+    /// naming them; for a new store they default to the first compiled-in of `sqlite`,
+    /// `sqlcipher`, `memory` and of `orion`, `sodium`. A cipher named explicitly need only be
+    /// of the same format as the one that made the store.
+    pub async fn open(self) -> Result<Store> {
+        let passphrase = self
+            .passphrase
+            .ok_or_else(|| Error::invalid("a passphrase is required"))?;
         let create = self.create.unwrap_or(true);
-        // Storages encrypted at rest keep their key header in a file next to the database.
-        if storage_reg.needs_page_key || sidecar::present(self.path.as_deref()) {
-            let mut opts = OpenOptions::new(passphrase).create(create);
-            if let Some(c) = self.kdf_cost {
-                opts.kdf_cost = c;
+        // An existing store encrypted at rest names its storage and cipher in `<path>.keys`.
+        // Any cipher of the format reads that file (its checksum is a keyed BLAKE2b).
+        let recorded = match self.path.as_deref() {
+            Some(p) if sidecar::present(Some(p)) => {
+                let probe = Self::choose_cipher(self.cipher.as_deref(), None)?;
+                sidecar::read(probe.as_ref(), &sidecar::sidecar_path(p))?
             }
-            if let Some(p) = self.padding {
-                opts.padding = p;
-            }
-            return sidecar::open(storage_reg, cipher, self.path, opts).await;
-        }
-        let mut storage_opts = StorageOptions::default().create(create);
-        storage_opts.path = self.path;
-        let storage = (storage_reg.open)(storage_opts).await?;
-        let mut opts = OpenOptions {
-            passphrase,
-            create,
-            ..OpenOptions::new(String::new())
+            _ => None,
         };
+        let storage_name = match (self.storage, &recorded) {
+            (Some(name), _) => name,
+            (None, Some(ring)) => ring.storage.clone(),
+            (None, None) => Self::pick(
+                None,
+                &["sqlite", "sqlcipher", "memory"],
+                registry::storage_names(),
+            )
+            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+        };
+        let storage_reg = registry::storage(&storage_name)?;
+        let mut opts = OpenOptions::new(passphrase).create(create);
         if let Some(c) = self.kdf_cost {
             opts.kdf_cost = c;
         }
         if let Some(p) = self.padding {
             opts.padding = p;
         }
+        // Storages encrypted at rest keep their key header in a file next to the database.
+        if storage_reg.needs_page_key || recorded.is_some() {
+            let cipher = Self::choose_cipher(
+                self.cipher.as_deref(),
+                recorded.as_ref().map(|r| r.cipher.as_str()),
+            )?;
+            return sidecar::open(storage_reg, cipher, self.path, opts).await;
+        }
+        let mut storage_opts = StorageOptions::default().create(create);
+        storage_opts.path = self.path;
+        let storage = (storage_reg.open)(storage_opts).await?;
+        let recorded_cipher = match &self.cipher {
+            Some(_) => None,
+            None => match storage.meta_get(META_KEYRING).await? {
+                Some(bytes) => Some(Keyring::decode(&bytes)?.cipher),
+                None => None,
+            },
+        };
+        let cipher = Self::choose_cipher(self.cipher.as_deref(), recorded_cipher.as_deref())?;
         Store::open(storage, cipher, opts).await
     }
 }

@@ -709,36 +709,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .with_source(e)
             })?;
             let mut r = tokio::io::BufReader::new(f);
-            let tmp = temp_beside(&path);
-            let result = async {
-                let storage = (hearth::registry::storage("sqlite")?.open)(
-                    hearth::StorageOptions::at(&tmp).create(true),
-                )
+            // Into a temporary path, moved into place only on success (the library does it).
+            let (store, summary) = Store::builder()
+                .path(&path)
+                .passphrase(pass)
+                .import(&mut r)
                 .await?;
-                let (store, summary) = Store::import(
-                    &mut r,
-                    storage,
-                    (hearth::registry::cipher("orion")?.make)(),
-                    hearth::OpenOptions::new(pass),
-                )
-                .await?;
-                store.close().await?;
-                tokio::fs::rename(&tmp, &path).await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!("cannot move the store to {}", path.display()),
-                    )
-                    .with_source(e)
-                })?;
-                Ok::<_, Error>(summary)
-            }
-            .await;
-            if result.is_err() {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = tokio::fs::remove_file(format!("{}{suffix}", tmp.display())).await;
-                }
-            }
-            let summary = result?;
+            store.close().await?;
             if cli.json {
                 print_json(&json!({"store": path.display().to_string(), "rows": summary.rows}));
             } else {

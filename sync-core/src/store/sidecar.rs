@@ -5,7 +5,8 @@
 //! So for those storages the key header lives beside the database, at `<path>.keys`:
 //!
 //! 1. [`StoreBuilder::open`](super::StoreBuilder::open) reads `<path>.keys`, checks that the
-//!    storage and cipher it names are the ones asked for ([`ErrorKind::Config`] otherwise), and
+//!    storage it names is the one asked for and that the cipher asked for reads the format of
+//!    the one it names ([`ErrorKind::Config`] otherwise), and
 //!    unlocks the root key with the passphrase ([`ErrorKind::WrongPassphrase`] otherwise; nothing
 //!    is written). A new store gets a new key header, written atomically before the database
 //!    exists.
@@ -31,11 +32,18 @@
 //! by its own AEAD tag): it tells a damaged file ([`ErrorKind::Corrupt`]) from a wrong passphrase,
 //! which a user would otherwise keep retyping.
 //!
-//! The file is written once, when the store is created: to a temporary file in the same
+//! The file is first written when the store is created: to a temporary file in the same
 //! directory, `fsync`ed, then hard-linked into place (which fails if a file is already there, so
 //! two processes creating one store at the same moment cannot both win), and the directory is
 //! `fsync`ed. Where the file system has no hard links it falls back to a rename after checking
 //! that no key header exists.
+//!
+//! A passphrase change or a new recovery code replaces it ([`replace`]): under an advisory lock on
+//! `<path>.keys.lock`, the file is checked to still hold the key header the store opened with
+//! ([`ErrorKind::Conflict`] otherwise), the new one is written to a temporary file, `fsync`ed and
+//! renamed over it, and the directory is `fsync`ed. Both headers wrap the same root key, so the
+//! page key and the database are untouched, and a crash leaves one of the two, each of which
+//! unlocks the store with its own passphrase.
 
 use std::fs;
 use std::io::Write;
@@ -128,7 +136,7 @@ pub fn decode(cipher: &dyn Cipher, bytes: &[u8]) -> Result<Keyring> {
     Keyring::decode(&bytes[PREFIX_LEN..body_end])
 }
 
-fn io_error(what: String, e: std::io::Error) -> Error {
+pub(crate) fn io_error(what: String, e: std::io::Error) -> Error {
     let kind = match e.kind() {
         std::io::ErrorKind::StorageFull => ErrorKind::StorageFull,
         _ => ErrorKind::Io,
@@ -158,16 +166,101 @@ pub fn read(cipher: &dyn Cipher, path: &Path) -> Result<Option<Keyring>> {
 /// replaced: that is [`ErrorKind::Conflict`].
 pub fn write_new(cipher: &dyn Cipher, path: &Path, keyring: &Keyring) -> Result<()> {
     let bytes = encode(cipher, keyring)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = parent_dir(path);
     if !dir.is_dir() {
         return Err(Error::new(
             ErrorKind::Io,
             format!("directory {} does not exist", dir.display()),
         ));
     }
+    let tmp = temp_name(cipher, &dir, path)?;
+    let result = write_tmp_then_link(&tmp, path, &bytes);
+    // The temporary name is gone after a successful rename; otherwise remove it.
+    let _ = fs::remove_file(&tmp);
+    result?;
+    sync_dir(&dir)
+}
+
+/// Where the lock that serialises changes of the key header file at `keys` lives.
+pub fn lock_path(keys: &Path) -> PathBuf {
+    let mut s = keys.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// Replaces the key header file at `path`, which must hold `old`, with `new`: atomically (a
+/// temporary file in the same directory, `fsync`ed, renamed over the old one, then the directory
+/// `fsync`ed), so a crash at any point leaves either the old file or the new one, and each
+/// unlocks the store with its passphrase (both wrap the same root key).
+///
+/// Changes are serialised by an advisory lock on `<path>.lock` (released by the operating
+/// system if the process dies). A file that no longer holds `old` (another process changed the
+/// passphrase meanwhile) or a lock held by another process is [`ErrorKind::Conflict`], and
+/// nothing is written.
+pub fn replace(cipher: &dyn Cipher, path: &Path, old: &Keyring, new: &Keyring) -> Result<()> {
+    let bytes = encode(cipher, new)?;
+    let dir = parent_dir(path);
+    let lock_file = lock_path(path);
+    let mut lock_opts = fs::OpenOptions::new();
+    lock_opts
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        lock_opts.mode(0o600);
+    }
+    let lock = lock_opts
+        .open(&lock_file)
+        .map_err(|e| io_error(format!("cannot open {}", lock_file.display()), e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "another process is changing this store's key header; try again",
+            ));
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(io_error(format!("cannot lock {}", lock_file.display()), e));
+        }
+    }
+    let current = read(cipher, path)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("the key header file {} is gone", path.display()),
+        )
+    })?;
+    if current.encode()? != old.encode()? {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            "the key header file was changed by another process (a passphrase change or recovery code?); open the store again",
+        ));
+    }
+    let tmp = temp_name(cipher, &dir, path)?;
+    let result = write_tmp(&tmp, &bytes).and_then(|()| {
+        fs::rename(&tmp, path)
+            .map_err(|e| io_error(format!("cannot replace {}", path.display()), e))
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(&dir)?;
+    drop(lock);
+    Ok(())
+}
+
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn temp_name(cipher: &dyn Cipher, dir: &Path, path: &Path) -> Result<PathBuf> {
     let mut tag = [0u8; 8];
     cipher.fill_random(&mut tag)?;
     let name = path
@@ -179,15 +272,11 @@ pub fn write_new(cipher: &dyn Cipher, path: &Path, keyring: &Keyring) -> Result<
         ".tmp-{}",
         tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ));
-    let tmp = dir.join(tmp_name);
-    let result = write_tmp_then_link(&tmp, path, &bytes);
-    // The temporary name is gone after a successful rename; otherwise remove it.
-    let _ = fs::remove_file(&tmp);
-    result?;
-    sync_dir(&dir)
+    Ok(dir.join(tmp_name))
 }
 
-fn write_tmp_then_link(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to a new file at `tmp` (mode 0600 on Unix) and `fsync`s it.
+fn write_tmp(tmp: &Path, bytes: &[u8]) -> Result<()> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -201,8 +290,11 @@ fn write_tmp_then_link(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| io_error(format!("cannot create {}", tmp.display()), e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| io_error(format!("cannot write {}", tmp.display()), e))?;
-    drop(f);
+        .map_err(|e| io_error(format!("cannot write {}", tmp.display()), e))
+}
+
+fn write_tmp_then_link(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    write_tmp(tmp, bytes)?;
     let exists = || {
         Error::new(
             ErrorKind::Conflict,
@@ -226,7 +318,7 @@ fn write_tmp_then_link(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         fs::File::open(dir)
@@ -291,25 +383,8 @@ pub(super) async fn open(
     let mut created = false;
     let (keyring, root) = match existing {
         Some(ring) => {
-            if ring.storage != reg.name {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "this store was made with storage '{}'; open it with that storage, not '{}'",
-                        ring.storage, reg.name
-                    ),
-                ));
-            }
-            if ring.cipher != cipher.name() {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "this store was made with cipher '{}'; open it with that cipher, not '{}'",
-                        ring.cipher,
-                        cipher.name()
-                    ),
-                ));
-            }
+            ring.check_storage(reg.name)?;
+            ring.check_cipher(cipher.as_ref())?;
             let root = ring.unlock(cipher.as_ref(), &options.passphrase)?;
             (ring, root)
         }
@@ -354,8 +429,60 @@ pub(super) async fn open(
             (ring, root)
         }
     };
+    open_unlocked(
+        reg, cipher, &path, keys_path, options, keyring, root, created,
+    )
+    .await
+}
+
+/// Creates a store at `path` (where nothing exists yet) with a key header already unlocked:
+/// writes `<path>.keys`, then the database. For imports: the key header is a backup's, naming
+/// this storage and cipher.
+pub(crate) async fn create_from(
+    reg: StorageRegistration,
+    cipher: Arc<dyn Cipher>,
+    path: &Path,
+    options: OpenOptions,
+    keyring: Keyring,
+    root: SecretKey,
+) -> Result<Store> {
+    let keys_path = sidecar_path(path);
+    if fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("a store already exists at {}", path.display()),
+        ));
+    }
+    write_new(cipher.as_ref(), &keys_path, &keyring)?;
+    open_unlocked(
+        reg,
+        cipher,
+        path,
+        keys_path,
+        options.create(true),
+        keyring,
+        root,
+        true,
+    )
+    .await
+}
+
+/// The rest of [`open`] once the key header is unlocked: opens the database with the page key,
+/// checks its binding to the key header, and reads (or, for a new database, writes) the device
+/// state.
+#[allow(clippy::too_many_arguments)]
+async fn open_unlocked(
+    reg: StorageRegistration,
+    cipher: Arc<dyn Cipher>,
+    path: &Path,
+    keys_path: PathBuf,
+    options: OpenOptions,
+    keyring: Keyring,
+    root: SecretKey,
+    created: bool,
+) -> Result<Store> {
     let key = page_key(cipher.as_ref(), &root)?;
-    let storage_opts = StorageOptions::at(&path)
+    let storage_opts = StorageOptions::at(path)
         .create(options.create)
         .page_key(Some(key));
     let storage = match (reg.open)(storage_opts).await {
@@ -441,5 +568,13 @@ pub(super) async fn open(
         }
     };
 
-    Store::finish_open(storage, cipher, options, keyring, root, state)
+    Store::finish_open(
+        storage,
+        cipher,
+        options,
+        keyring,
+        root,
+        state,
+        Some(keys_path),
+    )
 }
