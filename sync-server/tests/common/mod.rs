@@ -120,6 +120,7 @@ pub fn http(url: &str, token: &str) -> HttpTransport {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(20),
             max_push_bytes: 32 * 1024,
+            ..HttpOptions::default()
         },
     )
     .expect("transport")
@@ -184,8 +185,10 @@ impl Device {
         passphrase: &str,
     ) -> sync_core::Result<Device> {
         let http = http(url, token);
-        let spaces = http.spaces().await?;
-        let space = spaces.first().expect("the account has a space").space;
+        // The account's current space: after a key rotation, the successor, never the
+        // retired one.
+        let current = http.current_space().await?;
+        let space = current.space;
         let backup = http
             .get_key_backup(space)
             .await?
@@ -198,12 +201,14 @@ impl Device {
             &backup,
         )
         .await?;
-        http.register_device(&SpaceRef {
+        let from = SpaceRef {
             space: store.space(),
             device: store.device(),
             fingerprint: store.key_fingerprint(),
-        })
-        .await?;
+        };
+        // The key the backup unwrapped must be the one the server records for the space.
+        http.check_key(&from).await?;
+        http.register_device(&from).await?;
         let engine = Self::engine(&store, &http);
         Ok(Device {
             store,
