@@ -18,7 +18,7 @@ use sync_core::{DeviceId, Error, ErrorKind, SpaceId, SpaceRef, wire};
 
 use crate::auth;
 use crate::metrics::Metrics;
-use crate::store::{AccountId, ServerStore};
+use crate::store::{AccountId, ServerStore, SpaceInfo, SpaceRetired};
 
 /// Largest key backup accepted (a wrapped keyring is a few hundred bytes).
 pub const MAX_KEY_BACKUP: usize = 64 * 1024;
@@ -61,6 +61,12 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 struct ErrorBody<'a> {
     error: &'a str,
     message: &'a str,
+    /// `"space_retired"` when the space was retired (the error is then `wrong_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    /// The retired space's successor (hex), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    successor: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -73,9 +79,12 @@ impl IntoResponse for ApiError {
         } else {
             self.0.message()
         };
+        let retired = SpaceRetired::of(&self.0);
         let body = serde_json::to_vec(&ErrorBody {
             error: kind.as_str(),
             message,
+            code: retired.map(|_| "space_retired"),
+            successor: retired.and_then(|r| r.successor).map(|s| s.to_hex()),
         })
         .unwrap_or_default();
         let mut r = (status, body).into_response();
@@ -205,6 +214,19 @@ async fn register(State(app): State<Arc<App>>) -> ApiResult {
 struct SpaceJson {
     space: String,
     fingerprint: Option<String>,
+    retired: bool,
+    successor: Option<String>,
+}
+
+impl From<&SpaceInfo> for SpaceJson {
+    fn from(s: &SpaceInfo) -> Self {
+        Self {
+            space: s.space.to_hex(),
+            fingerprint: s.fingerprint.map(hex::encode),
+            retired: s.retired,
+            successor: s.successor.map(|s| s.to_hex()),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -217,13 +239,7 @@ async fn list_spaces(State(app): State<Arc<App>>, Auth(account): Auth) -> ApiRes
     json(
         StatusCode::OK,
         &SpacesJson {
-            spaces: spaces
-                .iter()
-                .map(|s| SpaceJson {
-                    space: s.space.to_hex(),
-                    fingerprint: s.fingerprint.map(hex::encode),
-                })
-                .collect(),
+            spaces: spaces.iter().map(SpaceJson::from).collect(),
         },
     )
 }
@@ -231,15 +247,64 @@ async fn list_spaces(State(app): State<Arc<App>>, Auth(account): Auth) -> ApiRes
 #[derive(Deserialize)]
 struct FingerprintJson {
     fingerprint: String,
+    /// On `PUT /v1/spaces/{space}`: the space this one replaces (a key rotation), which is
+    /// retired with this one as its successor.
+    #[serde(default)]
+    replaces: Option<String>,
 }
 
-fn fingerprint_from(b: &[u8]) -> ApiResult<[u8; 32]> {
-    let f: FingerprintJson = serde_json::from_slice(b)
-        .map_err(|_| Error::invalid("expected {\"fingerprint\": \"<64 hex characters>\"}"))?;
+fn fingerprint_json(b: &[u8]) -> ApiResult<FingerprintJson> {
+    Ok(serde_json::from_slice(b)
+        .map_err(|_| Error::invalid("expected {\"fingerprint\": \"<64 hex characters>\"}"))?)
+}
+
+fn fingerprint_of(f: &FingerprintJson) -> ApiResult<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(&f.fingerprint, &mut out)
         .map_err(|_| Error::invalid("a fingerprint is 64 hex characters"))?;
     Ok(out)
+}
+
+fn fingerprint_from(b: &[u8]) -> ApiResult<[u8; 32]> {
+    fingerprint_of(&fingerprint_json(b)?)
+}
+
+async fn get_space(
+    State(app): State<Arc<App>>,
+    Auth(account): Auth,
+    Path(space): Path<String>,
+) -> ApiResult {
+    let space = space_from_path(&space)?;
+    match app.store.space(account, space).await? {
+        Some(info) => json(StatusCode::OK, &SpaceJson::from(&info)),
+        None => Err(Error::new(ErrorKind::NotFound, "no such space").into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct RetireJson {
+    #[serde(default)]
+    successor: Option<String>,
+}
+
+async fn retire_space(
+    State(app): State<Arc<App>>,
+    Auth(account): Auth,
+    Path(space): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let space = space_from_path(&space)?;
+    let b = body(b)?;
+    let successor = if b.is_empty() {
+        None
+    } else {
+        let r: RetireJson = serde_json::from_slice(&b)
+            .map_err(|_| Error::invalid("expected {\"successor\": \"<32 hex characters>\"}"))?;
+        r.successor.as_deref().map(space_from_path).transpose()?
+    };
+    app.store.retire_space(account, space, successor).await?;
+    tracing::info!("space retired");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn register_space(
@@ -249,11 +314,22 @@ async fn register_space(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let space = space_from_path(&space)?;
-    let fingerprint = fingerprint_from(&body(b)?)?;
+    let request = fingerprint_json(&body(b)?)?;
+    let fingerprint = fingerprint_of(&request)?;
+    let replaces = request
+        .replaces
+        .as_deref()
+        .map(space_from_path)
+        .transpose()?;
     let new = app
         .store
         .register_space(account, space, fingerprint)
         .await?;
+    if let Some(old) = replaces {
+        // The old space stops taking uploads: devices still on the old key must re-join.
+        app.store.retire_space(account, old, Some(space)).await?;
+        tracing::info!("space registered as a successor; the old one is retired");
+    }
     json(
         if new {
             StatusCode::CREATED
@@ -263,6 +339,8 @@ async fn register_space(
         &SpaceJson {
             space: space.to_hex(),
             fingerprint: Some(hex::encode(fingerprint)),
+            retired: false,
+            successor: None,
         },
     )
 }
@@ -346,6 +424,40 @@ async fn put_backup(
     if b.is_empty() {
         return Err(Error::invalid("empty key backup").into());
     }
+    // Ownership and retirement first (another account's space is 403 whatever the body).
+    let info = app.store.space(account, space).await?;
+    if let Some(info) = info
+        && info.retired
+    {
+        return Err(SpaceRetired {
+            successor: info.successor,
+        }
+        .error()
+        .into());
+    }
+    // The backup is the device's key header: its space and root-key fingerprint are in the
+    // clear (the root key is wrapped). A device holding another key than the space's must not
+    // replace the backup new devices join with.
+    let ring = sync_core::keyring::Keyring::decode(&b)?;
+    if ring.space != space {
+        return Err(Error::invalid("the key backup belongs to another space than the URL").into());
+    }
+    match info.and_then(|i| i.fingerprint) {
+        Some(f) if f != ring.fingerprint => {
+            return Err(Error::new(
+                ErrorKind::WrongKey,
+                "this key backup holds a different key than the space: check the passphrase",
+            )
+            .into());
+        }
+        Some(_) => {}
+        // A space not registered yet is claimed with the backup's fingerprint.
+        None => {
+            app.store
+                .register_space(account, space, ring.fingerprint)
+                .await?;
+        }
+    }
     app.store.put_key_backup(account, space, b.to_vec()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -396,7 +508,8 @@ pub(crate) fn router(app: Arc<App>, max_body: usize) -> Router {
     Router::new()
         .route("/v1/accounts", post(register))
         .route("/v1/account/spaces", get(list_spaces))
-        .route("/v1/spaces/{space}", put(register_space))
+        .route("/v1/spaces/{space}", put(register_space).get(get_space))
+        .route("/v1/spaces/{space}/retire", post(retire_space))
         .route("/v1/spaces/{space}/devices/{device}", put(register_device))
         .route("/v1/spaces/{space}/push", post(push))
         .route("/v1/spaces/{space}/pull", post(pull))

@@ -40,8 +40,8 @@ pub mod store;
 pub use http::{MAX_KEY_BACKUP, status_of};
 pub use metrics::Metrics;
 pub use store::{
-    AccountId, AccountRelay, PostgresStore, SCHEMA_VERSION, ServerStore, SpaceInfo, SqliteStore,
-    open_store,
+    AccountId, AccountRelay, PostgresStore, SCHEMA_VERSION, ServerStore, SpaceInfo, SpaceRetired,
+    SqliteStore, open_store,
 };
 
 /// Everything a server needs to start.

@@ -1,5 +1,6 @@
-//! The built `hearth-server` binary as a separate process: devices sync through it, it stops
-//! gracefully on SIGTERM, and no canary string written by the devices (collection, key or
+//! The built `hearth-server` binary as a separate process: devices sync through it (three, with
+//! offline edits, conflicts and deletes), a SIGKILLed process restarts on its file and the sync
+//! resumes with nothing lost or duplicated, it stops gracefully on SIGTERM, and no canary string written by the devices (collection, key or
 //! value), no token and no passphrase appears in its database files or in its logs, even at
 //! trace level.
 
@@ -7,10 +8,14 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
-use common::{Device, PASS};
+use common::{Device, PASS, Proxy, ServerProcess};
 use serde_json::json;
-use sync_core::WriteBatch;
+use sync_core::store::system_millis;
+use sync_core::{RelayConfig, WriteBatch};
+use sync_server::{ServerStore, SqliteStore};
 use transport_http::HttpTransport;
 
 const CANARY: &str = "CANARYqz7Xv";
@@ -109,4 +114,198 @@ async fn the_server_binary_syncs_devices_and_never_sees_plaintext() {
     for needle in [CANARY, account.token.as_str(), secret, PASS] {
         assert!(!logs.contains(needle), "the server log holds a secret");
     }
+}
+
+const PUSH_ROUTE: &str = "/v1/spaces/{space}/push";
+
+/// The server process is SIGKILLed (no graceful stop) after it committed a push whose answer
+/// the client never got, in the middle of a multi-request sync; a new process on the same
+/// SQLite file, same address, serves the rest: the client pushes again, the server keeps each
+/// envelope once, and a second device receives everything exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_server_restarts_on_its_file_and_the_sync_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("server.db");
+    let database = format!("sqlite:{}", db.display());
+    let log = dir.path().join("server.log");
+    let p1 = ServerProcess::start(&database, "127.0.0.1:0", &log);
+    let addr = p1.addr;
+    let url = p1.url();
+    let account = HttpTransport::register_account(&url)
+        .await
+        .expect("account");
+    let a_db = dir.path().join("a.db");
+    let a = Device::first(&a_db, &url, &account.token).await;
+    let space = a.store.space();
+    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
+        .await
+        .expect("join");
+    let mut batch = WriteBatch::new();
+    for i in 0..200 {
+        batch
+            .put(
+                "notes",
+                format!("n{i:04}"),
+                &json!({"i": i, "pad": "x".repeat(200)}),
+            )
+            .expect("put");
+    }
+    a.store.write(batch).await.expect("write");
+    a.engine.sync().await.expect("first part syncs");
+    assert_eq!(b.engine.sync().await.expect("b syncs").applied, 200);
+    // More offline edits: 800 new records, and updates and deletes of synced ones.
+    let mut batch = WriteBatch::new();
+    for i in 200..1000 {
+        batch
+            .put(
+                "notes",
+                format!("n{i:04}"),
+                &json!({"i": i, "pad": "y".repeat(200)}),
+            )
+            .expect("put");
+    }
+    for i in 0..50 {
+        batch
+            .put(
+                "notes",
+                format!("n{i:04}"),
+                &json!({"i": i, "updated": true}),
+            )
+            .expect("put");
+    }
+    for i in 50..60 {
+        batch.delete("notes", format!("n{i:04}"));
+    }
+    a.store.write(batch).await.expect("write");
+    drop(a);
+
+    // The sync runs through a proxy that swallows the answers to pushes; the server is
+    // SIGKILLed as soon as it has answered (so committed) one.
+    let proxy = Proxy::start(addr).await;
+    proxy.lose_push_responses(true);
+    let a = Device::reopen(&a_db, &proxy.url(), &account.token).await;
+    let committed_before = p1.requests(PUSH_ROUTE, 200).await;
+    let syncing = tokio::spawn(async move {
+        let r = a.engine.sync().await;
+        (a, r)
+    });
+    for _ in 0..2000 {
+        if p1.requests(PUSH_ROUTE, 200).await > committed_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(p1.requests(PUSH_ROUTE, 200).await > committed_before);
+    p1.kill();
+    let (a, r) = syncing.await.expect("task");
+    let err = r.expect_err("the server died mid-sync");
+    assert!(err.is_temporary(), "{err}");
+    assert_eq!(
+        a.store.info().await.expect("info").pending,
+        860,
+        "nothing of this sync was acknowledged"
+    );
+    drop(a);
+
+    // Same file, same address: a new process.
+    let p2 = ServerProcess::start(&database, &addr.to_string(), &log);
+    let a = Device::reopen(&a_db, &p2.url(), &account.token).await;
+    let r = a.engine.sync().await.expect("sync after restart");
+    assert_eq!(r.pushed, 860);
+    assert_eq!(a.store.info().await.expect("info").pending, 0);
+    let r = b.engine.sync().await.expect("b syncs");
+    // B had 200 records; it receives 800 new ones, 50 updates, 10 deletes, each once.
+    assert_eq!(r.applied, 860, "nothing lost, nothing twice: {r:?}");
+    let snap = b.snapshot("notes").await;
+    assert_eq!(snap.len(), 990);
+    assert_eq!(snap, a.snapshot("notes").await);
+    p2.terminate();
+
+    // Each record is stored once: 990 live envelopes plus at most the 10 tombstones.
+    let store = SqliteStore::open(&db, RelayConfig::default(), Arc::new(system_millis))
+        .await
+        .expect("open the server's file");
+    let stats = store.space_stats(space).await.expect("stats");
+    assert_eq!(stats.envelopes - stats.tombstones, 990, "{stats:?}");
+    assert!(stats.tombstones <= 10, "{stats:?}");
+    store.close().await;
+}
+
+/// Three devices with offline edits, a three-way conflict and deletes, through the binary.
+#[tokio::test]
+async fn three_devices_with_offline_edits_conflicts_and_deletes_through_the_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("server.db");
+    let p = ServerProcess::start(
+        &format!("sqlite:{}", db.display()),
+        "127.0.0.1:0",
+        &dir.path().join("server.log"),
+    );
+    let url = p.url();
+    let account = HttpTransport::register_account(&url)
+        .await
+        .expect("account");
+    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
+    let mut batch = WriteBatch::new();
+    for i in 0..20 {
+        batch
+            .put("notes", format!("n{i:02}"), &json!(i))
+            .expect("put");
+    }
+    a.store.write(batch).await.expect("write");
+    a.engine.sync().await.expect("sync");
+    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
+        .await
+        .expect("b joins");
+    let c = Device::join(&dir.path().join("c.db"), &url, &account.token, PASS)
+        .await
+        .expect("c joins");
+    for d in [&b, &c] {
+        assert_eq!(d.engine.sync().await.expect("sync").applied, 20);
+    }
+    // Offline: all three edit n00 (a three-way conflict), each deletes one record, each
+    // adds its own, and B edits a record C deletes.
+    for (i, d) in [&a, &b, &c].iter().enumerate() {
+        d.store
+            .put("notes", "n00", &json!({"by": i}))
+            .await
+            .expect("put");
+        assert!(
+            d.store
+                .delete("notes", &format!("n1{i}"))
+                .await
+                .expect("delete")
+        );
+        d.store
+            .put("notes", &format!("new-{i}"), &json!(i))
+            .await
+            .expect("put");
+    }
+    b.store.put("notes", "n05", &json!("b")).await.expect("put");
+    assert!(c.store.delete("notes", "n05").await.expect("delete"));
+    let mut resolved = 0;
+    for _ in 0..3 {
+        for d in [&a, &b, &c] {
+            resolved += d.engine.sync().await.expect("sync").conflicts_resolved;
+        }
+    }
+    assert!(
+        resolved >= 2,
+        "the concurrent edits were resolved: {resolved}"
+    );
+    let snap = a.snapshot("notes").await;
+    assert_eq!(snap, b.snapshot("notes").await);
+    assert_eq!(snap, c.snapshot("notes").await);
+    for gone in ["n10", "n11", "n12"] {
+        assert!(
+            !snap.iter().any(|(k, _)| k == gone),
+            "{gone} deleted everywhere"
+        );
+    }
+    for i in 0..3 {
+        assert!(snap.iter().any(|(k, _)| *k == format!("new-{i}")));
+    }
+    let n00 = &snap.iter().find(|(k, _)| k == "n00").expect("n00").1;
+    assert!(n00["by"].as_u64().is_some_and(|by| by < 3), "{n00}");
+    p.terminate();
 }

@@ -1,5 +1,7 @@
-//! Two server processes' worth of `Server`s on one PostgreSQL: devices sync through both
-//! alternately, and concurrent pushes through both never reuse or skip a sequence number.
+//! Two server processes on one PostgreSQL: the real `hearth-server` binary twice, devices
+//! syncing through both alternately (and leaving nothing readable in the database or logs);
+//! two in-process `Server`s likewise, and concurrent pushes through both never reuse or skip a
+//! sequence number.
 //! Needs `HEARTH_TEST_POSTGRES_URL` (set by `.ci/run`); fails in CI without it.
 
 mod common;
@@ -7,12 +9,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use common::{Device, PASS, fresh_schema, postgres_url};
+use common::{Device, PASS, ServerProcess, fresh_schema, postgres_url};
 use serde_json::json;
 use sync_core::store::system_millis;
 use sync_core::{
     DeviceId, OutgoingEnvelope, PullRequest, PushRequest, RecordId, RelayConfig, SpaceId, SpaceRef,
-    SyncConfig, SyncEngine, Transport,
+    SyncConfig, SyncEngine, Transport, WriteBatch,
 };
 use sync_server::{PostgresStore, RunningServer, Server};
 use transport_http::HttpTransport;
@@ -227,4 +229,144 @@ async fn concurrent_pushes_through_two_servers_never_reuse_or_skip_a_sequence() 
     }
     s1.stop().await.expect("stop");
     s2.stop().await.expect("stop");
+}
+
+const CANARY: &str = "CANARYpg4Wm";
+
+/// Two real `hearth-server` processes (the built binary) on one PostgreSQL schema: the
+/// deployment the server is made for. Three devices sync through them alternately, with
+/// offline edits, a conflict and deletes, and converge; then no canary string written by the
+/// devices, no token and no passphrase appears in any table (as bytes or as hex) or in either
+/// process's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn devices_sync_through_two_server_processes_on_one_postgres() {
+    let Some(pg) = postgres_url() else { return };
+    let (db_url, schema) = common::fresh_schema_url(&pg).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p1 = ServerProcess::start(&db_url, "127.0.0.1:0", &dir.path().join("s1.log"));
+    let p2 = ServerProcess::start(&db_url, "127.0.0.1:0", &dir.path().join("s2.log"));
+    let urls = [p1.url(), p2.url()];
+    let account = HttpTransport::register_account(&urls[0])
+        .await
+        .expect("account");
+    let token = account.token.as_str();
+    let collection = format!("{CANARY}-notes");
+    let a = Device::first(&dir.path().join("a.db"), &urls[0], token).await;
+    let mut batch = WriteBatch::new();
+    for i in 0..30 {
+        batch
+            .put(
+                &collection,
+                format!("{CANARY}-k{i:02}"),
+                &json!({"v": format!("{CANARY}-value-{i}")}),
+            )
+            .expect("put");
+    }
+    a.store.write(batch).await.expect("write");
+    engine(&a, &urls[1], token).sync().await.expect("sync a");
+    let b = Device::join(&dir.path().join("b.db"), &urls[1], token, PASS)
+        .await
+        .expect("b joins through process 2");
+    let c = Device::join(&dir.path().join("c.db"), &urls[0], token, PASS)
+        .await
+        .expect("c joins through process 1");
+    let devices = [&a, &b, &c];
+    for (i, d) in devices.iter().enumerate() {
+        engine(d, &urls[i % 2], token).sync().await.expect("sync");
+    }
+    for round in 0..4usize {
+        // Offline edits on every device: its own keys, one key all of them write (a conflict
+        // each round), and a delete.
+        for (i, d) in devices.iter().enumerate() {
+            d.store
+                .put(
+                    &collection,
+                    &format!("{CANARY}-d{i}-r{round}"),
+                    &json!(format!("{CANARY}-{i}-{round}")),
+                )
+                .await
+                .expect("put");
+            d.store
+                .put(
+                    &collection,
+                    &format!("{CANARY}-shared"),
+                    &json!(format!("{CANARY}-by-{i}-{round}")),
+                )
+                .await
+                .expect("put");
+        }
+        let victim = format!("{CANARY}-k{:02}", round * 3 + 1);
+        assert!(
+            devices[round % 3]
+                .store
+                .delete(&collection, &victim)
+                .await
+                .expect("delete")
+        );
+        // Each device alternates between the two processes.
+        for (i, d) in devices.iter().enumerate() {
+            engine(d, &urls[(i + round) % 2], token)
+                .sync()
+                .await
+                .expect("sync");
+        }
+    }
+    for _ in 0..2 {
+        for (i, d) in devices.iter().enumerate() {
+            engine(d, &urls[(i + 1) % 2], token)
+                .sync()
+                .await
+                .expect("sync");
+        }
+    }
+    let snap = a.snapshot(&collection).await;
+    // 30 - 4 deleted + 3 devices × 4 rounds + the shared key.
+    assert_eq!(snap.len(), 30 - 4 + 12 + 1);
+    assert_eq!(snap, b.snapshot(&collection).await);
+    assert_eq!(snap, c.snapshot(&collection).await);
+    for round in 0..4usize {
+        let victim = format!("{CANARY}-k{:02}", round * 3 + 1);
+        assert!(!snap.iter().any(|(k, _)| *k == victim), "{victim} deleted");
+    }
+
+    p1.terminate();
+    p2.terminate();
+    // Nothing the devices wrote is readable in the database, in any table.
+    let pool = sqlx::PgPool::connect(&pg).await.expect("connect");
+    let hex_canary = hex::encode(CANARY);
+    let (_, secret) = account.token.split_once('.').expect("token");
+    let mut rows = 0;
+    for table in ["accounts", "spaces", "envelopes", "devices"] {
+        let dump: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT row_to_json(t)::text FROM {schema}.{table} t"
+        )))
+        .fetch_all(&pool)
+        .await
+        .expect("dump table");
+        rows += dump.len();
+        for row in dump {
+            for needle in [CANARY, hex_canary.as_str(), token, secret, PASS] {
+                assert!(!row.contains(needle), "{table} holds a secret");
+            }
+        }
+    }
+    let blobs: Vec<Vec<u8>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT envelope FROM {schema}.envelopes UNION ALL SELECT key_backup FROM {schema}.spaces WHERE key_backup IS NOT NULL"
+    )))
+    .fetch_all(&pool)
+    .await
+    .expect("blobs");
+    assert!(blobs.len() > 30, "the envelopes are there: {}", blobs.len());
+    for b in &blobs {
+        assert!(!common::contains(b, CANARY.as_bytes()));
+    }
+    assert!(rows > 30);
+    pool.close().await;
+    for p in [dir.path().join("s1.log"), dir.path().join("s2.log")] {
+        let logs = std::fs::read_to_string(&p).expect("log");
+        assert!(logs.contains("/v1/spaces/{space}/push"), "the log is real");
+        for needle in [CANARY, token, secret, PASS] {
+            assert!(!logs.contains(needle), "a server log holds a secret");
+        }
+    }
 }

@@ -23,8 +23,9 @@
 //! ```
 #![deny(missing_docs)]
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ use sync_core::{
     Transport, wire,
 };
 
-/// Timeouts of the HTTP client.
+/// Timeouts and size limits of the HTTP client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpOptions {
     /// Longest wait for a TCP (and TLS) connection.
@@ -47,7 +48,18 @@ pub struct HttpOptions {
     /// (safe, since push is idempotent by device and sequence), so a batch of large records
     /// does not hit the server's body limit. An envelope larger than this still goes alone.
     pub max_push_bytes: usize,
+    /// Largest response body read: a server that announces or sends more gets a permanent
+    /// [`ErrorKind::TooLarge`] and the rest is not read, so a hostile server cannot exhaust
+    /// the client's memory. The default fits the largest page an honest server sends (one
+    /// envelope of the server's 17 MiB limit, or 4 MiB of smaller ones).
+    pub max_response_bytes: usize,
 }
+
+/// [`HttpOptions::max_response_bytes`] by default.
+pub const DEFAULT_MAX_RESPONSE: usize = 32 * 1024 * 1024;
+
+/// Largest error body read from a failed response (its JSON is a few hundred bytes).
+const MAX_ERROR_BODY: usize = 16 * 1024;
 
 impl Default for HttpOptions {
     fn default() -> Self {
@@ -55,6 +67,7 @@ impl Default for HttpOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             max_push_bytes: 8 * 1024 * 1024,
+            max_response_bytes: DEFAULT_MAX_RESPONSE,
         }
     }
 }
@@ -84,6 +97,51 @@ pub struct RemoteSpace {
     pub space: SpaceId,
     /// Fingerprint of its root key, once registered.
     pub fingerprint: Option<[u8; 32]>,
+    /// True when the space was retired (its key rotated away); it takes no more uploads.
+    pub retired: bool,
+    /// The space that replaced it, when one was named.
+    pub successor: Option<SpaceId>,
+}
+
+/// Why the server refused a request: the space was retired after a key rotation, so this
+/// device holds a stale key. The source of the [`ErrorKind::WrongKey`] error the transport
+/// returns then (find it with [`SpaceRetired::of`]); the user must re-join the account with
+/// the current passphrase (a new store from the successor space's key backup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceRetired {
+    /// The space that replaced it, when the server knows it.
+    pub successor: Option<SpaceId>,
+}
+
+impl fmt::Display for SpaceRetired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the space was retired after a key rotation")
+    }
+}
+
+impl std::error::Error for SpaceRetired {}
+
+impl SpaceRetired {
+    fn error(self) -> Error {
+        Error::new(
+            ErrorKind::WrongKey,
+            "the sync server retired this space after a key rotation on another device: this \
+             device holds the old key; re-join the account with the current passphrase",
+        )
+        .with_source(self)
+    }
+
+    /// The [`SpaceRetired`] behind an error of this transport, if that is why it failed.
+    pub fn of(e: &Error) -> Option<SpaceRetired> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(c) = cause {
+            if let Some(r) = c.downcast_ref::<SpaceRetired>() {
+                return Some(*r);
+            }
+            cause = c.source();
+        }
+        None
+    }
 }
 
 /// The HTTP transport. Cheap to share behind an `Arc`; connections are pooled.
@@ -93,7 +151,14 @@ pub struct HttpTransport {
     base: String,
     token: String,
     max_push_bytes: usize,
+    max_response_bytes: usize,
+    /// (space, fingerprint) pairs whose key this transport has compared with the server's
+    /// record of the space: checked once before the first upload.
+    verified: Arc<Mutex<HashSet<VerifiedKey>>>,
 }
+
+/// A space and the fingerprint of the key a device holds for it.
+type VerifiedKey = (SpaceId, [u8; 32]);
 
 impl fmt::Debug for HttpTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -144,14 +209,92 @@ fn network(e: reqwest::Error) -> Error {
 struct ErrorBody {
     error: String,
     message: String,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    successor: Option<String>,
+}
+
+/// Reads a response body of at most `limit` bytes: a larger announced length is refused
+/// before reading, a longer stream as soon as it passes the limit.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
+    let too_large = || {
+        Error::new(
+            ErrorKind::TooLarge,
+            format!("the sync server sent a response larger than {limit} bytes"),
+        )
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(network)? {
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn space_id(s: &str, what: &'static str) -> Result<SpaceId> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(s, &mut id).map_err(|_| Error::corrupt(what))?;
+    Ok(SpaceId(id))
+}
+
+#[derive(Deserialize)]
+struct SpaceJson {
+    space: String,
+    fingerprint: Option<String>,
+    #[serde(default)]
+    retired: bool,
+    #[serde(default)]
+    successor: Option<String>,
+}
+
+impl SpaceJson {
+    fn parse(self) -> Result<RemoteSpace> {
+        let fingerprint = match self.fingerprint {
+            Some(f) => {
+                let mut b = [0u8; 32];
+                hex::decode_to_slice(&f, &mut b)
+                    .map_err(|_| Error::corrupt("malformed fingerprint"))?;
+                Some(b)
+            }
+            None => None,
+        };
+        Ok(RemoteSpace {
+            space: space_id(&self.space, "malformed space id in the space list")?,
+            fingerprint,
+            retired: self.retired,
+            successor: self
+                .successor
+                .as_deref()
+                .map(|s| space_id(s, "malformed successor space id"))
+                .transpose()?,
+        })
+    }
 }
 
 /// Turns a non-success response into a typed error: the kind the server names, else the one
 /// its status implies. Server errors and 429 are temporary.
 async fn failure(response: reqwest::Response) -> Error {
     let status = response.status();
-    let body = response.bytes().await.unwrap_or_default();
+    let body = read_limited(response, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
     let parsed: Option<ErrorBody> = serde_json::from_slice(&body).ok();
+    if let Some(b) = &parsed
+        && status == StatusCode::CONFLICT
+        && b.code.as_deref() == Some("space_retired")
+    {
+        let successor = b
+            .successor
+            .as_deref()
+            .and_then(|s| space_id(s, "malformed successor").ok());
+        return SpaceRetired { successor }.error();
+    }
     let by_status = match status {
         StatusCode::UNAUTHORIZED => ErrorKind::Unauthorized,
         StatusCode::FORBIDDEN => ErrorKind::Forbidden,
@@ -202,6 +345,8 @@ impl HttpTransport {
             base: base(base_url)?,
             token: token.into(),
             max_push_bytes: options.max_push_bytes.max(1),
+            max_response_bytes: options.max_response_bytes.max(1),
+            verified: Arc::default(),
         })
     }
 
@@ -227,7 +372,7 @@ impl HttpTransport {
         if !r.status().is_success() {
             return Err(failure(r).await);
         }
-        let body = r.bytes().await.map_err(network)?;
+        let body = read_limited(r, MAX_ERROR_BODY).await?;
         serde_json::from_slice(&body)
             .map_err(|e| Error::corrupt("malformed account registration answer").with_source(e))
     }
@@ -262,47 +407,134 @@ impl HttpTransport {
                     .body(body),
             )
             .await?;
-        Ok(r.bytes().await.map_err(network)?.to_vec())
+        read_limited(r, self.max_response_bytes).await
     }
 
-    /// The account's spaces (a joining device learns its space id here).
+    /// The account's spaces, retired ones included (see [`HttpTransport::current_space`]).
     pub async fn spaces(&self) -> Result<Vec<RemoteSpace>> {
         #[derive(Deserialize)]
-        struct S {
-            space: String,
-            fingerprint: Option<String>,
-        }
-        #[derive(Deserialize)]
         struct L {
-            spaces: Vec<S>,
+            spaces: Vec<SpaceJson>,
         }
         let r = self
             .send(self.client.get(self.url("/v1/account/spaces")))
             .await?;
-        let body = r.bytes().await.map_err(network)?;
+        let body = read_limited(r, self.max_response_bytes).await?;
         let list: L = serde_json::from_slice(&body)
             .map_err(|e| Error::corrupt("malformed space list").with_source(e))?;
-        list.spaces
+        list.spaces.into_iter().map(SpaceJson::parse).collect()
+    }
+
+    /// One space of the account; `None` when the server has no such space.
+    pub async fn space(&self, space: SpaceId) -> Result<Option<RemoteSpace>> {
+        let r = match self.send(self.client.get(self.space_url(&space, ""))).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let body = read_limited(r, MAX_ERROR_BODY).await?;
+        let s: SpaceJson = serde_json::from_slice(&body)
+            .map_err(|e| Error::corrupt("malformed space").with_source(e))?;
+        s.parse().map(Some)
+    }
+
+    /// The space a joining device should join: the account's one space that is registered
+    /// (has a key fingerprint) and not retired. After a key rotation the old space is retired
+    /// and its successor is current, so a new device never joins the stale one (which
+    /// `spaces().first()` could). [`ErrorKind::NotFound`] when there is none;
+    /// [`ErrorKind::Config`] when several are current (the caller must name one).
+    pub async fn current_space(&self) -> Result<RemoteSpace> {
+        let current: Vec<RemoteSpace> = self
+            .spaces()
+            .await?
             .into_iter()
-            .map(|s| {
-                let mut id = [0u8; 16];
-                hex::decode_to_slice(&s.space, &mut id)
-                    .map_err(|_| Error::corrupt("malformed space id in the space list"))?;
-                let fingerprint = match s.fingerprint {
-                    Some(f) => {
-                        let mut b = [0u8; 32];
-                        hex::decode_to_slice(&f, &mut b)
-                            .map_err(|_| Error::corrupt("malformed fingerprint"))?;
-                        Some(b)
-                    }
-                    None => None,
-                };
-                Ok(RemoteSpace {
-                    space: SpaceId(id),
-                    fingerprint,
-                })
-            })
-            .collect()
+            .filter(|s| !s.retired && s.fingerprint.is_some())
+            .collect();
+        match current[..] {
+            [one] => Ok(one),
+            [] => Err(Error::new(
+                ErrorKind::NotFound,
+                "this account has no active space: register the first device",
+            )),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                "this account has several active spaces: name the one to join",
+            )),
+        }
+    }
+
+    /// Compares the key a device holds with the server's record of its space, without
+    /// uploading anything: [`ErrorKind::WrongKey`] when the space records another key's
+    /// fingerprint, or (with [`SpaceRetired`] as its source) when the space was retired. A
+    /// space the server does not know yet (the first device has not registered it) passes.
+    /// [`Transport::push`] runs this once per space and key before the first upload.
+    pub async fn check_key(&self, from: &SpaceRef) -> Result<()> {
+        let Some(remote) = self.space(from.space).await? else {
+            return Ok(());
+        };
+        if remote.retired {
+            return Err(SpaceRetired {
+                successor: remote.successor,
+            }
+            .error());
+        }
+        match remote.fingerprint {
+            Some(f) if f != from.fingerprint => Err(Error::new(
+                ErrorKind::WrongKey,
+                "this device holds a different key than the space on the server: check the passphrase",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_verified(&self, from: &SpaceRef) -> bool {
+        self.verified
+            .lock()
+            .map(|v| v.contains(&(from.space, from.fingerprint)))
+            .unwrap_or(false)
+    }
+
+    fn mark_verified(&self, from: &SpaceRef) {
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert((from.space, from.fingerprint));
+        }
+    }
+
+    /// Registers `space` (a key rotation's new space) with its fingerprint as the successor
+    /// of `replaces`, which the server retires: devices still on the old key are refused from
+    /// then on and told to re-join.
+    pub async fn register_successor(
+        &self,
+        space: SpaceId,
+        fingerprint: [u8; 32],
+        replaces: SpaceId,
+    ) -> Result<()> {
+        let body = serde_json::json!({
+            "fingerprint": hex::encode(fingerprint),
+            "replaces": replaces.to_hex(),
+        })
+        .to_string();
+        self.send(
+            self.client
+                .put(self.space_url(&space, ""))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Retires a space of the account (naming its successor, if any). Idempotent.
+    pub async fn retire_space(&self, space: SpaceId, successor: Option<SpaceId>) -> Result<()> {
+        let body = serde_json::json!({ "successor": successor.map(|s| s.to_hex()) }).to_string();
+        self.send(
+            self.client
+                .post(self.space_url(&space, "/retire"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Registers a space for this account with its key fingerprint (the first device does
@@ -357,6 +589,12 @@ impl Transport for HttpTransport {
     }
 
     async fn push(&self, request: PushRequest) -> Result<PushResponse> {
+        // The client's own check, before the first upload of this space and key: a device
+        // with the wrong key (or a retired space) sends no envelope even to a lax server.
+        if !self.is_verified(&request.from) {
+            self.check_key(&request.from).await?;
+            self.mark_verified(&request.from);
+        }
         let mut assigned = Vec::with_capacity(request.envelopes.len());
         let url = self.space_url(&request.from.space, "/push");
         let mut rest = &request.envelopes[..];
@@ -407,7 +645,7 @@ impl Transport for HttpTransport {
             .send(self.client.get(self.space_url(&space, "/key-backup")))
             .await
         {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(network)?.to_vec())),
+            Ok(r) => Ok(Some(read_limited(r, self.max_response_bytes).await?)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

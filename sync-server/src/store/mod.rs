@@ -63,6 +63,51 @@ pub struct SpaceInfo {
     pub space: SpaceId,
     /// Fingerprint of its root key, once a device claimed it.
     pub fingerprint: Option<[u8; 32]>,
+    /// True once the space was retired (its key rotated away): it refuses pushes, pulls,
+    /// device registrations and key backups with [`SpaceRetired`].
+    pub retired: bool,
+    /// The space that replaced it (a rotation's new space), if one was named.
+    pub successor: Option<SpaceId>,
+}
+
+/// Why a request to a retired space was refused. It is the source of the
+/// [`ErrorKind::WrongKey`] error the store returns, so the HTTP layer can tell the client
+/// (`"code": "space_retired"`) and the client can tell its user to re-join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceRetired {
+    /// The space that replaced it, if one was named.
+    pub successor: Option<SpaceId>,
+}
+
+impl fmt::Display for SpaceRetired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the space was retired")
+    }
+}
+
+impl std::error::Error for SpaceRetired {}
+
+impl SpaceRetired {
+    /// The error a retired space answers with.
+    pub fn error(self) -> Error {
+        Error::new(
+            ErrorKind::WrongKey,
+            "this space was retired after a key rotation: its key is stale; re-join the account with the current passphrase",
+        )
+        .with_source(self)
+    }
+
+    /// The [`SpaceRetired`] behind an error, if any.
+    pub fn of(e: &Error) -> Option<SpaceRetired> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(c) = cause {
+            if let Some(r) = c.downcast_ref::<SpaceRetired>() {
+                return Some(*r);
+            }
+            cause = c.source();
+        }
+        None
+    }
 }
 
 /// Where the server keeps its data.
@@ -95,6 +140,22 @@ pub trait ServerStore: Send + Sync + fmt::Debug + 'static {
 
     /// The spaces of an account.
     async fn spaces(&self, account: AccountId) -> Result<Vec<SpaceInfo>>;
+
+    /// One space of an account; `None` when it does not exist. Another account's space is
+    /// [`ErrorKind::Forbidden`].
+    async fn space(&self, account: AccountId, space: SpaceId) -> Result<Option<SpaceInfo>>;
+
+    /// Retires a space of the account (after a key rotation moved its data to `successor`):
+    /// from then on it refuses pushes, pulls, device registrations and key backups with
+    /// [`SpaceRetired`], so a device still holding the old key learns to re-join instead of
+    /// syncing into a space nobody reads. The successor must be another, active space of the
+    /// same account. Idempotent; a missing space is [`ErrorKind::NotFound`].
+    async fn retire_space(
+        &self,
+        account: AccountId,
+        space: SpaceId,
+        successor: Option<SpaceId>,
+    ) -> Result<()>;
 
     /// Registers a device of a space: checks its fingerprint (claiming the space's if unset)
     /// and records the device as active.

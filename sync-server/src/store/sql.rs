@@ -2,12 +2,14 @@
 //! and for PostgreSQL; only connecting, beginning a transaction, the row lock and column types
 //! differ.
 //!
-//! Schema (version 1; `BLOB` is `BYTEA` on PostgreSQL):
+//! Schema (version 2; `BLOB` is `BYTEA` on PostgreSQL; version 1 lacked `spaces.retired` and
+//! `spaces.successor`, which the migration adds):
 //!
 //! ```sql
 //! CREATE TABLE accounts  (id BLOB PRIMARY KEY, token_hash BLOB NOT NULL, created BIGINT NOT NULL);
 //! CREATE TABLE spaces    (id BLOB PRIMARY KEY, account BLOB NOT NULL, fingerprint BLOB,
-//!                         next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB);
+//!                         next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB,
+//!                         retired BIGINT, successor BLOB);
 //! CREATE TABLE envelopes (space BLOB, server_seq BIGINT, record BLOB NOT NULL, device BLOB NOT NULL,
 //!                         seq BIGINT NOT NULL, tombstone BOOLEAN NOT NULL, size BIGINT NOT NULL,
 //!                         envelope BLOB NOT NULL, PRIMARY KEY (space, server_seq));
@@ -37,16 +39,16 @@ use sync_core::{
     RemoteEnvelope, Result, SpaceId, SpaceRef,
 };
 
-use super::{AccountId, ServerStore, SpaceInfo, db_seq, seq_from_db, validate_push};
+use super::{AccountId, ServerStore, SpaceInfo, SpaceRetired, db_seq, seq_from_db, validate_push};
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 fn schema(blob: &str) -> Vec<String> {
     [
         "CREATE TABLE IF NOT EXISTS hearth_schema (version BIGINT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS accounts (id BLOB PRIMARY KEY NOT NULL, token_hash BLOB NOT NULL, created BIGINT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS spaces (id BLOB PRIMARY KEY NOT NULL, account BLOB NOT NULL, fingerprint BLOB, next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB)",
+        "CREATE TABLE IF NOT EXISTS spaces (id BLOB PRIMARY KEY NOT NULL, account BLOB NOT NULL, fingerprint BLOB, next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB, retired BIGINT, successor BLOB)",
         "CREATE INDEX IF NOT EXISTS spaces_by_account ON spaces (account)",
         "CREATE TABLE IF NOT EXISTS envelopes (space BLOB NOT NULL, server_seq BIGINT NOT NULL, record BLOB NOT NULL, device BLOB NOT NULL, seq BIGINT NOT NULL, tombstone BOOLEAN NOT NULL, size BIGINT NOT NULL, envelope BLOB NOT NULL, PRIMARY KEY (space, server_seq))",
         "CREATE UNIQUE INDEX IF NOT EXISTS envelopes_by_device ON envelopes (space, device, seq)",
@@ -99,6 +101,40 @@ struct SpaceRow {
     fingerprint: Option<Vec<u8>>,
     next_seq: i64,
     floor: i64,
+    retired: Option<i64>,
+    successor: Option<Vec<u8>>,
+}
+
+impl SpaceRow {
+    /// [`SpaceRetired`] when the space was retired.
+    fn refuse_retired(&self) -> Result<()> {
+        if self.retired.is_none() {
+            return Ok(());
+        }
+        let successor = match &self.successor {
+            Some(s) => Some(SpaceId(arr(s, "stored successor has the wrong length")?)),
+            None => None,
+        };
+        Err(SpaceRetired { successor }.error())
+    }
+}
+
+fn space_info(
+    id: Vec<u8>,
+    fingerprint: Option<Vec<u8>>,
+    retired: Option<i64>,
+    successor: Option<Vec<u8>>,
+) -> Result<SpaceInfo> {
+    Ok(SpaceInfo {
+        space: SpaceId(arr(&id, "stored space id has the wrong length")?),
+        fingerprint: fingerprint
+            .map(|f| arr(&f, "stored fingerprint has the wrong length"))
+            .transpose()?,
+        retired: retired.is_some(),
+        successor: successor
+            .map(|s| arr(&s, "stored successor has the wrong length").map(SpaceId))
+            .transpose()?,
+    })
 }
 
 struct NewEntry<'a> {
@@ -134,7 +170,7 @@ macro_rules! sql_store {
                     .map_err(|e| map_sqlx(e, "bind space"))?;
                 }
                 let row = sqlx::query(concat!(
-                    "SELECT account, fingerprint, next_seq, gc_floor FROM spaces WHERE id = $1",
+                    "SELECT account, fingerprint, next_seq, gc_floor, retired, successor FROM spaces WHERE id = $1",
                     $for_update
                 ))
                 .bind(&space.0[..])
@@ -153,6 +189,8 @@ macro_rules! sql_store {
                     fingerprint: row.try_get(1).map_err(|e| map_sqlx(e, "read space"))?,
                     next_seq: row.try_get(2).map_err(|e| map_sqlx(e, "read space"))?,
                     floor: row.try_get(3).map_err(|e| map_sqlx(e, "read space"))?,
+                    retired: row.try_get(4).map_err(|e| map_sqlx(e, "read space"))?,
+                    successor: row.try_get(5).map_err(|e| map_sqlx(e, "read space"))?,
                 }))
             }
 
@@ -282,6 +320,7 @@ macro_rules! sql_store {
                 let now = now_i64(&self.clock);
                 let mut tx = self.begin().await?;
                 let row = Self::lock_bound(&mut tx, account, from.space).await?;
+                row.refuse_retired()?;
                 Self::check_key(&mut tx, from.space, &row, &from.fingerprint, true).await?;
                 let max: Option<i64> = sqlx::query_scalar(
                     "SELECT max_pushed FROM devices WHERE space = $1 AND device = $2",
@@ -411,6 +450,7 @@ macro_rules! sql_store {
                 let now = now_i64(&self.clock);
                 let mut tx = self.begin().await?;
                 let row = Self::lock_bound(&mut tx, account, from.space).await?;
+                row.refuse_retired()?;
                 Self::check_key(&mut tx, from.space, &row, &from.fingerprint, false).await?;
                 if cursor > row.next_seq {
                     return Err(Error::invalid(
@@ -583,6 +623,7 @@ macro_rules! sql_store {
             ) -> Result<bool> {
                 let mut tx = self.begin().await?;
                 let row = Self::lock_bound(&mut tx, account, space).await?;
+                row.refuse_retired()?;
                 let new = row.fingerprint.is_none();
                 Self::check_key(&mut tx, space, &row, &fingerprint, true).await?;
                 tx.commit().await.map_err(|e| map_sqlx(e, "commit space"))?;
@@ -591,7 +632,7 @@ macro_rules! sql_store {
 
             async fn spaces(&self, account: AccountId) -> Result<Vec<SpaceInfo>> {
                 let rows = sqlx::query(
-                    "SELECT id, fingerprint FROM spaces WHERE account = $1 ORDER BY id",
+                    "SELECT id, fingerprint, retired, successor FROM spaces WHERE account = $1 ORDER BY id",
                 )
                 .bind(&account.0[..])
                 .fetch_all(&self.pool)
@@ -599,23 +640,85 @@ macro_rules! sql_store {
                 .map_err(|e| map_sqlx(e, "list spaces"))?;
                 rows.iter()
                     .map(|r| {
-                        let id: Vec<u8> = r.try_get(0).map_err(|e| map_sqlx(e, "read space"))?;
-                        let fp: Option<Vec<u8>> =
-                            r.try_get(1).map_err(|e| map_sqlx(e, "read space"))?;
-                        Ok(SpaceInfo {
-                            space: SpaceId(arr(&id, "stored space id has the wrong length")?),
-                            fingerprint: fp
-                                .map(|f| arr(&f, "stored fingerprint has the wrong length"))
-                                .transpose()?,
-                        })
+                        let get = |e| map_sqlx(e, "read space");
+                        space_info(
+                            r.try_get(0).map_err(get)?,
+                            r.try_get(1).map_err(get)?,
+                            r.try_get(2).map_err(get)?,
+                            r.try_get(3).map_err(get)?,
+                        )
                     })
                     .collect()
+            }
+
+            async fn space(&self, account: AccountId, space: SpaceId) -> Result<Option<SpaceInfo>> {
+                let row = sqlx::query(
+                    "SELECT id, fingerprint, retired, successor, account FROM spaces WHERE id = $1",
+                )
+                .bind(&space.0[..])
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| map_sqlx(e, "read space"))?;
+                let Some(r) = row else { return Ok(None) };
+                let get = |e| map_sqlx(e, "read space");
+                let owner: Vec<u8> = r.try_get(4).map_err(get)?;
+                if owner[..] != account.0[..] {
+                    return Err(Error::new(
+                        ErrorKind::Forbidden,
+                        "this space belongs to another account",
+                    ));
+                }
+                space_info(
+                    r.try_get(0).map_err(get)?,
+                    r.try_get(1).map_err(get)?,
+                    r.try_get(2).map_err(get)?,
+                    r.try_get(3).map_err(get)?,
+                )
+                .map(Some)
+            }
+
+            async fn retire_space(
+                &self,
+                account: AccountId,
+                space: SpaceId,
+                successor: Option<SpaceId>,
+            ) -> Result<()> {
+                if successor == Some(space) {
+                    return Err(Error::invalid("a space cannot succeed itself"));
+                }
+                let now = now_i64(&self.clock);
+                let mut tx = self.begin().await?;
+                let row = Self::lock_space(&mut tx, account, space, false)
+                    .await?
+                    .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such space"))?;
+                if let Some(next) = successor {
+                    let next_row = Self::lock_space(&mut tx, account, next, false)
+                        .await?
+                        .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such successor space"))?;
+                    if next_row.retired.is_some() {
+                        return Err(Error::invalid("the successor space is retired itself"));
+                    }
+                }
+                if row.retired.is_some() {
+                    // Already retired: idempotent, and the first successor stays.
+                    return Ok(());
+                }
+                sqlx::query("UPDATE spaces SET retired = $2, successor = $3 WHERE id = $1")
+                    .bind(&space.0[..])
+                    .bind(now)
+                    .bind(successor.as_ref().map(|s| &s.0[..]))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "retire space"))?;
+                tx.commit().await.map_err(|e| map_sqlx(e, "commit retirement"))?;
+                Ok(())
             }
 
             async fn register_device(&self, account: AccountId, from: &SpaceRef) -> Result<()> {
                 let now = now_i64(&self.clock);
                 let mut tx = self.begin().await?;
                 let row = Self::lock_bound(&mut tx, account, from.space).await?;
+                row.refuse_retired()?;
                 Self::check_key(&mut tx, from.space, &row, &from.fingerprint, true).await?;
                 sqlx::query(
                     "INSERT INTO devices (space, device, max_pushed, pulled, last_seen, walking) VALUES ($1, $2, 0, 0, $3, NULL) ON CONFLICT (space, device) DO UPDATE SET last_seen = excluded.last_seen",
@@ -666,7 +769,7 @@ macro_rules! sql_store {
                 blob: Vec<u8>,
             ) -> Result<()> {
                 let mut tx = self.begin().await?;
-                Self::lock_bound(&mut tx, account, space).await?;
+                Self::lock_bound(&mut tx, account, space).await?.refuse_retired()?;
                 sqlx::query("UPDATE spaces SET key_backup = $2 WHERE id = $1")
                     .bind(&space.0[..])
                     .bind(&blob[..])
@@ -843,7 +946,7 @@ impl PostgresStore {
 }
 
 macro_rules! check_version {
-    ($name:ident, $db:ty) => {
+    ($name:ident, $db:ty, $blob:literal) => {
         async fn $name(tx: &mut Transaction<'static, $db>) -> Result<()> {
             let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
                 .fetch_one(&mut **tx)
@@ -864,14 +967,28 @@ macro_rules! check_version {
                         "the database has schema {v}, written by a newer server (this one knows {SCHEMA_VERSION})"
                     ),
                 )),
+                Some(1) => {
+                    // Version 2: spaces can be retired (after a key rotation).
+                    for stmt in [
+                        "ALTER TABLE spaces ADD COLUMN retired BIGINT",
+                        concat!("ALTER TABLE spaces ADD COLUMN successor ", $blob),
+                        "UPDATE hearth_schema SET version = 2",
+                    ] {
+                        sqlx::query(stmt)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(|e| map_sqlx(e, "migrate schema to version 2"))?;
+                    }
+                    Ok(())
+                }
                 Some(_) => Ok(()),
             }
         }
     };
 }
 
-check_version!(check_version_sqlite, Sqlite);
-check_version!(check_version_pg, Postgres);
+check_version!(check_version_sqlite, Sqlite, "BLOB");
+check_version!(check_version_pg, Postgres, "BYTEA");
 
 sql_store!(SqliteStore, Sqlite, "");
 sql_store!(PostgresStore, Postgres, " FOR UPDATE");

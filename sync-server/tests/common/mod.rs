@@ -42,6 +42,22 @@ static SCHEMA_N: AtomicU64 = AtomicU64::new(0);
 
 /// Connect options for a fresh, empty schema of the test database.
 pub async fn fresh_schema(url: &str) -> PgConnectOptions {
+    let name = fresh_schema_name(url).await;
+    PgConnectOptions::from_str(url)
+        .expect("postgres url")
+        .options([("search_path", name.as_str())])
+}
+
+/// A server database URL (what `hearth-server --database` takes) for a fresh, empty schema of
+/// the test database, and the schema's name.
+pub async fn fresh_schema_url(url: &str) -> (String, String) {
+    let name = fresh_schema_name(url).await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    (format!("{url}{sep}options[search_path]={name}"), name)
+}
+
+/// Creates a fresh, empty schema in the test database and returns its name.
+pub async fn fresh_schema_name(url: &str) -> String {
     let name = format!(
         "t_{}_{}_{}",
         std::process::id(),
@@ -60,7 +76,7 @@ pub async fn fresh_schema(url: &str) -> PgConnectOptions {
         .await
         .expect("create schema");
     pool.close().await;
-    opts.options([("search_path", name.as_str())])
+    name
 }
 
 pub async fn postgres_store(
@@ -104,6 +120,7 @@ pub fn http(url: &str, token: &str) -> HttpTransport {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(20),
             max_push_bytes: 32 * 1024,
+            ..HttpOptions::default()
         },
     )
     .expect("transport")
@@ -168,8 +185,10 @@ impl Device {
         passphrase: &str,
     ) -> sync_core::Result<Device> {
         let http = http(url, token);
-        let spaces = http.spaces().await?;
-        let space = spaces.first().expect("the account has a space").space;
+        // The account's current space: after a key rotation, the successor, never the
+        // retired one.
+        let current = http.current_space().await?;
+        let space = current.space;
         let backup = http
             .get_key_backup(space)
             .await?
@@ -182,12 +201,14 @@ impl Device {
             &backup,
         )
         .await?;
-        http.register_device(&SpaceRef {
+        let from = SpaceRef {
             space: store.space(),
             device: store.device(),
             fingerprint: store.key_fingerprint(),
-        })
-        .await?;
+        };
+        // The key the backup unwrapped must be the one the server records for the space.
+        http.check_key(&from).await?;
+        http.register_device(&from).await?;
         let engine = Self::engine(&store, &http);
         Ok(Device {
             store,
@@ -338,4 +359,113 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// The built `hearth-server` binary running as a child process. Dropping it kills it.
+pub struct ServerProcess {
+    child: std::process::Child,
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    /// Its log file (standard error, appended across restarts).
+    pub log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `hearth-server` on `listen` (`127.0.0.1:0` for a free port) with `database` (passed
+    /// in `HEARTH_DATABASE`, as a deployment would), logging at trace level to `log`.
+    pub fn start(database: &str, listen: &str, log: &Path) -> ServerProcess {
+        use std::io::BufRead;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth-server"))
+            .args(["--listen", listen])
+            .env("HEARTH_DATABASE", database)
+            .env("HEARTH_LOG", "trace")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn hearth-server");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                let logs = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("unexpected first line {line:?}; log: {logs}")
+            })
+            .parse()
+            .expect("address");
+        ServerProcess {
+            child,
+            _stdout: stdout,
+            addr,
+            log: log.to_owned(),
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The operating system's id of the process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no graceful stop, no flush, no chance to finish anything in flight.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM and wait: asserts a graceful stop with exit status 0.
+    pub fn terminate(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "hearth-server exited with {exit}");
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("read log")
+    }
+
+    /// One counter line of its `/metrics`, summed over statuses: requests to `route` that
+    /// answered `status`.
+    pub async fn requests(&self, route: &str, status: u16) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let want = format!("hearth_requests_total{{route=\"{route}\",status=\"{status}\"}} ");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&want))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `haystack` contains `needle`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -1,0 +1,437 @@
+//! Keys and spaces: a key rotation retires the old space, so a device still holding the old
+//! key is refused (409, `space_retired`) and told to re-join instead of syncing into a space
+//! nobody reads; joining picks the current space, not the first listed; the client compares
+//! its key fingerprint with the server's before uploading anything; a key backup from a
+//! device with another key is refused; a version-1 database migrates.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Device, PASS, postgres_url, sqlite_server};
+use serde_json::json;
+use sync_core::keyring::Keyring;
+use sync_core::store::system_millis;
+use sync_core::{
+    DeviceId, ErrorKind, KdfCost, OutgoingEnvelope, Passphrase, PullRequest, PushRequest, RecordId,
+    RelayConfig, SpaceId, SpaceRef, SyncConfig, SyncEngine, Transport,
+};
+use sync_server::{AccountId, ServerStore, SpaceRetired, SqliteStore};
+use transport_http::HttpTransport;
+
+fn push_route_requests(server: &sync_server::RunningServer) -> u64 {
+    server
+        .metrics()
+        .render()
+        .lines()
+        .filter(|l| l.contains("route=\"/v1/spaces/{space}/push\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_rotated_key_retires_the_old_space_and_stale_devices_are_told_to_rejoin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = sqlite_server(&dir.path().join("server.db")).await;
+    let url = server.url();
+    let account = HttpTransport::register_account(&url)
+        .await
+        .expect("account");
+    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
+    a.store.put("notes", "k", &json!("v1")).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
+        .await
+        .expect("b joins");
+    assert_eq!(b.engine.sync().await.expect("sync").applied, 1);
+    let old_space = a.store.space();
+
+    // A rotates its root key: a new space, registered as the old one's successor.
+    let Device {
+        store,
+        engine,
+        http,
+    } = a;
+    drop(engine);
+    let rotated = store
+        .rotate_root_key(&Passphrase::new(PASS), KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .expect("rotate");
+    let new_space = rotated.space();
+    assert_ne!(new_space, old_space);
+    http.register_successor(new_space, rotated.key_fingerprint(), old_space)
+        .await
+        .expect("register the successor");
+    http.put_key_backup(new_space, rotated.key_backup().expect("backup"))
+        .await
+        .expect("new backup");
+    let t: Arc<dyn Transport> = Arc::new(http.clone());
+    let a_engine = SyncEngine::new(rotated.clone(), t, SyncConfig::default());
+    a_engine.sync().await.expect("a syncs into the new space");
+
+    let listed = http.spaces().await.expect("spaces");
+    let old = listed.iter().find(|s| s.space == old_space).expect("old");
+    assert!(old.retired);
+    assert_eq!(old.successor, Some(new_space));
+
+    // B still holds the old key: its edit is refused before anything is stored, with an
+    // error that says to re-join.
+    let before = server.store().space_stats(old_space).await.expect("stats");
+    b.store
+        .put("notes", "k", &json!("stale"))
+        .await
+        .expect("put");
+    let err = b.engine.sync().await.expect_err("stale key");
+    assert_eq!(err.kind(), ErrorKind::WrongKey, "{err}");
+    let retired = transport_http::SpaceRetired::of(&err).expect("told why");
+    assert_eq!(retired.successor, Some(new_space));
+    assert!(err.to_string().contains("re-join"), "{err}");
+    assert!(!err.is_temporary());
+    assert_eq!(
+        server.store().space_stats(old_space).await.expect("stats"),
+        before,
+        "nothing stored in the retired space"
+    );
+    // Straight at the server, past the client's own check: 409 for pushes, pulls, device
+    // registration and key backups of the retired space.
+    let raw = common::http(&url, &account.token);
+    let from = b.from();
+    let push = raw.push(PushRequest {
+        from,
+        envelopes: vec![OutgoingEnvelope {
+            record: RecordId([1; 32]),
+            seq: 99,
+            supersedes: vec![],
+            tombstone: false,
+            envelope: vec![0; 64],
+        }],
+    });
+    assert_eq!(push.await.expect_err("push").kind(), ErrorKind::WrongKey);
+    let pull = raw.pull(PullRequest {
+        from,
+        cursor: 0,
+        limit: 10,
+        include_own: true,
+    });
+    let e = pull.await.expect_err("pull");
+    assert!(transport_http::SpaceRetired::of(&e).is_some(), "{e}");
+    let e = raw.register_device(&from).await.expect_err("device");
+    assert!(transport_http::SpaceRetired::of(&e).is_some(), "{e}");
+    let e = raw
+        .put_key_backup(old_space, vec![1, 2, 3])
+        .await
+        .expect_err("backup");
+    assert!(transport_http::SpaceRetired::of(&e).is_some(), "{e}");
+
+    // A new device joining with the passphrase gets the new space (the old one is listed
+    // first or not: it is retired), and so does B re-joining.
+    let c = Device::join(&dir.path().join("c.db"), &url, &account.token, PASS)
+        .await
+        .expect("c joins");
+    assert_eq!(c.store.space(), new_space);
+    c.engine.sync().await.expect("sync");
+    assert_eq!(
+        c.store.get("notes", "k").await.expect("get"),
+        Some(json!("v1"))
+    );
+    let b2 = Device::join(&dir.path().join("b2.db"), &url, &account.token, PASS)
+        .await
+        .expect("b re-joins");
+    assert_eq!(b2.store.space(), new_space);
+    b2.engine.sync().await.expect("sync");
+    assert_eq!(b2.snapshot("notes").await, c.snapshot("notes").await);
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn the_client_checks_its_key_against_the_space_before_uploading() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = sqlite_server(&dir.path().join("server.db")).await;
+    let url = server.url();
+    let account = HttpTransport::register_account(&url)
+        .await
+        .expect("account");
+    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
+    a.store.put("notes", "k", &json!(1)).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    let pushes = push_route_requests(&server);
+    assert!(pushes >= 1, "the metric counts pushes");
+
+    // A device of the same space id holding another key: the transport refuses before
+    // sending a single push request.
+    let wrong = SpaceRef {
+        fingerprint: [0xEE; 32],
+        ..a.from()
+    };
+    let t = common::http(&url, &account.token);
+    let err = t
+        .push(PushRequest {
+            from: wrong,
+            envelopes: vec![OutgoingEnvelope {
+                record: RecordId([2; 32]),
+                seq: 1,
+                supersedes: vec![],
+                tombstone: false,
+                envelope: vec![0; 64],
+            }],
+        })
+        .await
+        .expect_err("wrong key");
+    assert_eq!(err.kind(), ErrorKind::WrongKey, "{err}");
+    assert_eq!(push_route_requests(&server), pushes, "no push request sent");
+    assert!(t.check_key(&wrong).await.is_err());
+    assert!(t.check_key(&a.from()).await.is_ok());
+    // The right key passes, once checked, and pushes.
+    let right = SpaceRef {
+        device: DeviceId([7; 16]),
+        ..a.from()
+    };
+    t.push(PushRequest {
+        from: right,
+        envelopes: vec![],
+    })
+    .await
+    .expect("empty push with the right key");
+    assert_eq!(push_route_requests(&server), pushes + 1);
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_key_backup_from_a_device_with_another_key_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = sqlite_server(&dir.path().join("server.db")).await;
+    let url = server.url();
+    let account = HttpTransport::register_account(&url)
+        .await
+        .expect("account");
+    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
+    let space = a.store.space();
+    let good = a.store.key_backup().expect("backup");
+    // Another store's header (another root key), relabelled with this space's id: the
+    // fingerprint in it is not the space's.
+    let other = Device::first(&dir.path().join("o.db"), &url, &account.token).await;
+    let foreign = other.store.key_backup().expect("backup");
+    let err = a
+        .http
+        .put_key_backup(space, foreign.clone())
+        .await
+        .expect_err("another space's backup");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let mut ring = Keyring::decode(&foreign).expect("header");
+    ring.space = space;
+    let err = a
+        .http
+        .put_key_backup(space, ring.encode().expect("encode"))
+        .await
+        .expect_err("another key's backup");
+    assert_eq!(err.kind(), ErrorKind::WrongKey, "{err}");
+    let err = a
+        .http
+        .put_key_backup(space, vec![1, 2, 3])
+        .await
+        .expect_err("not a key header");
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::Corrupt | ErrorKind::InvalidInput | ErrorKind::Unsupported
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        a.http.get_key_backup(space).await.expect("get"),
+        Some(good.clone()),
+        "the space's backup is unchanged"
+    );
+    a.http
+        .put_key_backup(space, good)
+        .await
+        .expect("the space's own key");
+    server.stop().await.expect("stop");
+}
+
+/// The retirement rules, on a store directly.
+async fn retirement_rules(store: Arc<dyn ServerStore>) {
+    let me = AccountId([1; 16]);
+    let them = AccountId([2; 16]);
+    for a in [me, them] {
+        store.create_account(a, [9; 32]).await.expect("account");
+    }
+    let (s1, s2, theirs) = (
+        SpaceId([0x11; 16]),
+        SpaceId([0x22; 16]),
+        SpaceId([0x33; 16]),
+    );
+    store.register_space(me, s1, [1; 32]).await.expect("s1");
+    store.register_space(me, s2, [2; 32]).await.expect("s2");
+    store
+        .register_space(them, theirs, [3; 32])
+        .await
+        .expect("theirs");
+    let kind = |r: sync_core::Result<()>| r.expect_err("refused").kind();
+    assert_eq!(
+        kind(store.retire_space(me, theirs, None).await),
+        ErrorKind::Forbidden
+    );
+    assert_eq!(
+        kind(store.retire_space(me, s1, Some(theirs)).await),
+        ErrorKind::Forbidden
+    );
+    assert_eq!(
+        kind(store.retire_space(me, SpaceId([0x44; 16]), None).await),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(store.retire_space(me, s1, Some(s1)).await),
+        ErrorKind::InvalidInput
+    );
+    store.retire_space(me, s1, Some(s2)).await.expect("retire");
+    store
+        .retire_space(me, s1, Some(s2))
+        .await
+        .expect("idempotent");
+    assert_eq!(
+        kind(store.retire_space(me, s2, Some(s1)).await),
+        ErrorKind::InvalidInput,
+        "a retired space succeeds nothing"
+    );
+    let info = store.space(me, s1).await.expect("space").expect("exists");
+    assert!(info.retired);
+    assert_eq!(info.successor, Some(s2));
+    assert!(
+        !store
+            .space(me, s2)
+            .await
+            .expect("s2")
+            .expect("exists")
+            .retired
+    );
+    let from = SpaceRef {
+        space: s1,
+        device: DeviceId([5; 16]),
+        fingerprint: [1; 32],
+    };
+    let e = store
+        .push(
+            me,
+            &PushRequest {
+                from,
+                envelopes: vec![],
+            },
+        )
+        .await
+        .expect_err("push");
+    assert_eq!(e.kind(), ErrorKind::WrongKey);
+    assert_eq!(
+        SpaceRetired::of(&e),
+        Some(SpaceRetired {
+            successor: Some(s2)
+        })
+    );
+    let e = store
+        .pull(
+            me,
+            &PullRequest {
+                from,
+                cursor: 0,
+                limit: 1,
+                include_own: false,
+            },
+        )
+        .await
+        .expect_err("pull");
+    assert!(SpaceRetired::of(&e).is_some());
+    assert!(SpaceRetired::of(&store.register_device(me, &from).await.expect_err("d")).is_some());
+    assert!(
+        SpaceRetired::of(&store.register_space(me, s1, [1; 32]).await.expect_err("s")).is_some()
+    );
+    assert!(
+        SpaceRetired::of(&store.put_key_backup(me, s1, vec![1]).await.expect_err("b")).is_some()
+    );
+    assert_eq!(
+        kind(store.space(them, s1).await.map(|_| ())),
+        ErrorKind::Forbidden
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn retirement_rules_hold_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(
+        &dir.path().join("s.db"),
+        RelayConfig::default(),
+        Arc::new(system_millis),
+    )
+    .await
+    .expect("store");
+    retirement_rules(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn retirement_rules_hold_on_postgres() {
+    let Some(pg) = postgres_url() else { return };
+    let store = common::postgres_store(&pg, RelayConfig::default(), Arc::new(system_millis)).await;
+    retirement_rules(store).await;
+}
+
+/// A database written by the version-1 server (no retirement columns) is migrated in place:
+/// its data stays, and spaces can be retired.
+#[tokio::test]
+async fn a_version_1_database_is_migrated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v1.db");
+    {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.expect("v1 db");
+        for stmt in [
+            "CREATE TABLE hearth_schema (version BIGINT NOT NULL)",
+            "INSERT INTO hearth_schema (version) VALUES (1)",
+            "CREATE TABLE accounts (id BLOB PRIMARY KEY NOT NULL, token_hash BLOB NOT NULL, created BIGINT NOT NULL)",
+            "CREATE TABLE spaces (id BLOB PRIMARY KEY NOT NULL, account BLOB NOT NULL, fingerprint BLOB, next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB)",
+            "CREATE TABLE envelopes (space BLOB NOT NULL, server_seq BIGINT NOT NULL, record BLOB NOT NULL, device BLOB NOT NULL, seq BIGINT NOT NULL, tombstone BOOLEAN NOT NULL, size BIGINT NOT NULL, envelope BLOB NOT NULL, PRIMARY KEY (space, server_seq))",
+            "CREATE TABLE devices (space BLOB NOT NULL, device BLOB NOT NULL, max_pushed BIGINT NOT NULL, pulled BIGINT NOT NULL, last_seen BIGINT NOT NULL, walking BIGINT, PRIMARY KEY (space, device))",
+            "INSERT INTO accounts VALUES (x'01010101010101010101010101010101', x'00', 0)",
+            "INSERT INTO spaces VALUES (x'11111111111111111111111111111111', x'01010101010101010101010101010101', NULL, 1, 0, x'AA')",
+            "INSERT INTO envelopes VALUES (x'11111111111111111111111111111111', 1, x'02', x'05', 1, 0, 3, x'BBBBBB')",
+        ] {
+            sqlx::query(stmt).execute(&pool).await.expect("v1 schema");
+        }
+        pool.close().await;
+    }
+    let store = SqliteStore::open(&path, RelayConfig::default(), Arc::new(system_millis))
+        .await
+        .expect("open and migrate");
+    let me = AccountId([1; 16]);
+    let space = SpaceId([0x11; 16]);
+    assert_eq!(
+        store.get_key_backup(me, space).await.expect("backup"),
+        Some(vec![0xAA])
+    );
+    assert_eq!(store.space_stats(space).await.expect("stats").envelopes, 1);
+    store.retire_space(me, space, None).await.expect("retire");
+    assert!(
+        store
+            .space(me, space)
+            .await
+            .expect("space")
+            .expect("exists")
+            .retired
+    );
+    store.close().await;
+    // Opening again finds version 2 and changes nothing.
+    let store = SqliteStore::open(&path, RelayConfig::default(), Arc::new(system_millis))
+        .await
+        .expect("reopen");
+    let v: i64 = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
+        .fetch_one(
+            &sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+                .await
+                .expect("pool"),
+        )
+        .await
+        .expect("version");
+    assert_eq!(v, sync_server::SCHEMA_VERSION);
+    store.close().await;
+}
