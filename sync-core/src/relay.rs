@@ -20,6 +20,13 @@
 //!   walking up from 0 (a first sync or a re-sync) presents, page after page, exactly the
 //!   cursor it was last handed; that continuation is served even below the floor until the
 //!   walk reaches the end of the log.
+//! - A push is refused the same way ([`ErrorKind::ResyncRequired`], nothing stored) when the
+//!   device's cursor is below the floor and it is not walking: its edits were made on a state
+//!   that misses deletions the server no longer holds, so they could bring deleted records
+//!   back. A device's cursor is the highest it pulled with, raised to the floor on every pull
+//!   the relay serves it (tombstones at or below the floor are gone, so that claims nothing
+//!   about them); a device the relay has never served has cursor 0. A device that re-synced is
+//!   therefore never refused, nor is any device while the floor is 0.
 //! - A page's `next_cursor` is the last sequence looked at (returned, or skipped as the
 //!   device's own) while more remain; on the last page it is the log's last sequence number,
 //!   so a device that reached the end is never below the floor.
@@ -145,6 +152,14 @@ pub trait Relay: Send + Sync + std::fmt::Debug + 'static {
 
 fn _relay_object_safe(_: &dyn Relay) {}
 
+/// The error of a push from a device whose cursor is below the tombstone floor.
+pub fn stale_push() -> Error {
+    Error::new(
+        ErrorKind::ResyncRequired,
+        "this device was away longer than the server keeps deletions: it must re-sync before it pushes",
+    )
+}
+
 /// The in-memory relay.
 #[derive(Clone)]
 pub struct MemoryRelay {
@@ -237,6 +252,10 @@ impl MemoryRelay {
         let space = spaces.entry(request.from.space).or_default();
         Self::check_key(space, &request.from, true)?;
         let device = request.from.device;
+        let cursor = space.cursors.get(&device).map_or(0, |c| c.0);
+        if cursor < space.floor && !space.walking.contains_key(&device) {
+            return Err(stale_push());
+        }
         let mut assigned = Vec::with_capacity(request.envelopes.len());
         for e in &request.envelopes {
             let max = space.max_pushed.get(&device).copied().unwrap_or(0);
@@ -338,6 +357,11 @@ impl MemoryRelay {
         }
         Self::touch(space, from.device, Some(cursor), now);
         Self::collect(space, now, self.config.horizon_millis);
+        // Served: the device is not behind the floor (see the module docs).
+        let floor = space.floor;
+        if let Some(c) = space.cursors.get_mut(&from.device) {
+            c.0 = c.0.max(floor);
+        }
         let limit = request.limit.clamp(1, self.config.page_limit);
         let mut envelopes = Vec::new();
         let mut bytes = 0;

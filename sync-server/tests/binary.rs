@@ -309,3 +309,105 @@ async fn three_devices_with_offline_edits_conflicts_and_deletes_through_the_bina
     assert!(n00["by"].as_u64().is_some_and(|by| by < 3), "{n00}");
     p.terminate();
 }
+
+/// The client half of the next test, run in a child process (this test binary again): opens
+/// the device store named in the environment and syncs until it is killed. Does nothing when
+/// run without that environment.
+#[tokio::test]
+#[ignore = "run as a child process by a_client_process_killed_mid_push_loses_and_duplicates_nothing"]
+async fn child_client_syncs() {
+    let (Ok(db), Ok(url), Ok(token)) = (
+        std::env::var("HEARTH_CHILD_DB"),
+        std::env::var("HEARTH_CHILD_URL"),
+        std::env::var("HEARTH_CHILD_TOKEN"),
+    ) else {
+        return;
+    };
+    let a = Device::reopen(std::path::Path::new(&db), &url, &token).await;
+    println!("child syncing");
+    let _ = a.engine.sync().await;
+    // Killed before it gets here: the proxy holds back the answer to its push.
+    std::future::pending::<()>().await;
+}
+
+/// A client process SIGKILLed after the server committed its push but before it heard the
+/// answer: the restarted client finds nothing acknowledged, pushes everything again, and the
+/// server stores each envelope once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_process_killed_mid_push_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("server.db");
+    let p = ServerProcess::start(
+        &format!("sqlite:{}", db.display()),
+        "127.0.0.1:0",
+        &dir.path().join("server.log"),
+    );
+    let url = p.url();
+    let account = HttpTransport::register_account(&url)
+        .await
+        .expect("account");
+    let a_db = dir.path().join("a.db");
+    let a = Device::first(&a_db, &url, &account.token).await;
+    let space = a.store.space();
+    let mut batch = WriteBatch::new();
+    for i in 0..300 {
+        batch
+            .put(
+                "notes",
+                format!("n{i:03}"),
+                &json!({"i": i, "pad": "z".repeat(300)}),
+            )
+            .expect("put");
+    }
+    a.store.write(batch).await.expect("write");
+    drop(a);
+
+    let proxy = Proxy::start(p.addr).await;
+    proxy.lose_push_responses(true);
+    let before = p.requests(PUSH_ROUTE, 200).await;
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "child_client_syncs", "--ignored", "--nocapture"])
+        .env("HEARTH_CHILD_DB", &a_db)
+        .env("HEARTH_CHILD_URL", proxy.url())
+        .env("HEARTH_CHILD_TOKEN", &account.token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the client");
+    for _ in 0..3000 {
+        if p.requests(PUSH_ROUTE, 200).await > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        p.requests(PUSH_ROUTE, 200).await > before,
+        "the server committed a push of the client"
+    );
+    child.kill().expect("SIGKILL the client");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "killed, not finished: {status}");
+
+    // The client restarts on its file: nothing was acknowledged, so everything goes again.
+    let a = Device::reopen(&a_db, &url, &account.token).await;
+    assert_eq!(a.store.info().await.expect("info").pending, 300);
+    let r = a.engine.sync().await.expect("sync after restart");
+    assert_eq!(r.pushed, 300);
+    assert_eq!(a.store.info().await.expect("info").pending, 0);
+    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
+        .await
+        .expect("join");
+    let r = b.engine.sync().await.expect("b syncs");
+    assert_eq!(r.applied, 300, "nothing lost, nothing twice");
+    assert_eq!(b.snapshot("notes").await, a.snapshot("notes").await);
+    p.terminate();
+    let store = SqliteStore::open(&db, RelayConfig::default(), Arc::new(system_millis))
+        .await
+        .expect("open the server's file");
+    assert_eq!(
+        store.space_stats(space).await.expect("stats").envelopes,
+        300,
+        "stored once each"
+    );
+    store.close().await;
+}

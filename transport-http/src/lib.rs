@@ -6,8 +6,13 @@
 //! errors: 401 → [`ErrorKind::Unauthorized`], 403 → [`ErrorKind::Forbidden`], 404 →
 //! [`ErrorKind::NotFound`], 409 → [`ErrorKind::WrongKey`], 410 →
 //! [`ErrorKind::ResyncRequired`], 413 → [`ErrorKind::TooLarge`], 400 → the kind the server
-//! names (`invalid_input`, `corrupt`, `unsupported`), 5xx and network failures → a temporary
-//! [`ErrorKind::Unavailable`], which [`RetryTransport`] retries.
+//! names (`invalid_input`, `corrupt`, `unsupported`), 5xx, 429 and network failures → a
+//! temporary [`ErrorKind::Unavailable`], which [`RetryTransport`] retries. A space retired
+//! after a key rotation is [`ErrorKind::WrongKey`] with a [`SpaceRetired`] source telling the
+//! user to re-join. Response bodies are read up to [`HttpOptions::max_response_bytes`]
+//! ([`ErrorKind::TooLarge`] beyond), and [`Transport::push`] compares the device's key
+//! fingerprint with the server's record of the space before its first upload
+//! ([`HttpTransport::check_key`]).
 //!
 //! ```no_run
 //! # async fn run() -> sync_core::Result<()> {

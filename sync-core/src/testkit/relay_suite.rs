@@ -615,6 +615,33 @@ async fn horizon_and_walk(c: Case) {
     // B comes back with its old cursor: it must re-sync.
     let back = c.pull(2, b_cursor, 100, false).await.map_err(|e| e.kind());
     assert_eq!(back.err(), Some(ErrorKind::ResyncRequired), "{name}");
+    // Nor may it push what it wrote while away (it could bring a deleted record back): refused
+    // the same way, nothing stored.
+    let before = c.envelopes().await;
+    let stale = c
+        .push(2, vec![env(9, 1, vec![], false, 10)])
+        .await
+        .map_err(|e| e.kind());
+    assert_eq!(
+        stale.err(),
+        Some(ErrorKind::ResyncRequired),
+        "{name}: stale push"
+    );
+    assert_eq!(c.envelopes().await, before, "{name}: nothing stored");
+    // A device never seen before has cursor 0: below the floor, it must pull first too.
+    let new = c
+        .push(7, vec![env(9, 1, vec![], false, 10)])
+        .await
+        .map_err(|e| e.kind());
+    assert_eq!(
+        new.err(),
+        Some(ErrorKind::ResyncRequired),
+        "{name}: unseen device"
+    );
+    // A device that is caught up pushes as usual.
+    c.push(1, vec![env(8, 8, vec![], false, 10)])
+        .await
+        .expect("a caught-up device pushes");
     // The re-sync walks from 0 a page at a time; each page's cursor continues the walk even
     // though it is below the floor.
     let p = c.pull(2, 0, 1, true).await.expect("walk from 0");
@@ -645,9 +672,13 @@ async fn horizon_and_walk(c: Case) {
             break;
         }
     }
-    assert_eq!(live, vec![rec(3), rec(4), rec(5)], "{name}");
+    assert_eq!(live, vec![rec(3), rec(4), rec(5), rec(8)], "{name}");
     let p = c.pull(2, cursor, 10, false).await.expect("caught up");
     assert!(p.envelopes.is_empty(), "{name}");
+    // Re-synced, B pushes again.
+    c.push(2, vec![env(9, 1, vec![], false, 10)])
+        .await
+        .expect("a re-synced device pushes");
 }
 
 async fn future_cursor(c: Case) {

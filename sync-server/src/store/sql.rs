@@ -322,15 +322,29 @@ macro_rules! sql_store {
                 let row = Self::lock_bound(&mut tx, account, from.space).await?;
                 row.refuse_retired()?;
                 Self::check_key(&mut tx, from.space, &row, &from.fingerprint, true).await?;
-                let max: Option<i64> = sqlx::query_scalar(
-                    "SELECT max_pushed FROM devices WHERE space = $1 AND device = $2",
+                let device = sqlx::query(
+                    "SELECT max_pushed, pulled, walking FROM devices WHERE space = $1 AND device = $2",
                 )
                 .bind(&from.space.0[..])
                 .bind(&from.device.0[..])
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| map_sqlx(e, "read device"))?;
-                let mut max = max.unwrap_or(0);
+                let (mut max, pulled, walking) = match device {
+                    Some(r) => {
+                        let get = |e| map_sqlx(e, "read device");
+                        (
+                            r.try_get::<i64, _>(0).map_err(get)?,
+                            r.try_get::<i64, _>(1).map_err(get)?,
+                            r.try_get::<Option<i64>, _>(2).map_err(get)?,
+                        )
+                    }
+                    None => (0, 0, None),
+                };
+                // A device behind the floor must re-sync before it pushes (relay module docs).
+                if pulled < row.floor && walking.is_none() {
+                    return Err(sync_core::relay::stale_push());
+                }
                 // A device's newer envelope of a record replaces the device's own older one,
                 // named in `supersedes` or not (its ack may have been lost): drop them for every
                 // record this push brings, in one statement.
@@ -485,6 +499,18 @@ macro_rules! sql_store {
                 let floor =
                     Self::collect(&mut tx, from.space, now, self.config.horizon_millis, row.floor)
                         .await?;
+                // Served: the device is not behind the floor (relay module docs).
+                if floor > 0 {
+                    sqlx::query(
+                        "UPDATE devices SET pulled = $3 WHERE space = $1 AND device = $2 AND pulled < $3",
+                    )
+                    .bind(&from.space.0[..])
+                    .bind(&from.device.0[..])
+                    .bind(floor)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "raise cursor to the floor"))?;
+                }
                 let limit = request.limit.clamp(1, self.config.page_limit.max(1));
                 // Sizes first, to cut the page by count and bytes before reading any envelope.
                 let sizes = sqlx::query(
