@@ -361,7 +361,9 @@ impl SyncEngine {
             self.state.send_replace(SyncState::Offline);
             return;
         }
-        if was && self.state() != SyncState::Offline {
+        if self.state() != SyncState::Offline {
+            // Already online, or a round that ran into the outage has reported since.
+            sched.before_offline = None;
             return;
         }
         let now = self.store.now_millis();
