@@ -361,7 +361,9 @@ impl SyncEngine {
             self.state.send_replace(SyncState::Offline);
             return;
         }
-        if was && self.state() != SyncState::Offline {
+        if self.state() != SyncState::Offline {
+            // Already online, or a round that ran into the outage has reported since.
+            sched.before_offline = None;
             return;
         }
         let now = self.store.now_millis();
@@ -1079,6 +1081,7 @@ impl SyncEngine {
         let ids: Vec<RecordId> = entries.iter().map(|e| e.record.id).collect();
         let rows = self.store.storage().get_many(&ids).await?;
         let mut puts = Vec::with_capacity(rows.len());
+        let mut removes = Vec::new();
         for ((entry, (seq, server_seq)), row) in entries.iter().zip(assigned).zip(rows) {
             if *seq != entry.seq {
                 return Err(Error::new(
@@ -1089,6 +1092,13 @@ impl SyncEngine {
             let Some(row) = row else { continue };
             let mut sync = RowSync::decode(&row.sync)?;
             sync.synced = true;
+            if row.pending_seq == Some(*seq) && *server_seq == 0 && row.deleted {
+                // A retried push of a tombstone the server already stored and has since
+                // collected (every device pulled past it): nothing left to sync, and no later
+                // floor would name it, so it is forgotten now.
+                removes.push(row.id);
+                continue;
+            }
             if row.pending_seq == Some(*seq) {
                 sync.base = if *server_seq == 0 {
                     Vec::new()
@@ -1112,6 +1122,7 @@ impl SyncEngine {
         }
         w.commit(Batch {
             puts,
+            removes,
             ..Batch::default()
         })
         .await
@@ -1412,9 +1423,13 @@ impl SyncEngine {
     }
 
     /// Size of the sync metadata this store keeps: bytes of per-record bookkeeping and the
-    /// number of version-vector entries, over every record (for reports and tests).
+    /// number of version-vector entries, over every record, the largest of each per record,
+    /// and the entries of the per-origin seen map (for reports and tests).
     pub async fn metadata_size(&self) -> Result<MetadataSize> {
         let mut size = MetadataSize::default();
+        let seen: BTreeMap<DeviceId, u64> =
+            decode_or_default(self.store.storage().meta_get(META_SEEN).await?)?;
+        size.seen_entries = seen.len() as u64;
         let mut after: Option<RecordId> = None;
         loop {
             let rows = self.store.storage().scan_all(after.as_ref(), 512).await?;
@@ -1428,6 +1443,10 @@ impl SyncEngine {
                 size.sync_bytes += r.sync.len() as u64;
                 let p = self.store.open_envelope(&r.id, &r.envelope)?;
                 size.version_entries += p.version.len() as u64;
+                size.max_version_entries = size.max_version_entries.max(p.version.len() as u64);
+                let sync = RowSync::decode(&r.sync)?;
+                size.max_base = size.max_base.max(sync.base.len() as u64);
+                size.siblings += sync.siblings.len() as u64;
             }
         }
         Ok(size)
@@ -1445,4 +1464,13 @@ pub struct MetadataSize {
     pub sync_bytes: u64,
     /// Version-vector entries over all records.
     pub version_entries: u64,
+    /// Most version-vector entries of one record (bounded by the devices that wrote it).
+    pub max_version_entries: u64,
+    /// Most superseded server sequences one record remembers (bounded by the devices whose
+    /// envelopes of it the server still holds).
+    pub max_base: u64,
+    /// Sibling versions kept for `user-choice` conflicts.
+    pub siblings: u64,
+    /// Entries of the per-origin map of the last device sequence seen (one per device).
+    pub seen_entries: u64,
 }

@@ -1,16 +1,86 @@
-//! Devices for sync tests: in-memory storages that survive "crashes" (the store is dropped and
-//! reopened on the same storage), skewable clocks, one relay.
+//! Devices for sync tests: storages that survive "crashes" (the store is dropped and reopened
+//! on the same storage: in memory, or a real SQLite file reopened from disk), skewable clocks,
+//! seeded randomness, one relay.
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use backend_sqlite::SqliteStorage;
 use crypto_orion::OrionCipher;
+use sync_core::cipher::{NONCE_LEN, SALT_LEN};
 use sync_core::{
-    KdfCost, MemoryRelay, MemoryStorage, OpenOptions, RelayConfig, Store, SyncConfig, SyncEngine,
-    Transport,
+    Cipher, KdfCost, MemoryRelay, MemoryStorage, OpenOptions, RelayConfig, SecretKey, Storage,
+    Store, SyncConfig, SyncEngine, Transport,
 };
 use transport_mock::{Faults, MockTransport};
+
+/// The Orion cipher with its random bytes (device ids, root keys, nonces, retry jitter) drawn
+/// from a seeded generator instead of the operating system, so a simulation seed replays
+/// exactly. One per device, kept across its restarts (like the OS's generator, it does not
+/// repeat itself after a crash). Test-only: never use predictable randomness for real keys.
+#[derive(Debug)]
+pub struct SeededCipher {
+    rng: Mutex<fastrand::Rng>,
+}
+
+impl SeededCipher {
+    pub fn shared(seed: u64) -> Arc<dyn Cipher> {
+        Arc::new(Self {
+            rng: Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed_c1fe_u64)),
+        })
+    }
+}
+
+impl Cipher for SeededCipher {
+    fn name(&self) -> &'static str {
+        OrionCipher.name()
+    }
+    fn aead_seal(
+        &self,
+        key: &SecretKey,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> sync_core::Result<Vec<u8>> {
+        OrionCipher.aead_seal(key, nonce, aad, plaintext)
+    }
+    fn aead_open(
+        &self,
+        key: &SecretKey,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> sync_core::Result<Vec<u8>> {
+        OrionCipher.aead_open(key, nonce, aad, ciphertext)
+    }
+    fn password_kdf(
+        &self,
+        passphrase: &[u8],
+        salt: &[u8; SALT_LEN],
+        cost: KdfCost,
+    ) -> sync_core::Result<SecretKey> {
+        OrionCipher.password_kdf(passphrase, salt, cost)
+    }
+    fn keyed_hash(&self, key: &SecretKey, parts: &[&[u8]]) -> sync_core::Result<[u8; 32]> {
+        OrionCipher.keyed_hash(key, parts)
+    }
+    fn fill_random(&self, buf: &mut [u8]) -> sync_core::Result<()> {
+        let mut rng = self
+            .rng
+            .lock()
+            .map_err(|_| sync_core::Error::internal("rng lock"))?;
+        buf.iter_mut().for_each(|b| *b = rng.u8(..));
+        Ok(())
+    }
+    fn x25519_public(&self, secret: &SecretKey) -> sync_core::Result<[u8; 32]> {
+        OrionCipher.x25519_public(secret)
+    }
+    fn x25519(&self, secret: &SecretKey, public: &[u8; 32]) -> sync_core::Result<SecretKey> {
+        OrionCipher.x25519(secret, public)
+    }
+}
 
 pub const PASS: &str = "correct horse battery staple";
 pub const DAY: u64 = 24 * 3600 * 1000;
@@ -41,13 +111,16 @@ impl World {
 }
 
 pub struct Device {
-    pub storage: Arc<MemoryStorage>,
+    pub storage: Arc<dyn Storage>,
     pub store: Store,
     pub engine: SyncEngine,
     pub transport: Arc<MockTransport>,
     pub skew: Arc<AtomicU64>,
     world: World,
     config: SyncConfig,
+    cipher: Arc<dyn Cipher>,
+    /// The SQLite file, for a device on disk.
+    file: Option<PathBuf>,
 }
 
 fn options(world: &World, skew: &Arc<AtomicU64>) -> OpenOptions {
@@ -62,6 +135,13 @@ fn options(world: &World, skew: &Arc<AtomicU64>) -> OpenOptions {
         }))
 }
 
+async fn open_storage(file: Option<&PathBuf>) -> Arc<dyn Storage> {
+    match file {
+        Some(path) => Arc::new(SqliteStorage::open(path, true).await.expect("sqlite")),
+        None => Arc::new(MemoryStorage::new()),
+    }
+}
+
 impl Device {
     /// The first device of a new space.
     pub async fn first(world: &World, faults: Faults, seed: u64) -> Device {
@@ -74,6 +154,7 @@ impl Device {
         Self::make(world, faults, seed, Some(backup), SyncConfig::default()).await
     }
 
+    /// A device in memory; its randomness and faults are drawn from `seed`.
     pub async fn make(
         world: &World,
         faults: Faults,
@@ -81,14 +162,28 @@ impl Device {
         backup: Option<Vec<u8>>,
         config: SyncConfig,
     ) -> Device {
-        let storage = Arc::new(MemoryStorage::new());
+        Self::make_in(world, faults, seed, backup, config, None).await
+    }
+
+    /// A device whose storage is `file` (a real SQLite file, reopened from disk on restart),
+    /// or memory.
+    pub async fn make_in(
+        world: &World,
+        faults: Faults,
+        seed: u64,
+        backup: Option<Vec<u8>>,
+        config: SyncConfig,
+        file: Option<PathBuf>,
+    ) -> Device {
+        let storage = open_storage(file.as_ref()).await;
+        let cipher = SeededCipher::shared(seed);
         let skew = Arc::new(AtomicU64::new(0));
         let opts = options(world, &skew);
         let store = match backup {
-            Some(b) => Store::join(storage.clone(), OrionCipher::shared(), opts, &b)
+            Some(b) => Store::join(storage.clone(), cipher.clone(), opts, &b)
                 .await
                 .expect("join"),
-            None => Store::open(storage.clone(), OrionCipher::shared(), opts)
+            None => Store::open(storage.clone(), cipher.clone(), opts)
                 .await
                 .expect("create"),
         };
@@ -110,14 +205,21 @@ impl Device {
             skew,
             world: world.clone(),
             config,
+            cipher,
+            file,
         }
     }
 
-    /// Simulates a crash and restart: everything in memory is lost except the storage.
+    /// Simulates a crash and restart: everything in memory is lost except the storage (a
+    /// device on disk reopens its SQLite file; the old handles are dropped unused).
     pub async fn restart(&mut self) {
+        let storage = match &self.file {
+            Some(_) => open_storage(self.file.as_ref()).await,
+            None => self.storage.clone(),
+        };
         let store = Store::open(
-            self.storage.clone(),
-            OrionCipher::shared(),
+            storage.clone(),
+            self.cipher.clone(),
             options(&self.world, &self.skew),
         )
         .await
@@ -128,6 +230,7 @@ impl Device {
             self.config.clone(),
         );
         self.store = store;
+        self.storage = storage;
     }
 
     /// Every live record (outside hearth's own local collections) as (collection, key, value).
@@ -137,9 +240,9 @@ impl Device {
         loop {
             let rows = self
                 .storage
-                .as_ref()
-                .scan_all_for_tests(after.as_ref(), 256)
-                .await;
+                .scan_all(after.as_ref(), 256)
+                .await
+                .expect("scan_all");
             let Some(last) = rows.last() else { break };
             after = Some(last.id);
             for r in rows {
@@ -154,26 +257,5 @@ impl Device {
         }
         out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out
-    }
-}
-
-/// `Storage::scan_all` through the trait, for snapshots.
-pub trait ScanAll {
-    fn scan_all_for_tests(
-        &self,
-        after: Option<&sync_core::RecordId>,
-        limit: usize,
-    ) -> impl std::future::Future<Output = Vec<sync_core::StoredRecord>>;
-}
-
-impl ScanAll for MemoryStorage {
-    async fn scan_all_for_tests(
-        &self,
-        after: Option<&sync_core::RecordId>,
-        limit: usize,
-    ) -> Vec<sync_core::StoredRecord> {
-        sync_core::Storage::scan_all(self, after, limit)
-            .await
-            .expect("scan_all")
     }
 }
