@@ -8,7 +8,8 @@
 //! `cargo bench -p sync-server --bench sync_http` (N from `HEARTH_BENCH_N`, default 100,000;
 //! `HEARTH_BENCH_CLIENTS` clients, default 50). Reports seconds, bytes on the wire (request
 //! and response bodies, from the server's /metrics) per record against the sealed size, and
-//! peak memory (VmHWM) of this client process and of the server process.
+//! peak memory (VmHWM) of this client process during the sync (reset before it; the dataset is
+//! generated lazily, never held whole) and of the server process.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crypto_orion::OrionCipher;
-use hearth::bench::{BenchOptions, dataset, peak_rss_bytes};
+use hearth::bench::{BenchOptions, peak_rss_bytes, record, records, reset_peak_rss};
 use sync_core::{
     DeviceId, KdfCost, OpenOptions, OutgoingEnvelope, PullRequest, PushRequest, RecordId, SpaceId,
     SpaceRef, Store, SyncConfig, SyncEngine, Transport, WriteBatch,
@@ -102,14 +103,16 @@ async fn initial_and_delta(dir: &std::path::Path, n: usize) -> Res<()> {
     let ta = http(&url, &account.token)?;
     ta.register_space(a.space(), a.key_fingerprint()).await?;
     ta.put_key_backup(a.space(), a.key_backup()?).await?;
-    let data = dataset(&BenchOptions {
+    // The dataset is generated lazily, batch by batch: the client's memory figure is the
+    // library's, not the benchmark's.
+    let bench = BenchOptions {
         n,
         ..BenchOptions::default()
-    });
-    for chunk in data.chunks(1000) {
+    };
+    for start in (0..n).step_by(1000) {
         let mut wb = WriteBatch::new();
-        for (k, v) in chunk {
-            wb.put("docs", k.as_str(), v)?;
+        for (k, v) in records(&bench, start..(start + 1000).min(n)) {
+            wb.put("docs", k, &v)?;
         }
         a.write(wb).await?;
     }
@@ -127,6 +130,7 @@ async fn initial_and_delta(dir: &std::path::Path, n: usize) -> Res<()> {
         SyncConfig::default(),
     );
 
+    reset_peak_rss();
     let t = Instant::now();
     ea.sync().await?;
     let push_s = t.elapsed().as_secs_f64();
@@ -146,9 +150,8 @@ async fn initial_and_delta(dir: &std::path::Path, n: usize) -> Res<()> {
     let t = Instant::now();
     let r = eb.sync().await?;
     let pull_s = t.elapsed().as_secs_f64();
-    if r.applied != n as u64
-        || b.get("docs", &data[n / 2].0).await?.as_ref() != Some(&data[n / 2].1)
-    {
+    let (mid_key, mid_value) = record(&bench, n / 2);
+    if r.applied != n as u64 || b.get("docs", &mid_key).await?.as_ref() != Some(&mid_value) {
         return Err("B does not hold A's data".into());
     }
     let (up, down) = wire_bytes(&url).await?;
@@ -158,10 +161,10 @@ async fn initial_and_delta(dir: &std::path::Path, n: usize) -> Res<()> {
     // 1 % delta.
     let delta_n = (n / 100).max(1);
     let mut wb = WriteBatch::new();
-    for (k, v) in data.iter().step_by(n / delta_n).take(delta_n) {
-        let mut v = v.clone();
+    for i in (0..n).step_by(n / delta_n).take(delta_n) {
+        let (k, mut v) = record(&bench, i);
         v["count"] = serde_json::json!(-1);
-        wb.put("docs", k.as_str(), &v)?;
+        wb.put("docs", k, &v)?;
     }
     a.write(wb).await?;
     let t = Instant::now();
@@ -189,7 +192,7 @@ async fn initial_and_delta(dir: &std::path::Path, n: usize) -> Res<()> {
     );
     println!("  total: {:.2} s", push_s + pull_s);
     println!(
-        "  peak memory: client process (A and B) {:.0} MiB, server process {:.0} MiB",
+        "  peak memory during the sync: client process (A and B) {:.0} MiB, server process {:.0} MiB",
         client_hwm as f64 / 1048576.0,
         server_hwm as f64 / 1048576.0
     );

@@ -259,15 +259,26 @@ async fn consent_command(
     }
 }
 
-async fn bench(
-    cli: &Cli,
+/// `hearth bench` arguments.
+struct BenchArgs<'a> {
     n: usize,
     value_size: usize,
-    workloads: &[String],
-    storage: &str,
-    cipher: &str,
-) -> Result<()> {
-    use hearth::bench::{self, BenchOptions, BenchResult};
+    workloads: &'a [String],
+    storage: &'a str,
+    cipher: &'a str,
+    memory_ratio: bool,
+}
+
+async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
+    use hearth::bench::{self, BenchOptions, BenchResult, SyncWorkloads};
+    let BenchArgs {
+        n,
+        value_size,
+        workloads,
+        storage,
+        cipher,
+        memory_ratio,
+    } = args;
     let want = |w: &str| workloads.iter().any(|x| x.eq_ignore_ascii_case(w));
     for w in workloads {
         if !["W1", "W2", "W3", "W4", "W5", "W6"]
@@ -301,6 +312,12 @@ async fn bench(
             pb.set_message(msg.to_owned());
         }
     };
+    if !bench::reset_peak_rss() {
+        notes.push(
+            "peak RSS could not be reset per workload here: each figure covers the process so far"
+                .into(),
+        );
+    }
     if want("W1") || want("W2") {
         step("W1/W2: put and get");
         for r in bench::store_put_get(dir.path(), storage, cipher, &opts).await? {
@@ -311,37 +328,83 @@ async fn bench(
             }
         }
     }
-    if want("W3") || want("W4") {
-        step("W3/W4: initial and delta sync");
-        let (results, bytes) = bench::sync_mock(dir.path(), &opts).await?;
-        for r in results {
-            if (r.workload.starts_with("W3") && want("W3"))
-                || (r.workload.starts_with("W4") && want("W4"))
-            {
+    let which = SyncWorkloads {
+        delta: want("W4"),
+        conflicts: want("W5"),
+        long_offline: want("W6"),
+    };
+    if want("W3") || which.delta || which.conflicts || which.long_offline {
+        step("W3-W6: sync through the server on loopback");
+        let sub = dir.path().join("sync");
+        std::fs::create_dir(&sub)
+            .map_err(|e| Error::new(ErrorKind::Io, "bench dir").with_source(e))?;
+        let out = bench::sync_workloads(&sub, &opts, which).await?;
+        let _ = std::fs::remove_dir_all(&sub);
+        let b = out.bytes;
+        for r in out.results {
+            if !r.workload.starts_with("W3") || want("W3") {
                 rows.push(r);
             }
         }
-        notes.push(format!(
-            "W3 bytes {} vs sealed lower bound {} (ratio {:.3}); W4 bytes {} = {:.2}% of W3",
-            bytes.initial,
-            bytes.sealed_lower_bound,
-            bytes.initial as f64 / bytes.sealed_lower_bound.max(1) as f64,
-            bytes.delta,
-            100.0 * bytes.delta as f64 / bytes.initial.max(1) as f64
-        ));
-    }
-    if want("W5") {
-        step("W5: conflicts");
-        rows.push(bench::conflicts(dir.path(), &opts).await?);
-    }
-    if want("W6") {
-        step("W6: 30 days offline");
-        let (r, d) = bench::long_offline(dir.path(), &opts).await?;
-        notes.push(format!(
-            "W6: {} edits while offline touched {} records; the returning device pulled {} envelopes and no deleted record came back",
-            d.edits, d.distinct_changed, d.envelopes_pulled
-        ));
-        rows.push(r);
+        if want("W3") {
+            notes.push(format!(
+                "W3: {} bytes on the wire in {} requests (request and response bodies) vs lower bound {} (sealed envelopes, up and down): {:.3} x",
+                b.initial,
+                b.initial_requests,
+                b.sealed_lower_bound,
+                b.initial as f64 / b.sealed_lower_bound.max(1) as f64
+            ));
+        }
+        if which.delta {
+            notes.push(format!(
+                "W4: {} bytes = {:.2}% of W3's; aim <= 1.1 x 1% of W3 + fixed overhead {} (an idle round) = {} bytes: {}",
+                b.delta,
+                100.0 * b.delta as f64 / b.initial.max(1) as f64,
+                b.idle_round,
+                b.delta_bound,
+                if b.delta <= b.delta_bound { "holds" } else { "MISSED" }
+            ));
+        }
+        if let Some(d) = out.long_offline {
+            notes.push(format!(
+                "W6: {} edits offline and {} online touched {} records; on return {} envelopes moved (floor {}); all records equal on both devices and none of the {} deleted came back",
+                d.offline_edits,
+                d.online_edits,
+                d.distinct_changed,
+                d.envelopes_moved,
+                d.envelopes_floor,
+                d.deleted_checked
+            ));
+        }
+        if memory_ratio {
+            step("W3 at 10 x N: memory ratio");
+            let big = BenchOptions {
+                n: n.saturating_mul(10),
+                ..opts
+            };
+            let sub = dir.path().join("sync-10n");
+            std::fs::create_dir(&sub)
+                .map_err(|e| Error::new(ErrorKind::Io, "bench dir").with_source(e))?;
+            let out10 = bench::sync_workloads(&sub, &big, SyncWorkloads::default()).await?;
+            let _ = std::fs::remove_dir_all(&sub);
+            let small = rows
+                .iter()
+                .find(|r| r.workload.starts_with("W3"))
+                .map(|r| r.peak_rss_bytes);
+            for mut r in out10.results {
+                if let Some(small) = small {
+                    notes.push(format!(
+                        "memory: W3 peak RSS at N = {} is {:.1} MiB, at 10 x N {:.1} MiB: ratio {:.2} (aim: flat, 1.0)",
+                        n,
+                        small as f64 / 1048576.0,
+                        r.peak_rss_bytes as f64 / 1048576.0,
+                        r.peak_rss_bytes as f64 / small.max(1) as f64
+                    ));
+                }
+                r.workload = format!("{} 10xN", r.workload);
+                rows.push(r);
+            }
+        }
     }
     if let Some(pb) = progress {
         pb.finish_and_clear();
@@ -349,6 +412,11 @@ async fn bench(
     if cli.json {
         for r in &rows {
             print_json(&serde_json::to_value(r).unwrap_or(Value::Null));
+        }
+        if !cli.quiet {
+            for n in notes {
+                eprintln!("{n}");
+            }
         }
     } else {
         println!(
@@ -976,7 +1044,21 @@ pub async fn run(cli: Cli) -> Result<()> {
             workload,
             storage,
             cipher,
-        } => bench(&cli, *n, *value_size, workload, storage, cipher).await,
+            memory_ratio,
+        } => {
+            bench(
+                &cli,
+                BenchArgs {
+                    n: *n,
+                    value_size: *value_size,
+                    workloads: workload,
+                    storage,
+                    cipher,
+                    memory_ratio: *memory_ratio,
+                },
+            )
+            .await
+        }
         Command::Consent { action } => {
             let store = open(&cli).await?;
             let consent = hearth::StoreConsent::new(&store);

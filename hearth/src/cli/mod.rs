@@ -148,6 +148,9 @@ pub enum Command {
         /// Cipher backend for W1/W2.
         #[arg(long, default_value = "orion")]
         cipher: String,
+        /// Also run W3 at 10 × N and report its peak memory against W3 at N (aim: flat).
+        #[arg(long)]
+        memory_ratio: bool,
     },
     /// Create an account on a sync server for this store (prints the account token other
     /// devices join with).

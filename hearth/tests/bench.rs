@@ -1,0 +1,113 @@
+//! The benchmark workloads run end to end at a small N: every workload verifies its own results
+//! (B holds every record of A, deltas arrive, conflicts converge, no deleted record returns),
+//! so a wrong result fails the run and these tests.
+
+use assert_cmd::Command;
+use hearth::bench::{self, BenchOptions, SyncWorkloads};
+
+#[test]
+fn the_dataset_is_a_pure_function_of_seed_and_index() {
+    let opts = BenchOptions {
+        n: 10,
+        ..BenchOptions::default()
+    };
+    let (k, v) = bench::record(&opts, 7);
+    assert_eq!(k, "doc-00000007");
+    assert_eq!((k.clone(), v.clone()), bench::record(&opts, 7));
+    assert_ne!(v, bench::record(&opts, 8).1);
+    let other = BenchOptions { seed: 43, ..opts };
+    assert_ne!(v, bench::record(&other, 7).1);
+    let size = serde_json::to_vec(&v).expect("json").len();
+    assert!((900..1200).contains(&size), "record of {size} bytes");
+    assert_eq!(bench::records(&opts, 3..6).count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_workloads_run_through_the_server_and_verify() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = BenchOptions {
+        n: 300,
+        batch: 100,
+        ..BenchOptions::default()
+    };
+    let out = bench::sync_workloads(
+        dir.path(),
+        &opts,
+        SyncWorkloads {
+            delta: true,
+            conflicts: true,
+            long_offline: true,
+        },
+    )
+    .await
+    .expect("every workload verifies");
+    let names: Vec<&str> = out.results.iter().map(|r| &r.workload[..2]).collect();
+    assert_eq!(names, ["W3", "W4", "W5", "W6"]);
+    // Bytes went over real HTTP: at least the sealed envelopes, up and down.
+    assert!(out.bytes.initial >= out.bytes.sealed_lower_bound);
+    assert!(out.bytes.sealed_lower_bound > 2 * 300 * 1000);
+    assert!(out.bytes.delta > 0 && out.bytes.delta < out.bytes.initial / 10);
+    let w6 = out.long_offline.expect("W6 details");
+    assert_eq!(w6.offline_edits, 30_000);
+    assert!(w6.deleted_checked > 0);
+    assert!(w6.envelopes_moved >= w6.envelopes_floor);
+}
+
+#[test]
+fn hearth_bench_prints_one_json_object_per_workload() {
+    let out = Command::cargo_bin("hearth")
+        .expect("binary")
+        .args(["--json", "bench", "--n", "200", "--memory-ratio"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let names: Vec<String> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().expect("workload").to_owned())
+        .collect();
+    for w in ["W1", "W2", "W3", "W4", "W5", "W6"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(w)),
+            "{w} missing: {names:?}"
+        );
+    }
+    assert!(names.iter().any(|n| n.ends_with("10xN")), "{names:?}");
+    let big = rows
+        .iter()
+        .find(|r| r["workload"].as_str().is_some_and(|n| n.ends_with("10xN")));
+    assert_eq!(big.expect("10xN row")["n"], 2000);
+    for r in &rows {
+        for field in [
+            "n",
+            "seconds",
+            "records_per_s",
+            "bytes",
+            "peak_rss_bytes",
+            "baseline_seconds",
+            "ratio",
+        ] {
+            assert!(r[field].is_number(), "{field} in {r}");
+        }
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lower bound"), "{stderr}");
+    assert!(stderr.contains("memory: W3 peak RSS"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_workload_is_refused() {
+    Command::cargo_bin("hearth")
+        .expect("binary")
+        .args(["bench", "--n", "10", "--workload", "W9"])
+        .assert()
+        .failure();
+}
