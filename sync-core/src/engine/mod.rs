@@ -265,17 +265,18 @@ fn page_err(what: &'static str) -> Error {
 /// Times a full re-sync may be restarted from cursor 0 by the server within one round.
 const MAX_RESYNC_RESTARTS: u32 = 3;
 
-/// A page must move the cursor forward: a server that answers `more` (or envelopes) without
-/// advancing it, or moves it back, would make the engine loop or re-apply. Such a page is
-/// refused before anything of it is applied or saved.
+/// A page must not send the engine round in circles: a server that answers `more` without
+/// advancing the cursor, moves it back, or serves envelopes past the cursor it names (so the
+/// next pull would serve them again) is refused before anything of the page is applied or
+/// saved. Envelopes at or below the cursor are not a page error: each goes through the
+/// per-envelope checks, where an old one served again is a `rollback` in the report.
 fn check_page(cursor: u64, page: &PullPage) -> Result<()> {
-    let stuck = page.next_cursor == cursor && (page.more || !page.envelopes.is_empty());
-    let behind = page.envelopes.iter().any(|e| e.server_seq <= cursor)
-        || page
-            .envelopes
-            .last()
-            .is_some_and(|e| e.server_seq > page.next_cursor);
-    if page.next_cursor < cursor || stuck || behind {
+    let stuck = page.next_cursor == cursor && page.more;
+    let ahead = page
+        .envelopes
+        .iter()
+        .any(|e| e.server_seq > page.next_cursor);
+    if page.next_cursor < cursor || stuck || ahead {
         return Err(Error::new(
             ErrorKind::Corrupt,
             format!(
