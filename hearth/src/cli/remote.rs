@@ -52,6 +52,7 @@ pub async fn register(store: &Store, url: &str) -> Result<String> {
     tracing::info!(server = url, "creating an account");
     let account = HttpTransport::register_account(url).await?;
     let http = HttpTransport::new(url, account.token.clone())?;
+    http.check_key(&space_ref(store)).await?;
     http.register_space(store.space(), store.key_fingerprint())
         .await?;
     http.put_key_backup(store.space(), store.key_backup()?)
@@ -60,17 +61,19 @@ pub async fn register(store: &Store, url: &str) -> Result<String> {
     Ok(account.token)
 }
 
-/// Fetches the account's key backup: (space, backup).
+/// Fetches the key backup of the account's current space: the one registered and not retired,
+/// so a device joining after a key rotation gets the new key, never the retired one.
 pub async fn fetch_backup(url: &str, token: &str) -> Result<Vec<u8>> {
     let http = HttpTransport::new(url, token.to_owned())?;
-    let spaces = http.spaces().await?;
-    let space = spaces
-        .first()
-        .ok_or_else(|| {
-            Error::new(
+    let space = http
+        .current_space()
+        .await
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::new(
                 ErrorKind::NotFound,
                 "this account has no space yet: run `hearth register` on the first device",
-            )
+            ),
+            _ => e,
         })?
         .space;
     http.get_key_backup(space)
@@ -78,15 +81,22 @@ pub async fn fetch_backup(url: &str, token: &str) -> Result<Vec<u8>> {
         .ok_or_else(|| Error::new(ErrorKind::NotFound, "the account's space has no key backup"))
 }
 
-/// Registers a joined device with the server.
-pub async fn register_device(store: &Store, url: &str, token: &str) -> Result<()> {
-    let http = HttpTransport::new(url, token.to_owned())?;
-    http.register_device(&SpaceRef {
+/// This store's space, device and key fingerprint, as the server knows a device.
+fn space_ref(store: &Store) -> SpaceRef {
+    SpaceRef {
         space: store.space(),
         device: store.device(),
         fingerprint: store.key_fingerprint(),
-    })
-    .await
+    }
+}
+
+/// Registers a joined device with the server, after comparing its key with the server's record
+/// of the space (a retired space or another key is [`ErrorKind::WrongKey`]).
+pub async fn register_device(store: &Store, url: &str, token: &str) -> Result<()> {
+    let http = HttpTransport::new(url, token.to_owned())?;
+    let from = space_ref(store);
+    http.check_key(&from).await?;
+    http.register_device(&from).await
 }
 
 /// The server this store syncs with, or a configuration error saying how to set one up.
