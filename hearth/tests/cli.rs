@@ -1033,3 +1033,116 @@ fn on_a_terminal_consent_check_asks_and_records_the_answer() {
     assert_eq!(out.status.code(), Some(10));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hearth wants"));
 }
+
+fn status_of(db: &Path) -> serde_json::Value {
+    json_of(&stdout(hearth(db, "pw").args(["--json", "status"])))
+}
+
+fn join(server: &str, token: &str, db: &Path) {
+    hearth(db, "pw")
+        .args(["join", "--server", server, "--token", token])
+        .assert()
+        .success();
+}
+
+/// A stale device is refused with exit 3 and told to re-join; nothing it had is lost from the
+/// old store (it still opens and reads).
+fn assert_stale(db: &Path) {
+    hearth(db, "pw")
+        .args(["put", "notes", "stale", "1"])
+        .assert()
+        .success();
+    let out = hearth(db, "pw").arg("sync").output().expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hearth join"), "{err}");
+    assert!(err.contains("rotated"), "{err}");
+}
+
+#[test]
+fn rotate_key_retires_the_old_space_stale_devices_must_rejoin_new_ones_get_the_new_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path());
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    let token = pair(&server, &a, &b);
+    hearth(&a, "pw")
+        .args(["put", "notes", "k", "\"before\""])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+    hearth(&b, "pw").arg("sync").assert().success();
+    let old_space = status_of(&a)["space"].clone();
+
+    let rotated = json_of(&stdout(hearth(&a, "pw").args(["--json", "rotate-key"])));
+    assert_eq!(rotated["server"]["told"], true, "{rotated}");
+    assert_eq!(rotated["server"]["retired_space"], old_space);
+    assert_ne!(rotated["space"], old_space);
+    hearth(&a, "pw")
+        .args(["put", "notes", "k", "\"after\""])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+
+    // B holds the old key.
+    assert_stale(&b);
+
+    // A new device joins the current space (not the retired one) and gets the data.
+    let c = dir.path().join("c.db");
+    join(&server.1, &token, &c);
+    assert_eq!(status_of(&c)["space"], rotated["space"]);
+    hearth(&c, "pw").arg("sync").assert().success();
+    assert_eq!(
+        stdout(hearth(&c, "pw").args(["get", "notes", "k"])).trim(),
+        "\"after\""
+    );
+}
+
+#[test]
+fn a_rotation_made_offline_is_announced_by_the_next_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path());
+    let port: u16 = server
+        .1
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    let token = pair(&server, &a, &b);
+    hearth(&a, "pw")
+        .args(["put", "notes", "k", "\"offline\""])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+    drop(server);
+
+    // The server is down: the rotation happens locally and says the server will be told.
+    let out = stdout(hearth(&a, "pw").arg("rotate-key"));
+    assert!(out.contains("next `hearth sync`"), "{out}");
+    let new_space = status_of(&a)["space"].clone();
+
+    // Until then B still syncs into the old space (the server knows nothing yet).
+    let server = serve_on(dir.path(), port, "server.db");
+    hearth(&b, "pw").arg("sync").assert().success();
+
+    // A's next sync tells the server, then uploads into the new space.
+    hearth(&a, "pw").arg("sync").assert().success();
+    assert_stale(&b);
+    let c = dir.path().join("c.db");
+    join(&server.1, &token, &c);
+    assert_eq!(status_of(&c)["space"], new_space);
+    hearth(&c, "pw").arg("sync").assert().success();
+    assert_eq!(
+        stdout(hearth(&c, "pw").args(["get", "notes", "k"])).trim(),
+        "\"offline\""
+    );
+    // Told once: a second sync has nothing more to announce and succeeds.
+    hearth(&a, "pw").arg("sync").assert().success();
+}

@@ -825,18 +825,69 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .create(false)
                 .open()
                 .await?;
-            let store = if store.rotation_pending().await? {
+            let configured = super::remote::load(&store).await?.is_some();
+            let resumed = store.rotation_pending().await?;
+            // With a server, the space the rotation replaces is noted first (in the store, so a
+            // crash or an unreachable server only delays telling the server, never forgets it).
+            let noted = if configured && !resumed {
+                super::remote::note_rotation(&store).await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = noted {
+                let _ = store.close().await;
+                return Err(e);
+            }
+            let store = if resumed {
                 store.finish_rotation().await?;
                 store
             } else {
                 store.rotate_root_key(&pass, kdf_cost()).await?
             };
-            let info = store.info().await?;
+            let told = async {
+                if !configured {
+                    return Ok(None);
+                }
+                // Telling the server uploads the new key backup: under the sync consent.
+                if !hearth::StoreConsent::new(&store).sync_allowed().await? {
+                    return Ok(Some(Err(Error::new(
+                        ErrorKind::ConsentDenied,
+                        "this store has no sync consent",
+                    ))));
+                }
+                match super::remote::announce_rotation(&store).await {
+                    Ok(retired) => Ok(Some(Ok(retired))),
+                    Err(e) if e.is_temporary() || e.kind() == ErrorKind::ConsentDenied => {
+                        Ok(Some(Err(e)))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            .await;
+            let info = store.info().await;
             store.close().await?;
+            let info = info?;
+            let told = told.map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!(
+                        "rotated to key {} locally, but the server refused the new space: {e}; \
+                         `hearth sync` tries again",
+                        info.key_id
+                    ),
+                )
+            })?;
+            let server = match &told {
+                None => Value::Null,
+                Some(Ok(Some(old))) => json!({"told": true, "retired_space": old.to_hex()}),
+                Some(Ok(None)) => json!({"told": false}),
+                Some(Err(e)) => json!({"told": false, "deferred": true, "reason": e.to_string()}),
+            };
             if cli.json {
-                print_json(
-                    &json!({"key_id": info.key_id, "space": info.space.to_hex(), "pending": info.pending}),
-                );
+                print_json(&json!({
+                    "key_id": info.key_id, "space": info.space.to_hex(), "pending": info.pending,
+                    "server": server,
+                }));
             } else {
                 say(
                     cli.quiet,
@@ -846,6 +897,23 @@ pub async fn run(cli: Cli) -> Result<()> {
                         info.key_id, info.space, info.pending
                     ),
                 );
+                match &told {
+                    None | Some(Ok(None)) => {}
+                    Some(Ok(Some(old))) => say(
+                        cli.quiet,
+                        format!(
+                            "the server retired space {old} and has the new key backup: other \
+                             devices must run `hearth join` again with the passphrase"
+                        ),
+                    ),
+                    Some(Err(e)) => say(
+                        cli.quiet,
+                        format!(
+                            "the server was not told yet ({e}): the next `hearth sync` tells it \
+                             (it retires the old space, and other devices must join again)"
+                        ),
+                    ),
+                }
             }
             Ok(())
         }
@@ -1008,6 +1076,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                         ErrorKind::ConsentDenied,
                         "this store has no sync consent (withdrawn, or never given): nothing was sent",
                     ));
+                }
+                // A key rotation the server was not told about yet (made offline) is announced
+                // first: the new space must be registered before anything is uploaded to it.
+                if let Some(old) = super::remote::announce_rotation(&store).await? {
+                    tracing::info!(retired = %old, "told the server about the key rotation");
                 }
                 super::remote::sync(&store, progress).await
             }

@@ -315,6 +315,9 @@ fn hint(e: &Error) -> &'static str {
         ErrorKind::WrongPassphrase => {
             "check the passphrase (HEARTH_PASSPHRASE or the prompt); `hearth recover` uses the recovery code"
         }
+        ErrorKind::WrongKey if e.message().contains("retired") => {
+            "another device rotated this account's key: move this store aside and run `hearth join --server URL --token TOKEN` with the current passphrase (changes not synced from here stay in the old store)"
+        }
         ErrorKind::WrongKey => {
             "the data was sealed under another key: join this account again with `hearth join`, or restore a backup made by this store"
         }
