@@ -1146,3 +1146,105 @@ fn a_rotation_made_offline_is_announced_by_the_next_sync() {
     // Told once: a second sync has nothing more to announce and succeeds.
     hearth(&a, "pw").arg("sync").assert().success();
 }
+
+#[test]
+fn a_sqlcipher_store_recovers_with_its_code_and_joins_an_account_on_sqlcipher() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.db");
+    let made = json_of(&stdout(hearth(&a, "pw").args([
+        "--json",
+        "init",
+        "--storage",
+        "sqlcipher",
+        "--cipher",
+        "sodium",
+    ])));
+    let code = made["recovery_code"]
+        .as_str()
+        .expect("SQLCipher stores make recovery codes")
+        .to_owned();
+    hearth(&a, "pw")
+        .args(["put", "notes", "k", "\"kept\""])
+        .assert()
+        .success();
+
+    // The passphrase is lost: the code sets a new one, whatever the store's backends.
+    hearth(&a, "forgotten")
+        .arg("recover")
+        .env(
+            "HEARTH_RECOVERY_CODE",
+            "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF-GGGG-HHHH",
+        )
+        .env("HEARTH_NEW_PASSPHRASE", "new")
+        .assert()
+        .code(3);
+    hearth(&a, "forgotten")
+        .arg("recover")
+        .env("HEARTH_RECOVERY_CODE", &code)
+        .env("HEARTH_NEW_PASSPHRASE", "pw2")
+        .assert()
+        .success();
+    hearth(&a, "pw")
+        .args(["get", "notes", "k"])
+        .assert()
+        .code(3);
+    assert_eq!(
+        stdout(hearth(&a, "pw2").args(["get", "notes", "k"])).trim(),
+        "\"kept\""
+    );
+
+    // A second device joins the account on SQLCipher too, and a third on the default.
+    let server = serve(dir.path());
+    let token = json_of(&stdout(
+        hearth(&a, "pw2").args(["--json", "register", "--server", &server.1]),
+    ))["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    hearth(&a, "pw2").arg("sync").assert().success();
+    let b = dir.path().join("b.db");
+    hearth(&b, "wrong")
+        .args(["join", "--server", &server.1, "--token", &token])
+        .args(["--storage", "sqlcipher"])
+        .assert()
+        .code(3);
+    assert!(!b.exists(), "a failed join leaves no store behind");
+    hearth(&b, "pw2")
+        .args(["join", "--server", &server.1, "--token", &token])
+        .args(["--storage", "sqlcipher"])
+        .assert()
+        .success();
+    let c = dir.path().join("c.db");
+    hearth(&c, "pw2")
+        .args(["join", "--server", &server.1, "--token", &token])
+        .assert()
+        .success();
+    for (db, storage) in [(&b, "sqlcipher"), (&c, "sqlite")] {
+        let status = json_of(&stdout(hearth(db, "pw2").args(["--json", "status"])));
+        assert_eq!(status["storage"], storage, "{status}");
+        assert_eq!(status["space"], made["space"]);
+        hearth(db, "pw2").arg("sync").assert().success();
+        assert_eq!(
+            stdout(hearth(db, "pw2").args(["get", "notes", "k"])).trim(),
+            "\"kept\""
+        );
+    }
+    let keys = |p: &Path| {
+        p.with_file_name(format!(
+            "{}.keys",
+            p.file_name().expect("name").to_string_lossy()
+        ))
+    };
+    assert!(
+        keys(&b).exists(),
+        "the SQLCipher store's key header is in place"
+    );
+    assert!(!keys(&c).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -101,11 +101,36 @@ fn sync_state(
 
 /// Removes a store's files (the database, its WAL and shared memory, the key sidecar).
 fn remove_store_files(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm", "-journal", ".keys"] {
+    for suffix in ["", "-wal", "-shm", "-journal", ".keys", ".keys.lock"] {
         let mut p = path.as_os_str().to_os_string();
         p.push(suffix);
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// Moves a closed store from `tmp` to `path`: the database, then its key header file, if it
+/// has one (a store encrypted at rest). A database without its key header does not open, so a
+/// crash in between never leaves a store that looks complete.
+async fn move_store(tmp: &std::path::Path, path: &std::path::Path) -> Result<()> {
+    let with = |p: &std::path::Path, suffix: &str| {
+        let mut s = p.as_os_str().to_os_string();
+        s.push(suffix);
+        std::path::PathBuf::from(s)
+    };
+    for suffix in ["", ".keys"] {
+        let from = with(tmp, suffix);
+        if suffix.is_empty() || from.exists() {
+            let to = with(path, suffix);
+            tokio::fs::rename(&from, &to).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot move the store to {}", to.display()),
+                )
+                .with_source(e)
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// A temporary path next to `path`, so the final rename stays on one file system.
@@ -927,17 +952,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             let code = secret_from("HEARTH_RECOVERY_CODE", "recovery code: ", false)?;
             let new = secret_from("HEARTH_NEW_PASSPHRASE", "new passphrase: ", true)?;
-            let storage = (hearth::registry::storage("sqlite")?.open)(
-                hearth::StorageOptions::at(&path).create(false),
-            )
-            .await?;
-            let store = Store::recover(
-                storage,
-                (hearth::registry::cipher("orion")?.make)(),
-                hearth::OpenOptions::new(new).kdf_cost(kdf_cost()),
-                &code,
-            )
-            .await?;
+            // The builder opens whatever storage and cipher the store records.
+            let store = Store::builder()
+                .path(&path)
+                .passphrase(hearth::Passphrase::new(new))
+                .kdf_cost(kdf_cost())
+                .recover(&code)
+                .await?;
             store.close().await?;
             if cli.json {
                 print_json(&json!({"recovered": true, "store": path.display().to_string()}));
@@ -998,7 +1019,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Join { server, token } => {
+        Command::Join {
+            server,
+            token,
+            storage,
+            cipher,
+        } => {
+            known_name(hearth::registry::storage(storage))?;
+            if let Some(c) = cipher {
+                known_name(hearth::registry::cipher(c))?;
+            }
             let path = store_path(&cli)?;
             if path.exists() {
                 return Err(Error::new(
@@ -1016,36 +1046,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             let pass = passphrase(false)?;
             let tmp = temp_beside(&path);
             let result = async {
-                let storage = (hearth::registry::storage("sqlite")?.open)(
-                    hearth::StorageOptions::at(&tmp).create(true),
-                )
-                .await?;
-                let store = Store::join(
-                    storage,
-                    (hearth::registry::cipher("orion")?.make)(),
-                    hearth::OpenOptions::new(pass).kdf_cost(kdf_cost()),
-                    &backup,
-                )
-                .await?;
+                let mut builder = Store::builder()
+                    .path(&tmp)
+                    .passphrase(pass)
+                    .storage(storage.as_str())
+                    .kdf_cost(kdf_cost());
+                if let Some(c) = cipher {
+                    builder = builder.cipher(c.as_str());
+                }
+                let store = builder.join(&backup).await?;
                 ensure_sync_consent(&store).await?;
                 super::remote::register_device(&store, server, token).await?;
                 super::remote::save(&store, server, token).await?;
                 let info = store.info().await?;
                 store.close().await?;
-                tokio::fs::rename(&tmp, &path).await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!("cannot move the store to {}", path.display()),
-                    )
-                    .with_source(e)
-                })?;
+                move_store(&tmp, &path).await?;
                 Ok::<_, Error>(info)
             }
             .await;
             if result.is_err() {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = tokio::fs::remove_file(format!("{}{suffix}", tmp.display())).await;
-                }
+                remove_store_files(&tmp);
             }
             let info = result?;
             if cli.json {
