@@ -1248,3 +1248,36 @@ fn a_sqlcipher_store_recovers_with_its_code_and_joins_an_account_on_sqlcipher() 
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_sqlcipher_sodium_store_is_used_without_naming_its_backends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("s.db");
+    hearth(&db, "pw")
+        .args(["init", "--storage", "sqlcipher", "--cipher", "sodium"])
+        .assert()
+        .success();
+    hearth(&db, "pw")
+        .args(["put", "notes", "a", "{\"n\":1}"])
+        .assert()
+        .success();
+    assert_eq!(
+        json_of(&stdout(
+            hearth(&db, "pw").args(["--json", "get", "notes", "a"])
+        ))["value"],
+        serde_json::json!({"n": 1})
+    );
+    let status = json_of(&stdout(hearth(&db, "pw").args(["--json", "status"])));
+    assert_eq!(status["storage"], "sqlcipher", "{status}");
+    assert_eq!(status["cipher"], "sodium", "{status}");
+    assert_eq!(status["pending"], 1);
+    hearth(&db, "pw").arg("check").assert().success();
+    hearth(&db, "wrong")
+        .args(["get", "notes", "a"])
+        .assert()
+        .code(3);
+    // Encrypted at rest: not even SQLite's file header is readable.
+    let raw = std::fs::read(&db).expect("read");
+    assert!(raw.len() > 16);
+    assert!(!raw.starts_with(b"SQLite format 3\0"));
+}
