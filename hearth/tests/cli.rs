@@ -1033,3 +1033,251 @@ fn on_a_terminal_consent_check_asks_and_records_the_answer() {
     assert_eq!(out.status.code(), Some(10));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hearth wants"));
 }
+
+fn status_of(db: &Path) -> serde_json::Value {
+    json_of(&stdout(hearth(db, "pw").args(["--json", "status"])))
+}
+
+fn join(server: &str, token: &str, db: &Path) {
+    hearth(db, "pw")
+        .args(["join", "--server", server, "--token", token])
+        .assert()
+        .success();
+}
+
+/// A stale device is refused with exit 3 and told to re-join; nothing it had is lost from the
+/// old store (it still opens and reads).
+fn assert_stale(db: &Path) {
+    hearth(db, "pw")
+        .args(["put", "notes", "stale", "1"])
+        .assert()
+        .success();
+    let out = hearth(db, "pw").arg("sync").output().expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hearth join"), "{err}");
+    assert!(err.contains("rotated"), "{err}");
+}
+
+#[test]
+fn rotate_key_retires_the_old_space_stale_devices_must_rejoin_new_ones_get_the_new_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path());
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    let token = pair(&server, &a, &b);
+    hearth(&a, "pw")
+        .args(["put", "notes", "k", "\"before\""])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+    hearth(&b, "pw").arg("sync").assert().success();
+    let old_space = status_of(&a)["space"].clone();
+
+    let rotated = json_of(&stdout(hearth(&a, "pw").args(["--json", "rotate-key"])));
+    assert_eq!(rotated["server"]["told"], true, "{rotated}");
+    assert_eq!(rotated["server"]["retired_space"], old_space);
+    assert_ne!(rotated["space"], old_space);
+    hearth(&a, "pw")
+        .args(["put", "notes", "k", "\"after\""])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+
+    // B holds the old key.
+    assert_stale(&b);
+
+    // A new device joins the current space (not the retired one) and gets the data.
+    let c = dir.path().join("c.db");
+    join(&server.1, &token, &c);
+    assert_eq!(status_of(&c)["space"], rotated["space"]);
+    hearth(&c, "pw").arg("sync").assert().success();
+    assert_eq!(
+        stdout(hearth(&c, "pw").args(["get", "notes", "k"])).trim(),
+        "\"after\""
+    );
+}
+
+#[test]
+fn a_rotation_made_offline_is_announced_by_the_next_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve(dir.path());
+    let port: u16 = server
+        .1
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    let token = pair(&server, &a, &b);
+    hearth(&a, "pw")
+        .args(["put", "notes", "k", "\"offline\""])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+    drop(server);
+
+    // The server is down: the rotation happens locally and says the server will be told.
+    let out = stdout(hearth(&a, "pw").arg("rotate-key"));
+    assert!(out.contains("next `hearth sync`"), "{out}");
+    let new_space = status_of(&a)["space"].clone();
+
+    // Until then B still syncs into the old space (the server knows nothing yet).
+    let server = serve_on(dir.path(), port, "server.db");
+    hearth(&b, "pw").arg("sync").assert().success();
+
+    // A's next sync tells the server, then uploads into the new space.
+    hearth(&a, "pw").arg("sync").assert().success();
+    assert_stale(&b);
+    let c = dir.path().join("c.db");
+    join(&server.1, &token, &c);
+    assert_eq!(status_of(&c)["space"], new_space);
+    hearth(&c, "pw").arg("sync").assert().success();
+    assert_eq!(
+        stdout(hearth(&c, "pw").args(["get", "notes", "k"])).trim(),
+        "\"offline\""
+    );
+    // Told once: a second sync has nothing more to announce and succeeds.
+    hearth(&a, "pw").arg("sync").assert().success();
+}
+
+#[test]
+fn a_sqlcipher_store_recovers_with_its_code_and_joins_an_account_on_sqlcipher() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.db");
+    let made = json_of(&stdout(hearth(&a, "pw").args([
+        "--json",
+        "init",
+        "--storage",
+        "sqlcipher",
+        "--cipher",
+        "sodium",
+    ])));
+    let code = made["recovery_code"]
+        .as_str()
+        .expect("SQLCipher stores make recovery codes")
+        .to_owned();
+    hearth(&a, "pw")
+        .args(["put", "notes", "k", "\"kept\""])
+        .assert()
+        .success();
+
+    // The passphrase is lost: the code sets a new one, whatever the store's backends.
+    hearth(&a, "forgotten")
+        .arg("recover")
+        .env(
+            "HEARTH_RECOVERY_CODE",
+            "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF-GGGG-HHHH",
+        )
+        .env("HEARTH_NEW_PASSPHRASE", "new")
+        .assert()
+        .code(3);
+    hearth(&a, "forgotten")
+        .arg("recover")
+        .env("HEARTH_RECOVERY_CODE", &code)
+        .env("HEARTH_NEW_PASSPHRASE", "pw2")
+        .assert()
+        .success();
+    hearth(&a, "pw")
+        .args(["get", "notes", "k"])
+        .assert()
+        .code(3);
+    assert_eq!(
+        stdout(hearth(&a, "pw2").args(["get", "notes", "k"])).trim(),
+        "\"kept\""
+    );
+
+    // A second device joins the account on SQLCipher too, and a third on the default.
+    let server = serve(dir.path());
+    let token = json_of(&stdout(
+        hearth(&a, "pw2").args(["--json", "register", "--server", &server.1]),
+    ))["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    hearth(&a, "pw2").arg("sync").assert().success();
+    let b = dir.path().join("b.db");
+    hearth(&b, "wrong")
+        .args(["join", "--server", &server.1, "--token", &token])
+        .args(["--storage", "sqlcipher"])
+        .assert()
+        .code(3);
+    assert!(!b.exists(), "a failed join leaves no store behind");
+    hearth(&b, "pw2")
+        .args(["join", "--server", &server.1, "--token", &token])
+        .args(["--storage", "sqlcipher"])
+        .assert()
+        .success();
+    let c = dir.path().join("c.db");
+    hearth(&c, "pw2")
+        .args(["join", "--server", &server.1, "--token", &token])
+        .assert()
+        .success();
+    for (db, storage) in [(&b, "sqlcipher"), (&c, "sqlite")] {
+        let status = json_of(&stdout(hearth(db, "pw2").args(["--json", "status"])));
+        assert_eq!(status["storage"], storage, "{status}");
+        assert_eq!(status["space"], made["space"]);
+        hearth(db, "pw2").arg("sync").assert().success();
+        assert_eq!(
+            stdout(hearth(db, "pw2").args(["get", "notes", "k"])).trim(),
+            "\"kept\""
+        );
+    }
+    let keys = |p: &Path| {
+        p.with_file_name(format!(
+            "{}.keys",
+            p.file_name().expect("name").to_string_lossy()
+        ))
+    };
+    assert!(
+        keys(&b).exists(),
+        "the SQLCipher store's key header is in place"
+    );
+    assert!(!keys(&c).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_sqlcipher_sodium_store_is_used_without_naming_its_backends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("s.db");
+    hearth(&db, "pw")
+        .args(["init", "--storage", "sqlcipher", "--cipher", "sodium"])
+        .assert()
+        .success();
+    hearth(&db, "pw")
+        .args(["put", "notes", "a", "{\"n\":1}"])
+        .assert()
+        .success();
+    assert_eq!(
+        json_of(&stdout(
+            hearth(&db, "pw").args(["--json", "get", "notes", "a"])
+        ))["value"],
+        serde_json::json!({"n": 1})
+    );
+    let status = json_of(&stdout(hearth(&db, "pw").args(["--json", "status"])));
+    assert_eq!(status["storage"], "sqlcipher", "{status}");
+    assert_eq!(status["cipher"], "sodium", "{status}");
+    assert_eq!(status["pending"], 1);
+    hearth(&db, "pw").arg("check").assert().success();
+    hearth(&db, "wrong")
+        .args(["get", "notes", "a"])
+        .assert()
+        .code(3);
+    // Encrypted at rest: not even SQLite's file header is readable.
+    let raw = std::fs::read(&db).expect("read");
+    assert!(raw.len() > 16);
+    assert!(!raw.starts_with(b"SQLite format 3\0"));
+}

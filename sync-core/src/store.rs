@@ -1383,6 +1383,61 @@ impl StoreBuilder {
         Store::recover(storage, cipher, opts, recovery_code).await
     }
 
+    /// Creates a new store at the builder's path that joins the space of `backup` (another
+    /// device's [`Store::key_backup`], unlocked with the builder's passphrase): same space and
+    /// root key, a new device id. With the builder's storage (default as for a new store) and
+    /// cipher (default: the one that made the backup, or a compiled-in cipher of its format).
+    /// Unlike [`Store::join`] this also makes stores encrypted at rest (SQLCipher), whose key
+    /// header goes to `<path>.keys`. A passphrase that does not open the backup is
+    /// [`ErrorKind::WrongPassphrase`] and creates nothing; a store already at the path is
+    /// [`ErrorKind::Config`]. On a later error the caller removes the path's files.
+    pub async fn join(self, backup: &[u8]) -> Result<Store> {
+        let path = self
+            .path
+            .clone()
+            .ok_or_else(|| Error::invalid("joining needs the path of the new store"))?;
+        let passphrase = self
+            .passphrase
+            .clone()
+            .ok_or_else(|| Error::invalid("a passphrase is required"))?;
+        if path.exists() || sidecar::sidecar_path(&path).exists() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("a store already exists at {}", path.display()),
+            ));
+        }
+        let mut keyring = Keyring::decode(backup)?;
+        let cipher = Self::choose_cipher(self.cipher.as_deref(), Some(&keyring.cipher))?;
+        keyring.check_cipher(cipher.as_ref())?;
+        // A wrong passphrase stops here, before any file exists.
+        let root = keyring.unlock(cipher.as_ref(), &passphrase)?;
+        let storage_name = match &self.storage {
+            Some(name) => name.clone(),
+            None => Self::pick(
+                None,
+                &["sqlite", "sqlcipher", "memory"],
+                registry::storage_names(),
+            )
+            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+        };
+        let reg = registry::storage(&storage_name)?;
+        keyring.storage = reg.name.to_owned();
+        keyring.cipher = cipher.name().to_owned();
+        let mut opts = OpenOptions::new(passphrase).create(true);
+        if let Some(c) = self.kdf_cost {
+            opts.kdf_cost = c;
+        }
+        if let Some(p) = self.padding {
+            opts.padding = p;
+        }
+        if reg.needs_page_key {
+            sidecar::create_from(reg, cipher, &path, opts, keyring, root).await
+        } else {
+            let storage = (reg.open)(StorageOptions::at(&path).create(true)).await?;
+            Store::join_unlocked(storage, cipher, opts, keyring, root).await
+        }
+    }
+
     /// Imports a backup ([`Store::export`]) into a new store at the builder's path, with the
     /// builder's storage (default as for a new store) and cipher (default: the one that made the
     /// backup, or a compiled-in cipher of its format), unlocking it with the builder's passphrase.

@@ -101,11 +101,36 @@ fn sync_state(
 
 /// Removes a store's files (the database, its WAL and shared memory, the key sidecar).
 fn remove_store_files(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm", "-journal", ".keys"] {
+    for suffix in ["", "-wal", "-shm", "-journal", ".keys", ".keys.lock"] {
         let mut p = path.as_os_str().to_os_string();
         p.push(suffix);
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// Moves a closed store from `tmp` to `path`: the database, then its key header file, if it
+/// has one (a store encrypted at rest). A database without its key header does not open, so a
+/// crash in between never leaves a store that looks complete.
+async fn move_store(tmp: &std::path::Path, path: &std::path::Path) -> Result<()> {
+    let with = |p: &std::path::Path, suffix: &str| {
+        let mut s = p.as_os_str().to_os_string();
+        s.push(suffix);
+        std::path::PathBuf::from(s)
+    };
+    for suffix in ["", ".keys"] {
+        let from = with(tmp, suffix);
+        if suffix.is_empty() || from.exists() {
+            let to = with(path, suffix);
+            tokio::fs::rename(&from, &to).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot move the store to {}", to.display()),
+                )
+                .with_source(e)
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// A temporary path next to `path`, so the final rename stays on one file system.
@@ -825,18 +850,69 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .create(false)
                 .open()
                 .await?;
-            let store = if store.rotation_pending().await? {
+            let configured = super::remote::load(&store).await?.is_some();
+            let resumed = store.rotation_pending().await?;
+            // With a server, the space the rotation replaces is noted first (in the store, so a
+            // crash or an unreachable server only delays telling the server, never forgets it).
+            let noted = if configured && !resumed {
+                super::remote::note_rotation(&store).await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = noted {
+                let _ = store.close().await;
+                return Err(e);
+            }
+            let store = if resumed {
                 store.finish_rotation().await?;
                 store
             } else {
                 store.rotate_root_key(&pass, kdf_cost()).await?
             };
-            let info = store.info().await?;
+            let told = async {
+                if !configured {
+                    return Ok(None);
+                }
+                // Telling the server uploads the new key backup: under the sync consent.
+                if !hearth::StoreConsent::new(&store).sync_allowed().await? {
+                    return Ok(Some(Err(Error::new(
+                        ErrorKind::ConsentDenied,
+                        "this store has no sync consent",
+                    ))));
+                }
+                match super::remote::announce_rotation(&store).await {
+                    Ok(retired) => Ok(Some(Ok(retired))),
+                    Err(e) if e.is_temporary() || e.kind() == ErrorKind::ConsentDenied => {
+                        Ok(Some(Err(e)))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            .await;
+            let info = store.info().await;
             store.close().await?;
+            let info = info?;
+            let told = told.map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!(
+                        "rotated to key {} locally, but the server refused the new space: {e}; \
+                         `hearth sync` tries again",
+                        info.key_id
+                    ),
+                )
+            })?;
+            let server = match &told {
+                None => Value::Null,
+                Some(Ok(Some(old))) => json!({"told": true, "retired_space": old.to_hex()}),
+                Some(Ok(None)) => json!({"told": false}),
+                Some(Err(e)) => json!({"told": false, "deferred": true, "reason": e.to_string()}),
+            };
             if cli.json {
-                print_json(
-                    &json!({"key_id": info.key_id, "space": info.space.to_hex(), "pending": info.pending}),
-                );
+                print_json(&json!({
+                    "key_id": info.key_id, "space": info.space.to_hex(), "pending": info.pending,
+                    "server": server,
+                }));
             } else {
                 say(
                     cli.quiet,
@@ -846,6 +922,23 @@ pub async fn run(cli: Cli) -> Result<()> {
                         info.key_id, info.space, info.pending
                     ),
                 );
+                match &told {
+                    None | Some(Ok(None)) => {}
+                    Some(Ok(Some(old))) => say(
+                        cli.quiet,
+                        format!(
+                            "the server retired space {old} and has the new key backup: other \
+                             devices must run `hearth join` again with the passphrase"
+                        ),
+                    ),
+                    Some(Err(e)) => say(
+                        cli.quiet,
+                        format!(
+                            "the server was not told yet ({e}): the next `hearth sync` tells it \
+                             (it retires the old space, and other devices must join again)"
+                        ),
+                    ),
+                }
             }
             Ok(())
         }
@@ -859,17 +952,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             let code = secret_from("HEARTH_RECOVERY_CODE", "recovery code: ", false)?;
             let new = secret_from("HEARTH_NEW_PASSPHRASE", "new passphrase: ", true)?;
-            let storage = (hearth::registry::storage("sqlite")?.open)(
-                hearth::StorageOptions::at(&path).create(false),
-            )
-            .await?;
-            let store = Store::recover(
-                storage,
-                (hearth::registry::cipher("orion")?.make)(),
-                hearth::OpenOptions::new(new).kdf_cost(kdf_cost()),
-                &code,
-            )
-            .await?;
+            // The builder opens whatever storage and cipher the store records.
+            let store = Store::builder()
+                .path(&path)
+                .passphrase(hearth::Passphrase::new(new))
+                .kdf_cost(kdf_cost())
+                .recover(&code)
+                .await?;
             store.close().await?;
             if cli.json {
                 print_json(&json!({"recovered": true, "store": path.display().to_string()}));
@@ -930,7 +1019,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Join { server, token } => {
+        Command::Join {
+            server,
+            token,
+            storage,
+            cipher,
+        } => {
+            known_name(hearth::registry::storage(storage))?;
+            if let Some(c) = cipher {
+                known_name(hearth::registry::cipher(c))?;
+            }
             let path = store_path(&cli)?;
             if path.exists() {
                 return Err(Error::new(
@@ -948,36 +1046,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             let pass = passphrase(false)?;
             let tmp = temp_beside(&path);
             let result = async {
-                let storage = (hearth::registry::storage("sqlite")?.open)(
-                    hearth::StorageOptions::at(&tmp).create(true),
-                )
-                .await?;
-                let store = Store::join(
-                    storage,
-                    (hearth::registry::cipher("orion")?.make)(),
-                    hearth::OpenOptions::new(pass).kdf_cost(kdf_cost()),
-                    &backup,
-                )
-                .await?;
+                let mut builder = Store::builder()
+                    .path(&tmp)
+                    .passphrase(pass)
+                    .storage(storage.as_str())
+                    .kdf_cost(kdf_cost());
+                if let Some(c) = cipher {
+                    builder = builder.cipher(c.as_str());
+                }
+                let store = builder.join(&backup).await?;
                 ensure_sync_consent(&store).await?;
                 super::remote::register_device(&store, server, token).await?;
                 super::remote::save(&store, server, token).await?;
                 let info = store.info().await?;
                 store.close().await?;
-                tokio::fs::rename(&tmp, &path).await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!("cannot move the store to {}", path.display()),
-                    )
-                    .with_source(e)
-                })?;
+                move_store(&tmp, &path).await?;
                 Ok::<_, Error>(info)
             }
             .await;
             if result.is_err() {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = tokio::fs::remove_file(format!("{}{suffix}", tmp.display())).await;
-                }
+                remove_store_files(&tmp);
             }
             let info = result?;
             if cli.json {
@@ -1008,6 +1096,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                         ErrorKind::ConsentDenied,
                         "this store has no sync consent (withdrawn, or never given): nothing was sent",
                     ));
+                }
+                // A key rotation the server was not told about yet (made offline) is announced
+                // first: the new space must be registered before anything is uploaded to it.
+                if let Some(old) = super::remote::announce_rotation(&store).await? {
+                    tracing::info!(retired = %old, "told the server about the key rotation");
                 }
                 super::remote::sync(&store, progress).await
             }

@@ -126,7 +126,7 @@ pub enum Command {
     /// (resumes an interrupted rotation). Other devices join again afterwards.
     RotateKey,
     /// Unlock with the recovery code (HEARTH_RECOVERY_CODE or a prompt) and set a new
-    /// passphrase (HEARTH_NEW_PASSPHRASE or a prompt).
+    /// passphrase (HEARTH_NEW_PASSPHRASE or a prompt). Any store's backends, SQLCipher included.
     Recover,
     /// The main job on the embedded defaults: two devices, a server on loopback, offline edits,
     /// conflicts, a delete, a consent-gated share, convergence.
@@ -167,6 +167,12 @@ pub enum Command {
         /// Account token (from `hearth register`).
         #[arg(long, env = "HEARTH_TOKEN", hide_env_values = true)]
         token: String,
+        /// Storage backend of the new store.
+        #[arg(long, default_value = "sqlite")]
+        storage: String,
+        /// Cipher backend of the new store (default: the one that made the account's key).
+        #[arg(long)]
+        cipher: Option<String>,
     },
     /// Sync with the server: push local changes, pull and merge remote ones.
     Sync,
@@ -314,6 +320,9 @@ fn hint(e: &Error) -> &'static str {
         }
         ErrorKind::WrongPassphrase => {
             "check the passphrase (HEARTH_PASSPHRASE or the prompt); `hearth recover` uses the recovery code"
+        }
+        ErrorKind::WrongKey if e.message().contains("retired") => {
+            "another device rotated this account's key: move this store aside and run `hearth join --server URL --token TOKEN` with the current passphrase (changes not synced from here stay in the old store)"
         }
         ErrorKind::WrongKey => {
             "the data was sealed under another key: join this account again with `hearth join`, or restore a backup made by this store"

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use hearth::transport_http::HttpTransport;
 use hearth::{
-    Error, ErrorKind, Result, SpaceRef, Store, SyncConfig, SyncEngine, SyncState, Transport,
-    WriteBatch,
+    Error, ErrorKind, Result, SpaceId, SpaceRef, Store, SyncConfig, SyncEngine, SyncState,
+    Transport, WriteBatch,
 };
 use serde_json::{Value, json};
 
@@ -52,6 +52,7 @@ pub async fn register(store: &Store, url: &str) -> Result<String> {
     tracing::info!(server = url, "creating an account");
     let account = HttpTransport::register_account(url).await?;
     let http = HttpTransport::new(url, account.token.clone())?;
+    http.check_key(&space_ref(store)).await?;
     http.register_space(store.space(), store.key_fingerprint())
         .await?;
     http.put_key_backup(store.space(), store.key_backup()?)
@@ -60,17 +61,19 @@ pub async fn register(store: &Store, url: &str) -> Result<String> {
     Ok(account.token)
 }
 
-/// Fetches the account's key backup: (space, backup).
+/// Fetches the key backup of the account's current space: the one registered and not retired,
+/// so a device joining after a key rotation gets the new key, never the retired one.
 pub async fn fetch_backup(url: &str, token: &str) -> Result<Vec<u8>> {
     let http = HttpTransport::new(url, token.to_owned())?;
-    let spaces = http.spaces().await?;
-    let space = spaces
-        .first()
-        .ok_or_else(|| {
-            Error::new(
+    let space = http
+        .current_space()
+        .await
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::new(
                 ErrorKind::NotFound,
                 "this account has no space yet: run `hearth register` on the first device",
-            )
+            ),
+            _ => e,
         })?
         .space;
     http.get_key_backup(space)
@@ -78,15 +81,69 @@ pub async fn fetch_backup(url: &str, token: &str) -> Result<Vec<u8>> {
         .ok_or_else(|| Error::new(ErrorKind::NotFound, "the account's space has no key backup"))
 }
 
-/// Registers a joined device with the server.
-pub async fn register_device(store: &Store, url: &str, token: &str) -> Result<()> {
-    let http = HttpTransport::new(url, token.to_owned())?;
-    http.register_device(&SpaceRef {
+/// This store's space, device and key fingerprint, as the server knows a device.
+fn space_ref(store: &Store) -> SpaceRef {
+    SpaceRef {
         space: store.space(),
         device: store.device(),
         fingerprint: store.key_fingerprint(),
-    })
-    .await
+    }
+}
+
+/// Registers a joined device with the server, after comparing its key with the server's record
+/// of the space (a retired space or another key is [`ErrorKind::WrongKey`]).
+pub async fn register_device(store: &Store, url: &str, token: &str) -> Result<()> {
+    let http = HttpTransport::new(url, token.to_owned())?;
+    let from = space_ref(store);
+    http.check_key(&from).await?;
+    http.register_device(&from).await
+}
+
+/// The local-only record noting a key rotation the server has not been told about yet: the space
+/// it replaced.
+const SUCCESSOR_KEY: &str = "successor";
+
+/// Notes, before a key rotation, that the server must be told which space the rotation
+/// replaces. Kept (encrypted, local only, re-encrypted by the rotation like every record) until
+/// [`announce_rotation`] succeeds, so a rotation made offline is announced by the next
+/// `hearth sync`.
+pub async fn note_rotation(store: &Store) -> Result<()> {
+    let mut b = WriteBatch::new().local_only();
+    b.put(
+        CONFIG_COLLECTION,
+        SUCCESSOR_KEY,
+        &json!({ "replaces": store.space().as_bytes().to_vec() }),
+    )?;
+    store.write(b).await.map(|_| ())
+}
+
+/// Tells the server about a key rotation noted by [`note_rotation`]: registers this store's
+/// (new) space as the successor of the space it replaced, which the server retires (devices
+/// still on the old key are refused and told to re-join), uploads the new key backup (new
+/// devices join with it), then forgets the note. Returns the retired space; `None` when there
+/// was nothing to tell (no note, or the rotation has not replaced the space yet).
+pub async fn announce_rotation(store: &Store) -> Result<Option<SpaceId>> {
+    let Some(note) = store.get(CONFIG_COLLECTION, SUCCESSOR_KEY).await? else {
+        return Ok(None);
+    };
+    let replaces = serde_json::from_value::<Vec<u8>>(note["replaces"].clone())
+        .map_err(|e| Error::corrupt("malformed key rotation note").with_source(e))
+        .and_then(|bytes| SpaceId::from_slice(&bytes))?;
+    if replaces == store.space() {
+        // Noted, but the rotation never committed its new key: nothing to announce yet.
+        return Ok(None);
+    }
+    let remote = require(store).await?;
+    let http = HttpTransport::new(&remote.url, remote.token)?;
+    tracing::info!(old = %replaces, new = %store.space(), "registering the rotated key's space");
+    http.register_successor(store.space(), store.key_fingerprint(), replaces)
+        .await?;
+    http.put_key_backup(store.space(), store.key_backup()?)
+        .await?;
+    let mut b = WriteBatch::new().local_only();
+    b.delete(CONFIG_COLLECTION, SUCCESSOR_KEY);
+    store.write(b).await?;
+    Ok(Some(replaces))
 }
 
 /// The server this store syncs with, or a configuration error saying how to set one up.
