@@ -485,7 +485,14 @@ async fn replicas_converge_under_faults() {
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
     let mut max = Meta::default();
-    for seed in &seeds {
+    for (i, seed) in seeds.iter().enumerate() {
+        if i > 0 && i % 1000 == 0 {
+            eprintln!(
+                "{i} seeds, {} failed, {:.1} s; max so far: {max:?}",
+                failures.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         match run(*seed).await {
             Ok(outcome) => max = max.max(outcome.meta),
             Err(e) => {
