@@ -226,6 +226,20 @@ impl MemoryRelay {
         }
     }
 
+    /// Records that `device` joined `space` (the real server's device registration at join):
+    /// from now on tombstones are kept until it has pulled past them, or until it has been
+    /// silent longer than the horizon, exactly like a device that has pulled before. Without
+    /// it, a device that joined and then wrote offline would be unknown to collection until
+    /// its first contact, and a tombstone collected meanwhile could no longer win against its
+    /// concurrent write. Registering a known device again only refreshes its last-seen time.
+    pub fn register_device(&self, space: SpaceId, device: DeviceId) -> Result<()> {
+        let now = (self.clock)();
+        let mut spaces = self.lock()?;
+        let space = spaces.entry(space).or_default();
+        Self::touch(space, device, None, now);
+        Ok(())
+    }
+
     /// Stores a push. See the module docs for the rules.
     pub fn push(&self, request: &PushRequest) -> Result<PushResponse> {
         if request.envelopes.len() > self.config.push_limit {

@@ -187,6 +187,12 @@ impl Device {
                 .await
                 .expect("create"),
         };
+        // Joining registers the device with the server (as `hearth join` does over HTTP), so
+        // tombstone collection waits for it from the start.
+        world
+            .relay
+            .register_device(store.space(), store.device())
+            .expect("register device");
         let transport = Arc::new(MockTransport::with_faults(
             world.relay.clone(),
             faults,
