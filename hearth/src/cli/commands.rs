@@ -445,12 +445,12 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
         }
     } else {
         println!(
-            "{:<36} {:>9} {:>9} {:>11} {:>12} {:>10} {:>11} {:>7}",
+            "{:<40} {:>9} {:>9} {:>11} {:>12} {:>10} {:>11} {:>7}",
             "workload", "n", "seconds", "records/s", "bytes", "peak RSS", "baseline s", "ratio"
         );
         for r in &rows {
             println!(
-                "{:<36} {:>9} {:>9.3} {:>11.0} {:>12} {:>9}M {:>11.3} {:>7.2}",
+                "{:<40} {:>9} {:>9.3} {:>11.0} {:>12} {:>9}M {:>11.3} {:>7.2}",
                 r.workload,
                 r.n,
                 r.seconds,
