@@ -1320,6 +1320,16 @@ impl StoreBuilder {
         self
     }
 
+    /// The first of `sqlite`, `sqlcipher`, `memory` that is compiled in.
+    fn default_storage() -> Result<String> {
+        Self::pick(
+            None,
+            &["sqlite", "sqlcipher", "memory"],
+            registry::storage_names(),
+        )
+        .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))
+    }
+
     fn pick(
         explicit: Option<String>,
         preferred: &[&str],
@@ -1361,12 +1371,7 @@ impl StoreBuilder {
         }
         let storage_name = match &self.storage {
             Some(name) => name.clone(),
-            None => Self::pick(
-                None,
-                &["sqlite", "sqlcipher", "memory"],
-                registry::storage_names(),
-            )
-            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+            None => Self::default_storage()?,
         };
         let mut storage_opts = StorageOptions::default().create(false);
         storage_opts.path = self.path.clone();
@@ -1413,12 +1418,7 @@ impl StoreBuilder {
         let root = keyring.unlock(cipher.as_ref(), &passphrase)?;
         let storage_name = match &self.storage {
             Some(name) => name.clone(),
-            None => Self::pick(
-                None,
-                &["sqlite", "sqlcipher", "memory"],
-                registry::storage_names(),
-            )
-            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+            None => Self::default_storage()?,
         };
         let reg = registry::storage(&storage_name)?;
         keyring.storage = reg.name.to_owned();
@@ -1478,12 +1478,7 @@ impl StoreBuilder {
         let keys = head.keys(cipher.as_ref(), &root)?;
         let storage_name = match &self.storage {
             Some(name) => name.clone(),
-            None => Self::pick(
-                None,
-                &["sqlite", "sqlcipher", "memory"],
-                registry::storage_names(),
-            )
-            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+            None => Self::default_storage()?,
         };
         let reg = registry::storage(&storage_name)?;
         let mut keyring = head.keyring.clone();
@@ -1588,12 +1583,7 @@ impl StoreBuilder {
         let storage_name = match (self.storage, &recorded) {
             (Some(name), _) => name,
             (None, Some(ring)) => ring.storage.clone(),
-            (None, None) => Self::pick(
-                None,
-                &["sqlite", "sqlcipher", "memory"],
-                registry::storage_names(),
-            )
-            .ok_or_else(|| Error::new(ErrorKind::NotCompiledIn, "no storage is compiled in"))?,
+            (None, None) => Self::default_storage()?,
         };
         let storage_reg = registry::storage(&storage_name)?;
         let mut opts = OpenOptions::new(passphrase).create(create);
