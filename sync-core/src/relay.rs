@@ -152,6 +152,48 @@ pub trait Relay: Send + Sync + std::fmt::Debug + 'static {
 
 fn _relay_object_safe(_: &dyn Relay) {}
 
+/// Why a sync server refused a request: the space was retired after a key rotation (another
+/// device registered its successor), so the device asking holds a stale key and must re-join
+/// the account with the current passphrase. The source of the [`ErrorKind::WrongKey`] error
+/// the server's store and the HTTP transport return then; find it with [`SpaceRetired::of`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceRetired {
+    /// The space that replaced it, when one was named.
+    pub successor: Option<SpaceId>,
+}
+
+impl std::fmt::Display for SpaceRetired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the space was retired after a key rotation")
+    }
+}
+
+impl std::error::Error for SpaceRetired {}
+
+impl SpaceRetired {
+    /// The error a retired space answers with.
+    pub fn error(self) -> Error {
+        Error::new(
+            ErrorKind::WrongKey,
+            "the sync server retired this space after a key rotation on another device: this \
+             device holds the old key; re-join the account with the current passphrase",
+        )
+        .with_source(self)
+    }
+
+    /// The [`SpaceRetired`] behind an error, if that is why it failed.
+    pub fn of(e: &Error) -> Option<SpaceRetired> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(c) = cause {
+            if let Some(r) = c.downcast_ref::<SpaceRetired>() {
+                return Some(*r);
+            }
+            cause = c.source();
+        }
+        None
+    }
+}
+
 /// The error of a push from a device whose cursor is below the tombstone floor.
 pub fn stale_push() -> Error {
     Error::new(

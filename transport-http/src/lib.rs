@@ -36,6 +36,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde::Deserialize;
+pub use sync_core::SpaceRetired;
 use sync_core::retry::{RetryPolicy, RetryTransport};
 use sync_core::{
     Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, Result, SpaceId, SpaceRef,
@@ -106,47 +107,6 @@ pub struct RemoteSpace {
     pub retired: bool,
     /// The space that replaced it, when one was named.
     pub successor: Option<SpaceId>,
-}
-
-/// Why the server refused a request: the space was retired after a key rotation, so this
-/// device holds a stale key. The source of the [`ErrorKind::WrongKey`] error the transport
-/// returns then (find it with [`SpaceRetired::of`]); the user must re-join the account with
-/// the current passphrase (a new store from the successor space's key backup).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpaceRetired {
-    /// The space that replaced it, when the server knows it.
-    pub successor: Option<SpaceId>,
-}
-
-impl fmt::Display for SpaceRetired {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the space was retired after a key rotation")
-    }
-}
-
-impl std::error::Error for SpaceRetired {}
-
-impl SpaceRetired {
-    fn error(self) -> Error {
-        Error::new(
-            ErrorKind::WrongKey,
-            "the sync server retired this space after a key rotation on another device: this \
-             device holds the old key; re-join the account with the current passphrase",
-        )
-        .with_source(self)
-    }
-
-    /// The [`SpaceRetired`] behind an error of this transport, if that is why it failed.
-    pub fn of(e: &Error) -> Option<SpaceRetired> {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-        while let Some(c) = cause {
-            if let Some(r) = c.downcast_ref::<SpaceRetired>() {
-                return Some(*r);
-            }
-            cause = c.source();
-        }
-        None
-    }
 }
 
 /// The HTTP transport. Cheap to share behind an `Arc`; connections are pooled.

@@ -31,6 +31,7 @@ use sync_core::{
 mod sql;
 
 pub use sql::{PostgresStore, SCHEMA_VERSION, SqliteStore, open_store};
+pub use sync_core::SpaceRetired;
 
 /// An account: the owner of spaces, authenticated by a bearer token.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,46 +69,6 @@ pub struct SpaceInfo {
     pub retired: bool,
     /// The space that replaced it (a rotation's new space), if one was named.
     pub successor: Option<SpaceId>,
-}
-
-/// Why a request to a retired space was refused. It is the source of the
-/// [`ErrorKind::WrongKey`] error the store returns, so the HTTP layer can tell the client
-/// (`"code": "space_retired"`) and the client can tell its user to re-join.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpaceRetired {
-    /// The space that replaced it, if one was named.
-    pub successor: Option<SpaceId>,
-}
-
-impl fmt::Display for SpaceRetired {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the space was retired")
-    }
-}
-
-impl std::error::Error for SpaceRetired {}
-
-impl SpaceRetired {
-    /// The error a retired space answers with.
-    pub fn error(self) -> Error {
-        Error::new(
-            ErrorKind::WrongKey,
-            "this space was retired after a key rotation: its key is stale; re-join the account with the current passphrase",
-        )
-        .with_source(self)
-    }
-
-    /// The [`SpaceRetired`] behind an error, if any.
-    pub fn of(e: &Error) -> Option<SpaceRetired> {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-        while let Some(c) = cause {
-            if let Some(r) = c.downcast_ref::<SpaceRetired>() {
-                return Some(*r);
-            }
-            cause = c.source();
-        }
-        None
-    }
 }
 
 /// Where the server keeps its data.
