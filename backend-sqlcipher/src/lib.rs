@@ -19,6 +19,15 @@
 //! key header that unlocks the root key in a sidecar file next to the database, since it must be
 //! readable before the page key exists.
 //!
+//! ## Re-keying
+//!
+//! [`Storage::rekey`] moves the file to a new page key (root-key rotation derives a new one):
+//! `PRAGMA rekey` rewrites every page in one write transaction, a second connection checks that
+//! the new key opens the file (SQLCipher reports success even when the rekey rolled back), and
+//! a `wal_checkpoint(TRUNCATE)` folds the re-keyed pages into the main file. A crash at any point
+//! leaves a file exactly one of the two keys opens, whole (`tests/rekey.rs` kills a process at
+//! twelve points of a re-key). If the re-key fails, the handle is closed.
+//!
 //! ## Threads
 //!
 //! rusqlite is blocking, so every store owns one dedicated OS thread that owns the connection;
@@ -284,35 +293,7 @@ fn open_connection(path: &Path, create: bool, page_key: &SecretKey) -> Result<Co
     }
     let conn = Connection::open_with_flags(path, flags).map_err(|e| map_sql(e, "open store"))?;
 
-    // The key first, before anything reads the file. PRAGMA takes no bound parameters; the
-    // text is hex of our own key, built here and wiped after use.
-    let mut pragma = Zeroizing::new(String::with_capacity(96));
-    pragma.push_str("PRAGMA key = \"x'");
-    for b in page_key.expose() {
-        pragma.push(char::from(HEX[usize::from(b >> 4)]));
-        pragma.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    pragma.push_str("'\";");
-    conn.execute_batch(&pragma)
-        .map_err(|e| map_sql(e, "set the page key"))?;
-    drop(pragma);
-    // The format: SQLCipher 4's defaults, except 8 KiB pages (see CIPHER_PAGE_SIZE). Neither is
-    // stored in the file (its header is encrypted), so both are set on every open.
-    conn.execute_batch(&format!(
-        "PRAGMA cipher_compatibility = 4; PRAGMA cipher_page_size = {CIPHER_PAGE_SIZE};"
-    ))
-    .map_err(|e| map_sql(e, "set the SQLCipher format"))?;
-    // SQLCipher "connects" with any key; the first read tells whether it decrypts the file.
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map_err(|e| match map_sql(e, "verify the page key") {
-        e if e.kind() == ErrorKind::WrongKey => Error::new(
-            ErrorKind::WrongKey,
-            "the page key does not open this store (wrong key, or not a hearth SQLCipher store)",
-        ),
-        e => e,
-    })?;
+    key_and_verify(&conn, page_key)?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| map_sql(e, "open store"))?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -348,6 +329,87 @@ fn open_connection(path: &Path, create: bool, page_key: &SecretKey) -> Result<Co
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `PRAGMA <name> = "x'<hex of key>'";`, wiped when dropped. PRAGMA takes no bound parameters;
+/// the text is hex of our own key, built here.
+fn key_pragma(name: &str, key: &SecretKey) -> Zeroizing<String> {
+    let mut pragma = Zeroizing::new(String::with_capacity(96));
+    pragma.push_str("PRAGMA ");
+    pragma.push_str(name);
+    pragma.push_str(" = \"x'");
+    for b in key.expose() {
+        pragma.push(char::from(HEX[usize::from(b >> 4)]));
+        pragma.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    pragma.push_str("'\";");
+    pragma
+}
+
+/// Keys a fresh connection, sets the file format, and checks that the key decrypts the file.
+fn key_and_verify(conn: &Connection, page_key: &SecretKey) -> Result<()> {
+    // The key first, before anything reads the file.
+    conn.execute_batch(&key_pragma("key", page_key))
+        .map_err(|e| map_sql(e, "set the page key"))?;
+    // The format: SQLCipher 4's defaults, except 8 KiB pages (see CIPHER_PAGE_SIZE). Neither is
+    // stored in the file (its header is encrypted), so both are set on every open.
+    conn.execute_batch(&format!(
+        "PRAGMA cipher_compatibility = 4; PRAGMA cipher_page_size = {CIPHER_PAGE_SIZE};"
+    ))
+    .map_err(|e| map_sql(e, "set the SQLCipher format"))?;
+    // SQLCipher "connects" with any key; the first read tells whether it decrypts the file.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| match map_sql(e, "verify the page key") {
+        e if e.kind() == ErrorKind::WrongKey => Error::new(
+            ErrorKind::WrongKey,
+            "the page key does not open this store (wrong key, or not a hearth SQLCipher store)",
+        ),
+        e => e,
+    })?;
+    Ok(())
+}
+
+/// Re-encrypts every page under `new_key` (`PRAGMA rekey`) and checks the result. Runs on the
+/// store's thread, between jobs, so no transaction of this connection is open.
+///
+/// SQLCipher's rekey rewrites every page in one write transaction. In WAL mode the new pages
+/// go to the WAL and become visible at its commit frame: a crash before it leaves the old key's
+/// file (uncommitted frames are ignored by recovery), a crash after it leaves the new key's
+/// (page 1 is read from the WAL, so the old key no longer decrypts it), and a checkpoint copies
+/// frames without re-encoding them. `rekey_survives_being_killed_at_any_point` kills a process
+/// mid-rekey and checks exactly one key opens the file, whole.
+///
+/// SQLCipher reports success even when the transaction failed and rolled back (a full disk),
+/// so a second connection checks that the new key opens the file. If it does not, this
+/// connection's key state is unknown: the caller must close it.
+fn rekey_connection(conn: &mut Connection, path: &Path, new_key: &SecretKey) -> Result<()> {
+    conn.execute_batch(&key_pragma("rekey", new_key))
+        .map_err(|e| map_sql(e, "re-key the store"))?;
+    let check = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| map_sql(e, "open store"))
+    .and_then(|c| key_and_verify(&c, new_key).map(|()| c));
+    match check {
+        Ok(c) => {
+            let _ = c.close();
+        }
+        Err(e) => {
+            return Err(Error::new(
+                e.kind(),
+                "re-keying the store did not complete (the file is still under its old key)",
+            )
+            .with_source(e));
+        }
+    }
+    // Fold the re-keyed pages into the main file now, so no page under the old key stays in
+    // it longer than needed, and shrink the WAL (which held a copy of every page).
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(|e| map_sql(e, "checkpoint after re-keying"))?;
+    Ok(())
+}
 
 fn prepare_schema(conn: &mut Connection, create: bool) -> Result<()> {
     let tx = conn
@@ -681,6 +743,21 @@ impl Storage for SqlcipherStorage {
 
     async fn check(&self) -> Result<()> {
         self.worker.call(|conn| integrity(conn)).await
+    }
+
+    async fn rekey(&self, page_key: &SecretKey) -> Result<()> {
+        let key = page_key.clone();
+        let path = self.path.clone();
+        let result = self
+            .worker
+            .call(move |conn| rekey_connection(conn, &path, &key))
+            .await;
+        if result.is_err() {
+            // The connection may hold the new key for writes and the old one for reads: no
+            // further job may run on it. (Closing an already closed store is harmless.)
+            let _ = self.worker.close().await;
+        }
+        result
     }
 
     async fn close(&self) -> Result<()> {

@@ -330,21 +330,27 @@ fn consent_grant_list_revoke_and_log() {
 
 #[test]
 fn rotate_key_keeps_the_data() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("store.db");
-    hearth(&db, "pw").arg("init").assert().success();
-    hearth(&db, "pw")
-        .args(["put", "notes", "k", "7"])
-        .assert()
-        .success();
-    let out = stdout(hearth(&db, "pw").args(["--json", "rotate-key"]));
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
-    assert_eq!(v["key_id"], 2);
-    assert_eq!(
-        stdout(hearth(&db, "pw").args(["get", "notes", "k"])).trim(),
-        "7"
-    );
-    hearth(&db, "wrong").arg("rotate-key").assert().code(3);
+    for storage in ["sqlite", "sqlcipher"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("store.db");
+        hearth(&db, "pw")
+            .args(["init", "--storage", storage])
+            .assert()
+            .success();
+        hearth(&db, "pw")
+            .args(["put", "notes", "k", "7"])
+            .assert()
+            .success();
+        let out = stdout(hearth(&db, "pw").args(["--json", "rotate-key"]));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        assert_eq!(v["key_id"], 2, "{storage}");
+        assert_eq!(
+            stdout(hearth(&db, "pw").args(["get", "notes", "k"])).trim(),
+            "7",
+            "{storage}"
+        );
+        hearth(&db, "wrong").arg("rotate-key").assert().code(3);
+    }
 }
 
 #[test]

@@ -846,29 +846,3 @@ async fn a_concurrent_key_header_change_is_detected_and_writes_nothing() {
     two.close().await.expect("close");
     assert!(open(&db, "sqlcipher", "sodium", "one").await.is_ok());
 }
-
-#[tokio::test]
-async fn root_key_rotation_on_sqlcipher_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("rotate.db");
-    let s = open(&db, "sqlcipher", "sodium", PASS)
-        .await
-        .expect("create");
-    s.put("notes", "a", &json!(1)).await.expect("put");
-    let keys = std::fs::read(sidecar::sidecar_path(&db)).expect("read");
-    let err = s
-        .rotate_root_key(&PASS.into(), KdfCost::INSECURE_FOR_TESTS)
-        .await
-        .err();
-    assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Unsupported));
-    assert!(
-        err.map(|e| e.to_string())
-            .unwrap_or_default()
-            .contains("docs/security.md")
-    );
-    assert!(std::fs::read(sidecar::sidecar_path(&db)).expect("read") == keys);
-    let s = open(&db, "sqlcipher", "sodium", PASS)
-        .await
-        .expect("reopen");
-    assert_eq!(s.get("notes", "a").await.expect("get"), Some(json!(1)));
-}

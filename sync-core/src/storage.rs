@@ -196,6 +196,23 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Re-encrypts every page of a storage encrypted at rest under a new page key, in one
+    /// transaction: a crash at any point leaves a file that exactly one of the old and the new
+    /// key opens, whole. On success this handle goes on with the new key. If the re-key fails
+    /// part-way the handle is closed (its key state is no longer known) and the error says so;
+    /// reopen with either key to find which one the file is under.
+    ///
+    /// Used by root-key rotation, whose page key is derived from the root key. Storages not
+    /// encrypted at rest return [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), the
+    /// default.
+    async fn rekey(&self, page_key: &SecretKey) -> Result<()> {
+        let _ = page_key;
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("storage '{}' has no page key to change", self.name()),
+        ))
+    }
+
     /// Flushes and releases the storage. Further calls fail. The default does nothing.
     async fn close(&self) -> Result<()> {
         Ok(())

@@ -627,13 +627,36 @@ impl Store {
     /// together first; each batch of re-encrypted records advances the cursor in the same
     /// transaction; until the last batch the old key stays (sealed under the new one), so every
     /// record stays readable. After a crash, open the store and call `finish_rotation`.
+    ///
+    /// A store encrypted at rest (SQLCipher) also moves its database to the new root's page key,
+    /// and its key header lives in a file beside it: the header file is replaced first, then the
+    /// database is bound to it and re-keyed in one transaction; opening after a crash finds
+    /// which page key the file is under and finishes those steps (see `sidecar::rotate`).
     pub async fn rotate_root_key(self, passphrase: &Passphrase, cost: KdfCost) -> Result<Store> {
-        self.refuse_at_rest("rotating the root key")?;
         let cipher = self.inner.cipher.clone();
         let storage = self.inner.storage.clone();
         let old = self.keyring()?;
         old.unlock(cipher.as_ref(), passphrase)?;
-        let (next, _) = old.rotated(cipher.as_ref(), &self.inner.root, passphrase, cost)?;
+        let (next, new_root) = old.rotated(cipher.as_ref(), &self.inner.root, passphrase, cost)?;
+        let options = OpenOptions {
+            passphrase: passphrase.clone(),
+            create: false,
+            kdf_cost: cost,
+            padding: self.inner.padding,
+            clock: self.inner.clock.clone(),
+        };
+        if let Some(keys_path) = self.inner.sidecar.clone() {
+            // Hold the writer so no write of this handle interleaves with the key change.
+            let w = self.inner.writer.lock().await;
+            let store =
+                sidecar::rotate(storage, cipher, keys_path, options, &old, next, new_root).await;
+            drop(w);
+            drop(self);
+            let store = store?;
+            store.finish_rotation().await?;
+            return Ok(store);
+        }
+        drop(new_root);
         {
             let _w = self.inner.writer.lock().await;
             let mut meta = vec![
@@ -657,13 +680,6 @@ impl Store {
                 })
                 .await?;
         }
-        let options = OpenOptions {
-            passphrase: passphrase.clone(),
-            create: false,
-            kdf_cost: cost,
-            padding: self.inner.padding,
-            clock: self.inner.clock.clone(),
-        };
         drop(self);
         let store = Store::open(storage, cipher, options).await?;
         store.finish_rotation().await?;
@@ -694,15 +710,29 @@ impl Store {
                 let current = self.keyring()?;
                 let mut next = current.clone();
                 next.retired = None;
-                w.commit(Batch {
-                    guards: vec![(META_KEYRING.to_owned(), Some(current.encode()?))],
-                    meta: vec![
-                        (META_KEYRING.to_owned(), Some(next.encode()?)),
-                        (META_ROTATION.to_owned(), None),
-                    ],
-                    ..Batch::default()
-                })
-                .await?;
+                match &self.inner.sidecar {
+                    // The key header file first: a crash before the cursor goes leaves a store
+                    // whose next `finish_rotation` finds nothing to re-seal and ends here again.
+                    Some(path) => {
+                        sidecar::replace(cipher, path, &current, &next)?;
+                        w.commit(Batch {
+                            meta: vec![(META_ROTATION.to_owned(), None)],
+                            ..Batch::default()
+                        })
+                        .await?;
+                    }
+                    None => {
+                        w.commit(Batch {
+                            guards: vec![(META_KEYRING.to_owned(), Some(current.encode()?))],
+                            meta: vec![
+                                (META_KEYRING.to_owned(), Some(next.encode()?)),
+                                (META_ROTATION.to_owned(), None),
+                            ],
+                            ..Batch::default()
+                        })
+                        .await?;
+                    }
+                }
                 drop(w);
                 *self
                     .inner
@@ -751,22 +781,6 @@ impl Store {
             })
             .await?;
         }
-    }
-
-    /// A store encrypted at rest derives its page key from the root key, so a rotation would
-    /// have to re-key every page (`PRAGMA rekey`) and replace the key header file in step with
-    /// re-encrypting the records; that is not crash-safe yet, so it is refused rather than half
-    /// done (see docs/security.md).
-    fn refuse_at_rest(&self, what: &str) -> Result<()> {
-        if self.inner.storage.capabilities().encrypted_at_rest || self.inner.sidecar.is_some() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "{what} is not supported yet for stores encrypted at rest (SQLCipher) (see docs/security.md)"
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// The storage under this store.

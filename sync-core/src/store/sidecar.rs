@@ -331,9 +331,13 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 fn binding(keyring: &Keyring) -> Vec<u8> {
-    let mut b = Vec::with_capacity(SpaceId::LEN + keyring.fingerprint.len());
-    b.extend_from_slice(keyring.space.as_bytes());
-    b.extend_from_slice(&keyring.fingerprint);
+    binding_of(&keyring.space, &keyring.fingerprint)
+}
+
+fn binding_of(space: &SpaceId, fingerprint: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(SpaceId::LEN + fingerprint.len());
+    b.extend_from_slice(space.as_bytes());
+    b.extend_from_slice(fingerprint);
     b
 }
 
@@ -467,9 +471,10 @@ pub(crate) async fn create_from(
     .await
 }
 
-/// The rest of [`open`] once the key header is unlocked: opens the database with the page key,
-/// checks its binding to the key header, and reads (or, for a new database, writes) the device
-/// state.
+/// The rest of [`open`] once the key header is unlocked: opens the database with the page key
+/// (or, while a root-key rotation is under way, with the retired root's page key), checks its
+/// binding to the key header, finishes the rotation's database steps if a crash interrupted
+/// them, and reads (or, for a new database, writes) the device state.
 #[allow(clippy::too_many_arguments)]
 async fn open_unlocked(
     reg: StorageRegistration,
@@ -482,11 +487,28 @@ async fn open_unlocked(
     created: bool,
 ) -> Result<Store> {
     let key = page_key(cipher.as_ref(), &root)?;
-    let storage_opts = StorageOptions::at(path)
-        .create(options.create)
-        .page_key(Some(key));
-    let storage = match (reg.open)(storage_opts).await {
-        Ok(s) => s,
+    let open = |key: SecretKey| {
+        (reg.open)(
+            StorageOptions::at(path)
+                .create(options.create)
+                .page_key(Some(key)),
+        )
+    };
+    let opened = match open(key).await {
+        Ok(s) => Ok((s, true)),
+        // A rotation whose re-key had not committed: the file is still under the old page key.
+        Err(e) if e.kind() == ErrorKind::WrongKey && keyring.retired.is_some() => {
+            match keyring.retired_root(cipher.as_ref(), &root)? {
+                Some((_, old_root)) => open(page_key(cipher.as_ref(), &old_root)?)
+                    .await
+                    .map(|s| (s, false)),
+                None => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let (storage, under_current_key) = match opened {
+        Ok(found) => found,
         Err(e) => {
             // A key header made by this call protects nothing yet: do not leave it behind.
             if created && !path.exists() {
@@ -505,7 +527,58 @@ async fn open_unlocked(
             });
         }
     };
+    load(
+        storage,
+        cipher,
+        keys_path,
+        options,
+        keyring,
+        root,
+        under_current_key,
+    )
+    .await
+}
 
+/// Rotates the root key of a store encrypted at rest, up to the point where only re-sealing
+/// the records is left ([`Store::finish_rotation`]). `storage` is open under the old page key;
+/// `next` is the rotated key header (the old root sealed inside it as `retired`).
+///
+/// The steps, each atomic, and what a crash after each leaves:
+///
+/// 1. `<path>.keys` is replaced by `next` ([`replace`], guarded by `old`). After a crash the
+///    store opens with `next`: the new page key fails, the retired one opens the database, whose
+///    binding still names the old key header, so the open does steps 2 and 3.
+/// 2. One commit in the database (still under the old page key): the binding to `next`, the
+///    rotation cursor, and the sync state of the old space cleared. After a crash the open sees
+///    the new binding under the old page key and does step 3.
+/// 3. The database is re-keyed to the new page key ([`Storage::rekey`]: one transaction).
+/// 4. Records are re-sealed in batches under the cursor, then `<path>.keys` drops the retired
+///    root, then the cursor is removed ([`Store::finish_rotation`]).
+pub(super) async fn rotate(
+    storage: Arc<dyn Storage>,
+    cipher: Arc<dyn Cipher>,
+    keys_path: PathBuf,
+    options: OpenOptions,
+    old: &Keyring,
+    next: Keyring,
+    root: SecretKey,
+) -> Result<Store> {
+    replace(cipher.as_ref(), &keys_path, old, &next)?;
+    load(storage, cipher, keys_path, options, next, root, false).await
+}
+
+/// Checks the database's binding to `keyring` and reads its device state. `under_current_key`
+/// says whether the database opened with the page key of `keyring`'s root (else with its
+/// retired root's, during a rotation); the rotation's database steps left undone are done here.
+async fn load(
+    storage: Arc<dyn Storage>,
+    cipher: Arc<dyn Cipher>,
+    keys_path: PathBuf,
+    options: OpenOptions,
+    keyring: Keyring,
+    root: SecretKey,
+    under_current_key: bool,
+) -> Result<Store> {
     // The database's own record of which key header it belongs to, and the device state.
     let bound = binding(&keyring);
     if storage.meta_get(META_KEYRING).await?.is_some() {
@@ -514,9 +587,41 @@ async fn open_unlocked(
             "this store keeps its key header in its own metadata, not in a file next to it",
         ));
     }
+    let retired_bound = match keyring.retired_root(cipher.as_ref(), &root)? {
+        Some((retired, old_root)) => Some(binding_of(
+            &retired.space,
+            &crate::keyring::fingerprint(cipher.as_ref(), &old_root, &retired.space)?,
+        )),
+        None => None,
+    };
     let found = storage.meta_get(META_SIDECAR_BINDING).await?;
     let device = storage.meta_get(META_DEVICE).await?;
     let state = match (found, device) {
+        // Rotation step 2 (see [`rotate`]): bind the database to the new key header and start
+        // the re-sealing cursor, in one commit.
+        (Some(b), Some(bytes)) if Some(&b) == retired_bound.as_ref() => {
+            let mut meta = vec![
+                (META_SIDECAR_BINDING.to_owned(), Some(bound)),
+                (
+                    super::META_ROTATION.to_owned(),
+                    Some(
+                        postcard::to_stdvec(&None::<crate::model::RecordId>)
+                            .map_err(|e| Error::internal("rotation cursor").with_source(e))?,
+                    ),
+                ),
+            ];
+            for k in crate::engine::SYNC_META_KEYS {
+                meta.push(((*k).to_owned(), None));
+            }
+            storage
+                .commit(Batch {
+                    guards: vec![(META_SIDECAR_BINDING.to_owned(), Some(b))],
+                    meta,
+                    ..Batch::default()
+                })
+                .await?;
+            postcard::from_bytes::<DeviceState>(&bytes)?
+        }
         (Some(b), _) if b != bound => {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -536,7 +641,7 @@ async fn open_unlocked(
             ));
         }
         // A new store, or one whose creation stopped after its key header was written.
-        (None, None) if options.create => {
+        (None, None) if options.create && under_current_key => {
             let mut device = [0u8; DeviceId::LEN];
             cipher.fill_random(&mut device)?;
             let device = DeviceId(device);
@@ -567,6 +672,20 @@ async fn open_unlocked(
             ));
         }
     };
+    // Rotation step 3: the database moves to the new page key. A failure closes this handle
+    // (the storage's contract); opening again resumes here.
+    if !under_current_key {
+        storage
+            .rekey(&page_key(cipher.as_ref(), &root)?)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    "re-keying the store's database for the rotated root key failed; open it again to resume",
+                )
+                .with_source(e)
+            })?;
+    }
 
     Store::finish_open(
         storage,
