@@ -309,3 +309,44 @@ async fn a_rotation_killed_at_any_point_loses_nothing() {
     }
     println!("rotation killed at {points} points over {whole:?}: {seen:?}");
 }
+
+/// A second handle on the store (another process, say) still holds the old page key when the
+/// file is re-keyed under it: its reads and writes fail with a typed error and write nothing;
+/// the store stays whole under the new key.
+#[tokio::test]
+async fn a_second_handle_on_the_old_page_key_fails_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("two.db");
+    let old_space = filled(&db).await;
+    let (_, old_page_key, _) = page_keys(&db);
+    let stale = open(&db).await.expect("second handle");
+    assert_eq!(
+        stale
+            .get("notes", "n0001")
+            .await
+            .expect("get")
+            .map(|v| v["i"].clone()),
+        Some(json!(1))
+    );
+
+    let store = open(&db).await.expect("open");
+    store
+        .rotate_root_key(&PASS.into(), KdfCost::INSECURE_FOR_TESTS)
+        .await
+        .expect("rotate")
+        .close()
+        .await
+        .expect("close");
+
+    let write = stale.put("notes", "stale", &json!("lost?")).await;
+    assert_eq!(
+        write.as_ref().err().map(|e| e.kind()),
+        Some(ErrorKind::WrongKey),
+        "the stale handle's write is refused: {write:?}"
+    );
+    let _ = stale.close().await;
+    check_rotated(&db, old_space, &old_page_key).await;
+    let store = open(&db).await.expect("open");
+    assert_eq!(store.get("notes", "stale").await.expect("get"), None);
+    store.close().await.expect("close");
+}
