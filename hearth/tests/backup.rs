@@ -1,6 +1,6 @@
 //! Backups on real files: round trip, wrong passphrase, every kind of damage.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hearth::backend_sqlite::SqliteStorage;
@@ -393,4 +393,72 @@ async fn a_failed_import_leaves_nothing_behind() {
         ok.scan("notes", None, 10_000).await.expect("scan").len(),
         599
     );
+}
+
+/// An import into a SQLCipher store that stopped between moving the database into place and
+/// moving its key header file: the next open finds the key header under its temporary name,
+/// checks it belongs to this database, and finishes the move. A stray key header of another
+/// store under a similar name is left alone.
+#[tokio::test]
+async fn an_import_stopped_before_its_key_header_moved_finishes_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source_with(dir.path(), "sqlite", "orion").await;
+    let bytes = export(&src).await;
+    let tmp = dir.path().join(".target.db.import-0011223344556677");
+    let dest = dir.path().join("target.db");
+    import_with(&bytes, &tmp, Some("sqlcipher"), None, PASS)
+        .await
+        .expect("import")
+        .close()
+        .await
+        .expect("close");
+    // Another store's key header under a temporary name that sorts first.
+    let decoy = dir.path().join(".target.db.import-0000000000000000");
+    Store::builder()
+        .path(&decoy)
+        .passphrase(PASS)
+        .storage("sqlcipher")
+        .kdf_cost(KdfCost::INSECURE_FOR_TESTS)
+        .open()
+        .await
+        .expect("decoy")
+        .close()
+        .await
+        .expect("close");
+    std::fs::remove_file(&decoy).expect("remove the decoy's database");
+    // The crash: the database moved, its key header did not.
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", tmp.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{suffix}", dest.display())).expect("move");
+        }
+    }
+    let orphan = PathBuf::from(format!("{}.keys", tmp.display()));
+    let decoy_keys = PathBuf::from(format!("{}.keys", decoy.display()));
+    assert!(orphan.exists() && decoy_keys.exists());
+
+    let open = |pass: &'static str| {
+        Store::builder()
+            .path(&dest)
+            .passphrase(pass)
+            .storage("sqlcipher")
+            .create(false)
+            .open()
+    };
+    assert_eq!(
+        open("wrong").await.err().map(|e| e.kind()),
+        Some(ErrorKind::WrongPassphrase),
+        "a wrong passphrase is told as such, and claims nothing"
+    );
+    assert!(orphan.exists());
+    let restored = open(PASS).await.expect("the open finishes the import");
+    same_records(&src, &restored).await;
+    restored.close().await.expect("close");
+    assert!(!orphan.exists(), "the key header moved into place");
+    assert!(PathBuf::from(format!("{}.keys", dest.display())).exists());
+    assert!(
+        decoy_keys.exists(),
+        "another store's key header is not claimed"
+    );
+    assert!(open(PASS).await.is_ok(), "and it opens as usual afterwards");
 }

@@ -1226,9 +1226,10 @@ fn remove_store_files(db: &std::path::Path) {
 
 /// Moves a closed store from `tmp` to `path`: SQLite's journal files first (if any survived the
 /// close), then the database, then its key header file. The database is linked into place, which
-/// fails if something appeared at `path` meanwhile; a crash between the last two steps leaves a
-/// database that refuses to open without its key header (still at `<tmp>.keys`), never one
-/// that a new key header would be written for.
+/// fails if something appeared at `path` meanwhile; a crash between the last two steps leaves the
+/// database at `path` and its key header at `<tmp>.keys`, which the next open claims (after
+/// checking that the passphrase unlocks it and the database's binding names it) and moves into
+/// place; a new key header is never written for such a database.
 fn move_into_place(tmp: &std::path::Path, path: &std::path::Path, sidecar: bool) -> Result<()> {
     let io = |what: &str, p: &std::path::Path, e| {
         sidecar::io_error(format!("cannot {what} {}", p.display()), e)

@@ -383,7 +383,14 @@ pub(super) async fn open(
         ))
     })?;
     let keys_path = sidecar_path(&path);
-    let existing = read(cipher.as_ref(), &keys_path)?;
+    let mut existing = read(cipher.as_ref(), &keys_path)?;
+    if existing.is_none()
+        && fs::metadata(&path).is_ok_and(|m| m.len() > 0)
+        && !plaintext_sqlite(&path)
+    {
+        existing =
+            claim_import_key_header(reg, cipher.as_ref(), &path, &options.passphrase).await?;
+    }
     let mut created = false;
     let (keyring, root) = match existing {
         Some(ring) => {
@@ -437,6 +444,102 @@ pub(super) async fn open(
         reg, cipher, &path, keys_path, options, keyring, root, created,
     )
     .await
+}
+
+/// Finishes an import that stopped between moving the database into place and moving its key
+/// header file (`StoreBuilder::import` moves the database from `.<name>.import-<hex>` to
+/// `<name>`, then `.<name>.import-<hex>.keys` to `<name>.keys`). A key header file left under
+/// such a temporary name is claimed only if the passphrase unlocks it and the database's own
+/// binding names it (so a stray file from another import is never attached to this store); it
+/// is then linked into place and its temporary name removed. `None` when there is no such file.
+async fn claim_import_key_header(
+    reg: StorageRegistration,
+    cipher: &dyn Cipher,
+    path: &Path,
+    passphrase: &crate::cipher::Passphrase,
+) -> Result<Option<Keyring>> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(None);
+    };
+    let prefix = format!(".{name}.import-");
+    let dir = parent_dir(path);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) => return Err(io_error(format!("cannot list {}", dir.display()), e)),
+    };
+    let mut candidates: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|rest| rest.strip_suffix(SIDECAR_SUFFIX))
+                .is_some_and(|tag| tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .collect();
+    candidates.sort();
+    let keys_path = sidecar_path(path);
+    let mut locked = None;
+    for candidate in candidates {
+        let Ok(Some(ring)) = read(cipher, &candidate) else {
+            continue;
+        };
+        if ring.check_storage(reg.name).is_err() || ring.check_cipher(cipher).is_err() {
+            continue;
+        }
+        let root = match ring.unlock(cipher, passphrase) {
+            Ok(root) => root,
+            Err(e) if e.kind() == ErrorKind::WrongPassphrase => {
+                locked = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let storage = match (reg.open)(
+            StorageOptions::at(path)
+                .create(false)
+                .page_key(Some(page_key(cipher, &root)?)),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::WrongKey => continue,
+            Err(e) => return Err(e),
+        };
+        let bound = storage.meta_get(META_SIDECAR_BINDING).await;
+        storage.close().await?;
+        if bound? != Some(binding(&ring)) {
+            continue;
+        }
+        match fs::hard_link(&candidate, &keys_path) {
+            Ok(()) => {
+                let _ = fs::remove_file(&candidate);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{} appeared while an interrupted import was being finished; open the store again",
+                        keys_path.display()
+                    ),
+                ));
+            }
+            Err(_) => fs::rename(&candidate, &keys_path)
+                .map_err(|e| io_error(format!("cannot create {}", keys_path.display()), e))?,
+        }
+        sync_dir(&dir)?;
+        tracing::info!(
+            path = %path.display(),
+            "finished an interrupted import: moved its key header file into place"
+        );
+        return Ok(Some(ring));
+    }
+    // A key header the passphrase did not unlock may be this store's: say so rather than that
+    // there is none.
+    match locked {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
 }
 
 /// Creates a store at `path` (where nothing exists yet) with a key header already unlocked:
