@@ -27,6 +27,10 @@ pub(crate) struct App {
     pub(crate) store: Arc<dyn ServerStore>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) registration: bool,
+    /// Longest a request may take, body upload included.
+    pub(crate) request_timeout: std::time::Duration,
+    /// Becomes true when a shutdown's drain timeout has passed.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An error on its way out: the status its kind maps to and a small JSON body
@@ -487,7 +491,24 @@ async fn track(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(request).await;
+    // Dropping the handler's future (on timeout or at the end of a shutdown's drain) rolls back
+    // any transaction it had begun.
+    let mut stopping = app.stopping.clone();
+    let response = tokio::select! {
+        run = tokio::time::timeout(app.request_timeout, next.run(request)) => match run {
+            Ok(response) => response,
+            Err(_) => ApiError(Error::new(
+                ErrorKind::Unavailable,
+                "the request took longer than the server allows; retry",
+            ))
+            .into_response(),
+        },
+        _ = stopping.wait_for(|stop| *stop) => ApiError(Error::new(
+            ErrorKind::Unavailable,
+            "the server is shutting down; retry",
+        ))
+        .into_response(),
+    };
     let status = response.status();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     app.metrics.request(&route, status.as_u16());

@@ -25,6 +25,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sync_core::store::{WallClock, system_millis};
 use sync_core::{Error, ErrorKind, RelayConfig, Result};
@@ -57,6 +58,13 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// Whether anyone may create an account (`POST /v1/accounts`).
     pub registration: bool,
+    /// Longest a request may take, body upload included; past it the server answers 503 (a
+    /// temporary error the client retries) and rolls back whatever the request had begun. Stops a
+    /// client that trickles its body from holding a connection and a transaction.
+    pub request_timeout: Duration,
+    /// On shutdown, how long requests in flight may run before their connections are dropped
+    /// (their transactions roll back; clients retry idempotently).
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +76,8 @@ impl Default for ServerConfig {
             relay,
             max_body: relay.max_envelope + 1024 * 1024,
             registration: true,
+            request_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -140,6 +150,20 @@ impl ServerBuilder {
         self
     }
 
+    /// Longest a request may take ([`ServerConfig::request_timeout`]).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+
+    /// How long a shutdown waits for requests in flight ([`ServerConfig::drain_timeout`]).
+    #[must_use]
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
     /// The clock the store reads (tests move it forward by days).
     #[must_use]
     pub fn clock(mut self, clock: WallClock) -> Self {
@@ -166,6 +190,8 @@ impl ServerBuilder {
             metrics: Arc::new(Metrics::default()),
             max_body: self.config.max_body,
             registration: self.config.registration,
+            request_timeout: self.config.request_timeout,
+            drain_timeout: self.config.drain_timeout,
         })
     }
 }
@@ -178,6 +204,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     max_body: usize,
     registration: bool,
+    request_timeout: Duration,
+    drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -210,19 +238,51 @@ impl Server {
         &self.metrics
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets requests in flight
-    /// finish, and closes the database.
+    /// Serves until `shutdown` completes, then stops accepting, lets requests in flight finish
+    /// for up to the drain timeout (then drops their connections: their transactions roll
+    /// back), and closes the database.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        // Set at the drain timeout: every request still running answers 503 at once.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = Arc::new(http::App {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             registration: self.registration,
+            request_timeout: self.request_timeout,
+            stopping: stop_rx,
         });
         tracing::info!(addr = %self.addr, store = self.store.name(), "sync server listening");
         let router = http::router(app, self.max_body);
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let draining = Arc::new(tokio::sync::Notify::new());
+        let graceful = {
+            let draining = draining.clone();
+            async move { draining.notified().await }
+        };
+        let serving = axum::serve(self.listener, router).with_graceful_shutdown(graceful);
+        let mut serving = std::pin::pin!(serving.into_future());
+        let served = tokio::select! {
+            served = &mut serving => served,
+            () = shutdown => {
+                // `notify_one` keeps the permit if the server is not waiting on it yet.
+                draining.notify_one();
+                match tokio::time::timeout(self.drain_timeout, &mut serving).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        tracing::warn!(
+                            drain_timeout_s = self.drain_timeout.as_secs_f64(),
+                            "requests still running at the drain timeout; stopping them"
+                        );
+                        // Their handlers are dropped (transactions roll back) and answer 503;
+                        // the connections then close. A client that does not read its answer
+                        // gets a few more seconds.
+                        let _ = stop_tx.send(true);
+                        tokio::time::timeout(Duration::from_secs(5), &mut serving)
+                            .await
+                            .unwrap_or(Ok(()))
+                    }
+                }
+            }
+        };
         self.store.close().await;
         tracing::info!("sync server stopped");
         served.map_err(|e| Error::new(ErrorKind::Io, "the server failed").with_source(e))

@@ -2,55 +2,68 @@
 //!
 //! ```text
 //! hearth-server [--listen ADDR] [--database URL] [--max-body BYTES] [--no-registration]
+//!               [--request-timeout DURATION] [--drain-timeout DURATION]
 //! ```
 //!
 //! `--database` is `sqlite:PATH` (default `sqlite:hearth-server.db`) or `postgres://…`; prefer
 //! the `HEARTH_DATABASE` environment variable for URLs with passwords (arguments are visible in
 //! the process list). `HEARTH_LISTEN` sets the address, `HEARTH_LOG` the log level (`error`,
-//! `warn`, `info` (default), `debug`, `trace`). Logs go to standard error; the first line on
-//! standard output is `listening on ADDR`. SIGINT or SIGTERM stop it gracefully.
+//! `warn`, `info` (default), `debug`, `trace`). Durations are written like `60s` or `2m`. Logs go
+//! to standard error; the first line on standard output is `listening on ADDR`. SIGINT or
+//! SIGTERM stop it gracefully: no new connections, requests in flight get up to the drain
+//! timeout.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::Parser;
 use sync_server::{Server, ServerBuilder, ServerConfig};
 
-fn usage() -> &'static str {
-    "usage: hearth-server [--listen ADDR] [--database sqlite:PATH|postgres://...] [--max-body BYTES] [--no-registration]"
+/// hearth's zero-knowledge sync server.
+#[derive(Debug, Parser)]
+#[command(name = "hearth-server", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "HEARTH_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// `sqlite:PATH` (or a bare path) or `postgres://…`.
+    #[arg(
+        long,
+        env = "HEARTH_DATABASE",
+        hide_env_values = true,
+        default_value = "sqlite:hearth-server.db"
+    )]
+    database: String,
+    /// Largest request body in bytes (larger is 413). Default: the largest envelope plus 1 MiB.
+    #[arg(long)]
+    max_body: Option<usize>,
+    /// Refuse to create accounts (`POST /v1/accounts` answers 403).
+    #[arg(long)]
+    no_registration: bool,
+    /// Longest a request may take, body upload included (then 503, rolled back).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    request_timeout: Duration,
+    /// On shutdown, how long requests in flight may finish before their connections drop.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    drain_timeout: Duration,
 }
 
-fn parse() -> Result<ServerConfig, String> {
-    let mut config = ServerConfig::default();
-    if let Ok(v) = std::env::var("HEARTH_LISTEN") {
-        config.listen = v
-            .parse()
-            .map_err(|_| format!("HEARTH_LISTEN: not an address: {v}"))?;
-    }
-    if let Ok(v) = std::env::var("HEARTH_DATABASE") {
-        config.database = v;
-    }
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-        match a.as_str() {
-            "--listen" => {
-                let v = value("--listen")?;
-                config.listen = v
-                    .parse()
-                    .map_err(|_| format!("--listen: not an address: {v}"))?;
-            }
-            "--database" => config.database = value("--database")?,
-            "--max-body" => {
-                let v = value("--max-body")?;
-                config.max_body = v
-                    .parse()
-                    .map_err(|_| format!("--max-body: not a number: {v}"))?;
-            }
-            "--no-registration" => config.registration = false,
-            "-h" | "--help" => return Err(usage().to_owned()),
-            other => return Err(format!("unknown argument {other}\n{}", usage())),
+impl Args {
+    fn config(self) -> ServerConfig {
+        let mut config = ServerConfig {
+            listen: self.listen,
+            database: self.database,
+            registration: !self.no_registration,
+            request_timeout: self.request_timeout,
+            drain_timeout: self.drain_timeout,
+            ..ServerConfig::default()
+        };
+        if let Some(bytes) = self.max_body {
+            config.max_body = bytes;
         }
+        config
     }
-    Ok(config)
 }
 
 async fn shutdown_signal() {
@@ -88,13 +101,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let config = match parse() {
-        Ok(c) => c,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
-        }
-    };
+    let config = Args::parse().config();
     let server: Server = match ServerBuilder::from_config(config).build().await {
         Ok(s) => s,
         Err(e) => {
