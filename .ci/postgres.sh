@@ -1,5 +1,6 @@
 # Sourced by .ci/run: starts a throwaway PostgreSQL cluster on 127.0.0.1 for the sync-server
-# tests, exports HEARTH_TEST_POSTGRES_URL, and stops and removes the cluster on exit.
+# tests (TLS on, with a throwaway CA), exports HEARTH_TEST_POSTGRES_URL and the CA files, and
+# stops and removes the cluster on exit.
 # Installs PostgreSQL with apt when initdb/pg_ctl are missing (a fresh CI machine).
 
 pg_bin_dir() {
@@ -39,8 +40,25 @@ stop_postgres() {
 }
 trap stop_postgres EXIT
 as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres --no-sync >/dev/null
+# TLS with a throwaway CA, so the tests can connect with sslmode=verify-full; a second,
+# unrelated CA for the test that an unknown certificate is refused. Plain connections still work.
+(
+  cd "$PG_DIR"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=hearth test CA" \
+    -keyout ca.key -out ca.crt 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
+  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile server.ext -out server.crt 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=another CA" \
+    -keyout other.key -out other.crt 2>/dev/null
+  chmod 600 server.key
+  [ "$(id -u)" = 0 ] && chown postgres:postgres server.key server.crt
+  true
+)
 as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
-  -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
+  -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c ssl=on -c ssl_cert_file=$PG_DIR/server.crt -c ssl_key_file=$PG_DIR/server.key" start >/dev/null
 as_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres hearth_test
 export HEARTH_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/hearth_test"
+export HEARTH_TEST_POSTGRES_CA="$PG_DIR/ca.crt" HEARTH_TEST_POSTGRES_OTHER_CA="$PG_DIR/other.crt"
 echo "PostgreSQL from $PG_BIN on 127.0.0.1:$PG_PORT"
