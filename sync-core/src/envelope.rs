@@ -85,6 +85,20 @@ pub struct Payload {
     pub seq: u64,
 }
 
+/// The plaintext is wiped when a payload is dropped (the record key, the collection name and
+/// the value; the version bookkeeping is not secret). Values handed to the application after
+/// decoding are the application's to keep.
+impl Drop for Payload {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.collection.zeroize();
+        self.key.zeroize();
+        if let Some(v) = &mut self.value {
+            v.zeroize();
+        }
+    }
+}
+
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Payload")

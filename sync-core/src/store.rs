@@ -952,10 +952,10 @@ impl Store {
                 Some(c) => Some(c),
                 None => match row {
                     Some(row) => {
-                        let p = self.open_envelope(&id, &row.envelope)?;
+                        let mut p = self.open_envelope(&id, &row.envelope)?;
                         let sync = RowSync::decode(&row.sync)?
                             .after_local_write(&row.envelope, row.pending_seq.is_some());
-                        Some((p.version, p.value.is_none(), sync))
+                        Some((std::mem::take(&mut p.version), p.value.is_none(), sync))
                     }
                     None => None,
                 },
@@ -1174,19 +1174,20 @@ impl Store {
     }
 }
 
-pub(crate) fn record_from_payload(p: Payload) -> Result<Record> {
-    let value = match p.value {
+pub(crate) fn record_from_payload(mut p: Payload) -> Result<Record> {
+    let value = match &p.value {
         Some(json) => Some(
-            serde_json::from_slice(&json)
+            serde_json::from_slice(json)
                 .map_err(|e| Error::corrupt("record value is not valid JSON").with_source(e))?,
         ),
         None => None,
     };
+    // The names go to the application; the JSON bytes are wiped with the payload.
     Ok(Record {
-        collection: p.collection,
-        key: p.key,
+        collection: std::mem::take(&mut p.collection),
+        key: std::mem::take(&mut p.key),
         value,
-        version: p.version,
+        version: std::mem::take(&mut p.version),
         hlc: p.hlc,
     })
 }
