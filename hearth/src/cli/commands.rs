@@ -1124,12 +1124,23 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve { addr, db, postgres } => {
+        Command::Serve {
+            addr,
+            db,
+            postgres,
+            request_timeout,
+            drain_timeout,
+        } => {
             let database = match postgres {
                 Some(url) => url.clone(),
                 None => format!("sqlite:{}", db.display()),
             };
-            super::remote::serve(*addr, database, cli.quiet, cli.json).await
+            let server = hearth::sync_server::Server::builder()
+                .listen(*addr)
+                .database(database)
+                .request_timeout(*request_timeout)
+                .drain_timeout(*drain_timeout);
+            super::remote::serve(server, cli.quiet, cli.json).await
         }
         Command::Bench {
             n,

@@ -184,9 +184,16 @@ pub enum Command {
         /// SQLite database file of the server.
         #[arg(long, conflicts_with = "postgres", default_value = "hearth-server.db")]
         db: PathBuf,
-        /// PostgreSQL URL instead (for several server processes).
+        /// PostgreSQL URL instead (for several server processes). Over the network, verify TLS:
+        /// `?sslmode=verify-full&sslrootcert=/path/ca.crt`.
         #[arg(long)]
         postgres: Option<String>,
+        /// Longest a request may take, body upload included (then 503, rolled back).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        request_timeout: std::time::Duration,
+        /// On Ctrl-C, how long requests in flight may finish before their connections drop.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        drain_timeout: std::time::Duration,
     },
     /// Consent for data leaving this device for other purposes (default deny).
     Consent {

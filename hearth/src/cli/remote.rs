@@ -1,6 +1,5 @@
 //! The commands that talk to a sync server: register, join, sync, serve.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hearth::transport_http::HttpTransport;
@@ -221,12 +220,13 @@ pub async fn sync(store: &Store, show_progress: bool) -> Result<Value> {
 }
 
 /// Runs the sync server until Ctrl-C.
-pub async fn serve(addr: SocketAddr, database: String, quiet: bool, as_json: bool) -> Result<()> {
-    let server = hearth::sync_server::Server::builder()
-        .listen(addr)
-        .database(database.clone())
-        .build()
-        .await?;
+pub async fn serve(
+    server: hearth::sync_server::ServerBuilder,
+    quiet: bool,
+    as_json: bool,
+) -> Result<()> {
+    let server = server.build().await?;
+    let database = server.store().name();
     if as_json {
         outln!(
             "{}",
