@@ -67,9 +67,11 @@ pub const STRATEGY_COLLECTION: &str = "_hearth.strategy";
 /// How the engine syncs.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
-    /// Envelopes per push.
+    /// Envelopes per push (default 1000, what the reference server accepts; lower it for a
+    /// server configured for fewer. The HTTP transport also splits a push by bytes).
     pub push_batch: usize,
-    /// Envelopes asked for per pull page.
+    /// Envelopes asked for per pull page (default 1000; the server caps a page by its own
+    /// count and byte limits, 1000 and 4 MiB for the reference server).
     pub pull_page: usize,
     /// Strategy for collections without one set (default `lww`).
     pub default_strategy: String,
@@ -97,8 +99,8 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         Self {
-            push_batch: 500,
-            pull_page: 500,
+            push_batch: 1000,
+            pull_page: 1000,
             default_strategy: "lww".into(),
             user_choice_deadline: Duration::from_secs(24 * 3600),
             fallback_strategy: "lww".into(),
