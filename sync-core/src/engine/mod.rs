@@ -264,6 +264,10 @@ fn page_err(what: &'static str) -> Error {
     .temporary()
 }
 
+/// A pushed batch waiting for its local acknowledgement: the outbox entries and the server's
+/// `(device seq, server seq)` pairs.
+type PushedBatch = (Vec<crate::storage::OutboxEntry>, Vec<(u64, u64)>);
+
 /// Times a full re-sync may be restarted from cursor 0 by the server within one round.
 const MAX_RESYNC_RESTARTS: u32 = 3;
 
@@ -1067,7 +1071,7 @@ impl SyncEngine {
             .outbox(0, self.config.push_batch)
             .await?;
         // The batch pushed last, waiting to be acknowledged locally.
-        let mut unacked: Option<(Vec<crate::storage::OutboxEntry>, Vec<(u64, u64)>)> = None;
+        let mut unacked: Option<PushedBatch> = None;
         loop {
             let Some(last) = entries.last() else {
                 if let Some((done, assigned)) = unacked.take() {
