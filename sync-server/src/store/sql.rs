@@ -893,12 +893,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             // Record ids are uniformly random, so every stored envelope lands on a random page
-            // of `envelopes_by_record`: a 64 MiB page cache per connection (SQLite's default is
-            // 2 MiB; pages are allocated as they are used) keeps that index in memory, and
-            // checkpoints every 8192 pages (32 MiB of WAL, truncated back to at most 64 MiB)
-            // write a page dirtied by many pushes back once. Durability is unchanged: every
-            // commit still syncs the WAL. See docs/performance.md (`hearth bench`, W3).
-            .pragma("cache_size", "-65536")
+            // of `envelopes_by_record_prefix`: a 16 MiB page cache per connection (SQLite's
+            // default is 2 MiB; pages are allocated as they are used) holds that index for about
+            // a million envelopes (~17 bytes an entry), and checkpoints every 8192 pages (32 MiB
+            // of WAL, truncated back to at most 64 MiB) write a page dirtied by many pushes back
+            // once. The cache is per connection and the pool uses its connections in turn, so
+            // each fills up: 4 × 16 MiB at most (with 64 MiB, as before schema 3, three
+            // connections filled 192 MiB with freshly written envelope pages as the data grew). Durability is unchanged: every commit still syncs the WAL. See
+            // docs/performance.md (`hearth bench`, W3).
+            .pragma("cache_size", "-16384")
             .pragma("wal_autocheckpoint", "8192")
             .pragma("journal_size_limit", "67108864");
         let pool = SqlitePoolOptions::new()
