@@ -24,7 +24,7 @@
 //! `envelopes_by_record_prefix` finds a record's envelopes (a device's replaced ones) by the
 //! first 8 bytes of the blind record id, and every lookup re-checks the space, the full id and
 //! the device on the row. Record ids are uniformly random, so each stored envelope lands on a
-//! random page of this index: its key of ~10 bytes (against ~90 for `(space, record, device)`)
+//! random page of this index: its key of ~10 bytes (against ~70 for `(space, record, device)`)
 //! makes those pages, their reads and their writes several times fewer. SQLite is told to use it
 //! (`INDEXED BY`: without statistics its planner would rather walk all of a device's envelopes by
 //! `envelopes_by_device`); PostgreSQL chooses it from its statistics (autovacuum's, and an
