@@ -7,7 +7,8 @@
 //!    one local transaction: a crash at any point neither loses nor double-applies a change.
 //!    Every envelope is opened and checked (authentic, bound to its record, its origin and
 //!    sequence consistent, not older than what this device already saw of its origin); one that
-//!    fails is rejected and reported, never applied, and the rest of the page goes on.
+//!    fails is rejected and reported, never applied, and the rest of the page goes on. The
+//!    next page is fetched while one is applied (one page ahead at most).
 //! 2. **Resolve**: a remote version that dominates the local one replaces it; one the local
 //!    version dominates is ignored; concurrent versions go to the collection's strategy. An
 //!    automatic resolution gets the pointwise maximum of both version vectors (so devices that
@@ -15,6 +16,7 @@
 //!    again) and is pushed like a local write.
 //! 3. **Push** the outbox in batches. Push is idempotent by (device, sequence); an
 //!    acknowledgement clears a record's pending flag only if no newer local write replaced it.
+//!    A batch is acknowledged locally while the next one is in flight.
 //!
 //! A server that collected tombstones this device never saw answers
 //! [`ErrorKind::ResyncRequired`]; the engine then pulls everything from cursor 0 and removes
