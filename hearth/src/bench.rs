@@ -447,6 +447,8 @@ pub struct SyncBytes {
     pub initial: u64,
     /// W3: HTTP requests.
     pub initial_requests: u64,
+    /// W3: seconds of device A's push (the rest of W3's time is device B's pull).
+    pub initial_push_seconds: f64,
     /// Sum of A's sealed envelope sizes, twice (up once, down once): what any end-to-end
     /// encrypted sync through a server must move.
     pub sealed_lower_bound: u64,
@@ -635,6 +637,7 @@ pub async fn sync_workloads(
     reset_peak_rss();
     let t = Instant::now();
     ea.sync().await?;
+    let push_s = t.elapsed().as_secs_f64();
     let pulled = eb.sync().await?;
     let initial = t.elapsed().as_secs_f64();
     let rss = peak_rss_bytes();
@@ -668,6 +671,7 @@ pub async fn sync_workloads(
     let mut out = SyncBench::default();
     out.bytes.initial = w3.bytes();
     out.bytes.initial_requests = w3.requests;
+    out.bytes.initial_push_seconds = push_s;
     out.bytes.sealed_lower_bound = 2 * sealed;
     out.results.push(BenchResult {
         workload: "W3 initial sync (http)".into(),

@@ -157,7 +157,7 @@ async fn a_server_restart_mid_sync_loses_and_duplicates_nothing() {
         .await
         .expect("join");
     let mut batch = WriteBatch::new();
-    for i in 0..2000 {
+    for i in 0..4000 {
         batch
             .put(
                 "notes",
@@ -168,20 +168,32 @@ async fn a_server_restart_mid_sync_loses_and_duplicates_nothing() {
     }
     a.store.write(batch).await.expect("write");
 
-    // Stop the server once the first push batch (500 of 2000) has arrived.
-    let metrics = server.metrics().clone();
+    // Stop the server once A holds the acknowledgement of a first push batch (1000 of 4000;
+    // pushes are pipelined, so the next batch is in flight by then).
+    let a_store = a.store.clone();
     let syncing = tokio::spawn(async move {
         let r = a.engine.sync().await;
         (a, r)
     });
-    eventually("a first push", || metrics.envelopes_pushed() >= 500).await;
+    let mut acknowledged = false;
+    for _ in 0..4000 {
+        if a_store.info().await.expect("info").pending < 4000 {
+            acknowledged = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(acknowledged, "a first push was acknowledged");
     server.stop().await.expect("stop");
     let (a, r) = syncing.await.expect("task");
     let err = r.expect_err("the server went away mid-sync");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.is_temporary());
     let pending = a.store.info().await.expect("info").pending;
-    assert!(pending > 0 && pending < 2000, "partly pushed: {pending}");
+    assert!(
+        pending > 0 && pending < 4000,
+        "partly pushed: {pending} ({err})"
+    );
 
     // While it is down: a temporary error, nothing else.
     let err = a.engine.sync().await.expect_err("down");
@@ -200,7 +212,7 @@ async fn a_server_restart_mid_sync_loses_and_duplicates_nothing() {
     let r = b.engine.sync().await.expect("b syncs");
     assert_eq!(
         (r.pulled, r.applied),
-        (2000, 2000),
+        (4000, 4000),
         "nothing lost, nothing twice"
     );
     let stats = server
@@ -208,7 +220,7 @@ async fn a_server_restart_mid_sync_loses_and_duplicates_nothing() {
         .space_stats(a.store.space())
         .await
         .expect("stats");
-    assert_eq!(stats.envelopes, 2000, "stored once each");
+    assert_eq!(stats.envelopes, 4000, "stored once each");
     assert_eq!(b.snapshot("notes").await, a.snapshot("notes").await);
     server.stop().await.expect("stop");
 }

@@ -2,7 +2,7 @@
 //! key is refused (409, `space_retired`) and told to re-join instead of syncing into a space
 //! nobody reads; joining picks the current space, not the first listed; the client compares
 //! its key fingerprint with the server's before uploading anything; a key backup from a
-//! device with another key is refused; a version-1 database migrates.
+//! device with another key is refused; version-1 and version-2 databases migrate.
 
 mod common;
 
@@ -420,7 +420,7 @@ async fn a_version_1_database_is_migrated() {
             .retired
     );
     store.close().await;
-    // Opening again finds version 2 and changes nothing.
+    // Opening again finds the current version and changes nothing.
     let store = SqliteStore::open(&path, RelayConfig::default(), Arc::new(system_millis))
         .await
         .expect("reopen");
@@ -434,4 +434,215 @@ async fn a_version_1_database_is_migrated() {
         .expect("version");
     assert_eq!(v, sync_server::SCHEMA_VERSION);
     store.close().await;
+}
+
+async fn index_names(path: &std::path::Path) -> Vec<String> {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .expect("pool");
+    let names = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'envelopes' ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("indexes");
+    pool.close().await;
+    names
+}
+
+const ME: AccountId = AccountId([1; 16]);
+const V2_SPACE: SpaceId = SpaceId([0x11; 16]);
+const V2_FROM: SpaceRef = SpaceRef {
+    space: V2_SPACE,
+    device: DeviceId([5; 16]),
+    fingerprint: [7; 32],
+};
+const V2_RECORD: RecordId = RecordId([0x22; 32]);
+
+/// A record whose id shares its first 8 bytes with [`V2_RECORD`]'s.
+fn v2_twin() -> RecordId {
+    let mut twin = [0x22; 32];
+    twin[31] = 0x23;
+    RecordId(twin)
+}
+
+fn v2_envelope(record: RecordId, seq: u64, byte: u8) -> OutgoingEnvelope {
+    OutgoingEnvelope {
+        record,
+        seq,
+        supersedes: Vec::new(),
+        tombstone: false,
+        envelope: vec![byte; 40],
+    }
+}
+
+/// Writes the data of the version-2 migration tests through a current store.
+async fn v2_fill(store: &dyn ServerStore) {
+    store.create_account(ME, [9; 32]).await.expect("account");
+    store
+        .register_space(ME, V2_SPACE, V2_FROM.fingerprint)
+        .await
+        .expect("space");
+    store
+        .push(
+            ME,
+            &PushRequest {
+                from: V2_FROM,
+                envelopes: vec![
+                    v2_envelope(V2_RECORD, 1, 0xA1),
+                    v2_envelope(v2_twin(), 2, 0xB1),
+                ],
+            },
+        )
+        .await
+        .expect("push");
+}
+
+/// After migration: the data stay, and a device's newer envelope of a record replaces its
+/// older one (found through the new index) while the record sharing its id's prefix is kept.
+async fn v2_check(store: &dyn ServerStore) {
+    assert_eq!(
+        store.space_stats(V2_SPACE).await.expect("stats").envelopes,
+        2
+    );
+    // The older server sequence is not named (a lost acknowledgement).
+    store
+        .push(
+            ME,
+            &PushRequest {
+                from: V2_FROM,
+                envelopes: vec![v2_envelope(V2_RECORD, 3, 0xA2)],
+            },
+        )
+        .await
+        .expect("push after migration");
+    let page = store
+        .pull(
+            ME,
+            &PullRequest {
+                from: V2_FROM,
+                cursor: 0,
+                limit: 10,
+                include_own: true,
+            },
+        )
+        .await
+        .expect("pull");
+    let held: Vec<(RecordId, u8)> = page
+        .envelopes
+        .iter()
+        .map(|e| (e.record, e.envelope[0]))
+        .collect();
+    assert_eq!(held, vec![(v2_twin(), 0xB1), (V2_RECORD, 0xA2)]);
+}
+
+/// Version 2's index, in place of version 3's.
+const DOWNGRADE_TO_V2: [&str; 3] = [
+    "DROP INDEX envelopes_by_record_prefix",
+    "CREATE INDEX envelopes_by_record ON envelopes (space, record, device)",
+    "UPDATE hearth_schema SET version = 2",
+];
+
+/// A database written by the version-2 server (envelopes indexed by `(space, record, device)`)
+/// is migrated in place to the record-prefix index: the old index is gone, and the data and
+/// the replacement of a device's older envelopes still hold ([`v2_check`]).
+#[tokio::test]
+async fn a_version_2_database_is_migrated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v2.db");
+    {
+        let store = SqliteStore::open(&path, RelayConfig::default(), Arc::new(system_millis))
+            .await
+            .expect("store");
+        v2_fill(&store).await;
+        store.close().await;
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+            .await
+            .expect("pool");
+        for stmt in DOWNGRADE_TO_V2 {
+            sqlx::query(stmt).execute(&pool).await.expect("v2 schema");
+        }
+        pool.close().await;
+    }
+    assert!(
+        index_names(&path)
+            .await
+            .contains(&"envelopes_by_record".to_owned())
+    );
+
+    let store = SqliteStore::open(&path, RelayConfig::default(), Arc::new(system_millis))
+        .await
+        .expect("open and migrate");
+    let indexes = index_names(&path).await;
+    assert!(
+        !indexes.contains(&"envelopes_by_record".to_owned()),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes.contains(&"envelopes_by_record_prefix".to_owned()),
+        "{indexes:?}"
+    );
+    v2_check(&store).await;
+    store.close().await;
+    let v: i64 = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
+        .fetch_one(
+            &sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+                .await
+                .expect("pool"),
+        )
+        .await
+        .expect("version");
+    assert_eq!(v, 3);
+}
+
+/// The same migration on PostgreSQL.
+#[tokio::test]
+async fn a_version_2_database_is_migrated_on_postgres() {
+    let Some(pg) = postgres_url() else { return };
+    let opts = common::fresh_schema(&pg).await;
+    let open = || {
+        sync_server::PostgresStore::connect_with(
+            opts.clone(),
+            2,
+            RelayConfig::default(),
+            Arc::new(system_millis),
+        )
+    };
+    let store = open().await.expect("store");
+    v2_fill(&store).await;
+    store.close().await;
+    let pool = sqlx::PgPool::connect_with(opts.clone())
+        .await
+        .expect("pool");
+    for stmt in DOWNGRADE_TO_V2 {
+        sqlx::query(stmt).execute(&pool).await.expect("v2 schema");
+    }
+    let indexes = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'envelopes' ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("indexes")
+    };
+    assert!(indexes().await.contains(&"envelopes_by_record".to_owned()));
+
+    let store = open().await.expect("open and migrate");
+    let names = indexes().await;
+    assert!(
+        !names.contains(&"envelopes_by_record".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"envelopes_by_record_prefix".to_owned()),
+        "{names:?}"
+    );
+    v2_check(&store).await;
+    store.close().await;
+    let v: i64 = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
+        .fetch_one(&pool)
+        .await
+        .expect("version");
+    assert_eq!(v, 3);
+    pool.close().await;
 }

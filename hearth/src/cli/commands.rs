@@ -379,6 +379,10 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
                 b.sealed_lower_bound,
                 b.initial as f64 / b.sealed_lower_bound.max(1) as f64
             ));
+            notes.push(format!(
+                "W3: A's push took {:.2} s, B's pull the rest",
+                b.initial_push_seconds
+            ));
         }
         if which.delta {
             notes.push(format!(

@@ -7,7 +7,8 @@
 //!    one local transaction: a crash at any point neither loses nor double-applies a change.
 //!    Every envelope is opened and checked (authentic, bound to its record, its origin and
 //!    sequence consistent, not older than what this device already saw of its origin); one that
-//!    fails is rejected and reported, never applied, and the rest of the page goes on.
+//!    fails is rejected and reported, never applied, and the rest of the page goes on. The
+//!    next page is fetched while one is applied (one page ahead at most).
 //! 2. **Resolve**: a remote version that dominates the local one replaces it; one the local
 //!    version dominates is ignored; concurrent versions go to the collection's strategy. An
 //!    automatic resolution gets the pointwise maximum of both version vectors (so devices that
@@ -15,6 +16,7 @@
 //!    again) and is pushed like a local write.
 //! 3. **Push** the outbox in batches. Push is idempotent by (device, sequence); an
 //!    acknowledgement clears a record's pending flag only if no newer local write replaced it.
+//!    A batch is acknowledged locally while the next one is in flight.
 //!
 //! A server that collected tombstones this device never saw answers
 //! [`ErrorKind::ResyncRequired`]; the engine then pulls everything from cursor 0 and removes
@@ -67,9 +69,11 @@ pub const STRATEGY_COLLECTION: &str = "_hearth.strategy";
 /// How the engine syncs.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
-    /// Envelopes per push.
+    /// Envelopes per push (default 1000, what the reference server accepts; lower it for a
+    /// server configured for fewer. The HTTP transport also splits a push by bytes).
     pub push_batch: usize,
-    /// Envelopes asked for per pull page.
+    /// Envelopes asked for per pull page (default 1000; the server caps a page by its own
+    /// count and byte limits, 1000 and 4 MiB for the reference server).
     pub pull_page: usize,
     /// Strategy for collections without one set (default `lww`).
     pub default_strategy: String,
@@ -97,8 +101,8 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         Self {
-            push_batch: 500,
-            pull_page: 500,
+            push_batch: 1000,
+            pull_page: 1000,
             default_strategy: "lww".into(),
             user_choice_deadline: Duration::from_secs(24 * 3600),
             fallback_strategy: "lww".into(),
@@ -261,6 +265,10 @@ fn page_err(what: &'static str) -> Error {
     )
     .temporary()
 }
+
+/// A pushed batch waiting for its local acknowledgement: the outbox entries and the server's
+/// `(device seq, server seq)` pairs.
+type PushedBatch = (Vec<crate::storage::OutboxEntry>, Vec<(u64, u64)>);
 
 /// Times a full re-sync may be restarted from cursor 0 by the server within one round.
 const MAX_RESYNC_RESTARTS: u32 = 3;
@@ -636,41 +644,67 @@ impl SyncEngine {
     async fn pull_all(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
         let from = self.from();
         let mut cursor = self.meta_u64(META_CURSOR).await?;
-        loop {
-            let page = tokio::time::timeout(
-                self.config.stall_timeout,
-                self.transport.pull(PullRequest {
-                    from,
-                    cursor,
-                    limit: self.config.pull_page,
-                    include_own: false,
-                }),
-            )
+        let pull = |cursor: u64| {
+            self.transport.pull(PullRequest {
+                from,
+                cursor,
+                limit: self.config.pull_page,
+                include_own: false,
+            })
+        };
+        let mut page = tokio::time::timeout(self.config.stall_timeout, pull(cursor))
             .await
             .map_err(|_| page_err("a pull"))??;
+        loop {
             check_page(cursor, &page)?;
             let more = page.more;
             let floor = page.gc_floor;
-            if page.envelopes.is_empty() && page.next_cursor > cursor {
-                // Only this device's own envelopes were passed over: just move the cursor.
-                cursor = page.next_cursor;
-                self.store
-                    .storage()
-                    .commit(Batch {
-                        meta: vec![(META_CURSOR.to_owned(), Some(encode(&cursor)?))],
-                        ..Batch::default()
-                    })
-                    .await?;
-            }
-            if !page.envelopes.is_empty() {
-                cursor = page.next_cursor;
-                self.apply_page(page, report, None).await?;
-                self.progress(report, pending);
-            }
+            let next_cursor = page.next_cursor;
+            let skipped_only = page.envelopes.is_empty() && next_cursor > cursor;
+            let apply = async {
+                if skipped_only {
+                    // Only this device's own envelopes were passed over: just move the cursor.
+                    self.store
+                        .storage()
+                        .commit(Batch {
+                            meta: vec![(META_CURSOR.to_owned(), Some(encode(&next_cursor)?))],
+                            ..Batch::default()
+                        })
+                        .await?;
+                }
+                if !page.envelopes.is_empty() {
+                    self.apply_page(page, report, None).await?;
+                    self.progress(report, pending);
+                }
+                Ok::<_, Error>(())
+            };
             if !more {
+                apply.await?;
                 self.collect_tombstones(floor, report).await?;
                 return Ok(());
             }
+            // Pipelined: the next page is fetched while this one is applied (at most one page
+            // ahead, so memory stays bounded by two pages), so the server's work and this
+            // device's overlap. The next request names this page's end as its cursor before
+            // this page is committed; should the commit fail, the round fails, and the next
+            // round starts again from the stored cursor (a server that collected tombstones
+            // in between answers ResyncRequired, and the re-sync handles it). The stall
+            // watchdog counts from the end of the apply.
+            let fetch = std::pin::pin!(pull(next_cursor));
+            let apply = std::pin::pin!(apply);
+            page = match futures::future::select(apply, fetch).await {
+                futures::future::Either::Left((applied, fetch)) => {
+                    applied?;
+                    tokio::time::timeout(self.config.stall_timeout, fetch)
+                        .await
+                        .map_err(|_| page_err("a pull"))??
+                }
+                futures::future::Either::Right((fetched, apply)) => {
+                    apply.await?;
+                    fetched?
+                }
+            };
+            cursor = next_cursor;
         }
     }
 
@@ -1033,43 +1067,70 @@ impl SyncEngine {
 
     async fn push_all(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
         let from = self.from();
-        let mut after = 0;
+        let mut entries = self
+            .store
+            .storage()
+            .outbox(0, self.config.push_batch)
+            .await?;
+        // The batch pushed last, waiting to be acknowledged locally.
+        let mut unacked: Option<PushedBatch> = None;
         loop {
-            let entries = self
-                .store
-                .storage()
-                .outbox(after, self.config.push_batch)
-                .await?;
             let Some(last) = entries.last() else {
+                if let Some((done, assigned)) = unacked.take() {
+                    self.acknowledge(&done, &assigned).await?;
+                    report.pushed += done.len() as u64;
+                    self.progress(report, pending);
+                }
                 return Ok(());
             };
-            after = last.seq;
+            let after = last.seq;
             let mut envelopes = Vec::with_capacity(entries.len());
-            for e in &entries {
+            for e in &mut entries {
                 let sync = RowSync::decode(&e.record.sync)?;
                 envelopes.push(OutgoingEnvelope {
                     record: e.record.id,
                     seq: e.seq,
                     supersedes: sync.base.clone(),
                     tombstone: e.record.deleted,
-                    envelope: e.record.envelope.clone(),
+                    // Moved, not copied: the acknowledgement needs only ids and sequences.
+                    envelope: std::mem::take(&mut e.record.envelope),
                 });
             }
-            let response = tokio::time::timeout(
+            // Pipelined: while this batch is in flight, the previous one is acknowledged and
+            // the next one read (disjoint rows: the outbox is ordered by sequence and a record
+            // is in it once). At most three batches are held: the one acknowledged, the one
+            // pushed, the one read. Pushes stay one at a time and in order.
+            let previous = unacked.take();
+            let counts = &mut *report;
+            let local = async move {
+                if let Some((done, assigned)) = previous {
+                    self.acknowledge(&done, &assigned).await?;
+                    counts.pushed += done.len() as u64;
+                    self.progress(counts, pending);
+                }
+                self.store
+                    .storage()
+                    .outbox(after, self.config.push_batch)
+                    .await
+            };
+            let push = std::pin::pin!(tokio::time::timeout(
                 self.config.stall_timeout,
                 self.transport.push(PushRequest { from, envelopes }),
-            )
-            .await
-            .map_err(|_| page_err("a push"))??;
+            ));
+            let local = std::pin::pin!(local);
+            let (pushed, next) = match futures::future::select(push, local).await {
+                futures::future::Either::Left((pushed, local)) => (pushed, local.await),
+                futures::future::Either::Right((next, push)) => (push.await, next),
+            };
+            let response = pushed.map_err(|_| page_err("a push"))??;
+            let next = next?;
             if response.assigned.len() != entries.len() {
                 return Err(Error::new(
                     ErrorKind::Corrupt,
                     "the server acknowledged a different number of envelopes than were pushed",
                 ));
             }
-            self.acknowledge(&entries, &response.assigned).await?;
-            report.pushed += entries.len() as u64;
-            self.progress(report, pending);
+            unacked = Some((std::mem::replace(&mut entries, next), response.assigned));
         }
     }
 
