@@ -141,11 +141,8 @@ async fn every_row_under_key(store: &Store, key_id: u32) {
     }
 }
 
-#[tokio::test]
-async fn rotation_reencrypts_every_record() {
-    let storage = Arc::new(MemoryStorage::new());
-    let store = filled(storage.clone()).await;
-    let old_space = store.space();
+/// Rotates `store` with `pass`, after checking that a wrong passphrase is refused.
+async fn rotate_after_a_wrong_passphrase(store: Store, pass: &str) -> Store {
     let wrong = store
         .clone()
         .rotate_root_key(&"nope".into(), KdfCost::INSECURE_FOR_TESTS)
@@ -154,10 +151,18 @@ async fn rotation_reencrypts_every_record() {
         wrong.err().map(|e| e.kind()),
         Some(ErrorKind::WrongPassphrase)
     );
-    let rotated = store
-        .rotate_root_key(&PASS.into(), KdfCost::INSECURE_FOR_TESTS)
+    store
+        .rotate_root_key(&pass.into(), KdfCost::INSECURE_FOR_TESTS)
         .await
-        .expect("rotate");
+        .expect("rotate")
+}
+
+#[tokio::test]
+async fn rotation_reencrypts_every_record() {
+    let storage = Arc::new(MemoryStorage::new());
+    let store = filled(storage.clone()).await;
+    let old_space = store.space();
+    let rotated = rotate_after_a_wrong_passphrase(store, PASS).await;
     check(&rotated, old_space).await;
 }
 
@@ -338,18 +343,7 @@ mod sqlcipher {
         let (_, old_page_key, _) = page_keys(&db);
 
         let store = open(&db).await.expect("open");
-        let wrong = store
-            .clone()
-            .rotate_root_key(&"nope".into(), KdfCost::INSECURE_FOR_TESTS)
-            .await;
-        assert_eq!(
-            wrong.err().map(|e| e.kind()),
-            Some(ErrorKind::WrongPassphrase)
-        );
-        let rotated = store
-            .rotate_root_key(&PASS.into(), KdfCost::INSECURE_FOR_TESTS)
-            .await
-            .expect("rotate");
+        let rotated = super::rotate_after_a_wrong_passphrase(store, PASS).await;
         // The handle the rotation returns goes on working.
         let mut local = WriteBatch::new().local_only();
         local
