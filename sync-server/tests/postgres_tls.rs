@@ -8,30 +8,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{fresh_schema_url, postgres_url};
+use common::{fresh_schema_url, postgres_url, required_env};
 use sqlx::Connection;
 use sync_core::RelayConfig;
 use sync_core::store::system_millis;
 use sync_server::{AccountId, open_store};
-
-/// The CA files, or a loud skip (a failure in CI, through `postgres_url`'s rule).
-fn cas() -> Option<(String, String)> {
-    let ca = std::env::var("HEARTH_TEST_POSTGRES_CA").ok();
-    let other = std::env::var("HEARTH_TEST_POSTGRES_OTHER_CA").ok();
-    match (ca, other) {
-        (Some(ca), Some(other)) if !ca.is_empty() && !other.is_empty() => Some((ca, other)),
-        _ => {
-            assert!(
-                std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false" || v == "0"),
-                "HEARTH_TEST_POSTGRES_CA is not set but CI is: .ci/run starts PostgreSQL with TLS"
-            );
-            eprintln!(
-                "\n*** SKIPPING PostgreSQL TLS test: HEARTH_TEST_POSTGRES_CA is not set (bash .ci/run sets it) ***\n"
-            );
-            None
-        }
-    }
-}
 
 fn with_params(url: &str, params: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -41,7 +22,12 @@ fn with_params(url: &str, params: &str) -> String {
 #[tokio::test]
 async fn the_server_store_connects_over_verified_tls_and_refuses_an_unknown_ca() {
     let Some(pg) = postgres_url() else { return };
-    let Some((ca, other)) = cas() else { return };
+    let Some(ca) = required_env("HEARTH_TEST_POSTGRES_CA") else {
+        return;
+    };
+    let Some(other) = required_env("HEARTH_TEST_POSTGRES_OTHER_CA") else {
+        return;
+    };
     let (url, _schema) = fresh_schema_url(&pg).await;
 
     let verified = with_params(&url, &format!("sslmode=verify-full&sslrootcert={ca}"));

@@ -22,16 +22,22 @@ pub const PASS: &str = "correct horse battery staple";
 
 /// The PostgreSQL URL for tests. Unset: a loud skip on a developer machine, a failure in CI.
 pub fn postgres_url() -> Option<String> {
-    match std::env::var("HEARTH_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
+    required_env("HEARTH_TEST_POSTGRES_URL")
+}
+
+/// A variable `.ci/run` sets for the PostgreSQL tests. Unset or empty: a loud skip on a
+/// developer machine, a failure in CI (they must run there).
+pub fn required_env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Some(v),
         _ => {
             if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
                 panic!(
-                    "HEARTH_TEST_POSTGRES_URL is not set but CI is: the PostgreSQL tests must run in CI (.ci/run starts a cluster)"
+                    "{name} is not set but CI is: the PostgreSQL tests must run in CI (.ci/run starts a cluster)"
                 );
             }
             eprintln!(
-                "\n*** SKIPPING PostgreSQL test: HEARTH_TEST_POSTGRES_URL is not set (bash .ci/run sets it) ***\n"
+                "\n*** SKIPPING PostgreSQL test: {name} is not set (bash .ci/run sets it) ***\n"
             );
             None
         }
