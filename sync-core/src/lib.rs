@@ -52,6 +52,7 @@ pub use cipher::{Cipher, CipherExt, KdfCost, Passphrase, SecretKey};
 pub use consent::{ConsentPolicy, ConsentRequest, Decision, DenyAll, DenyReason};
 pub use engine::{
     Choice, ConflictInfo, LastSync, Progress, SyncConfig, SyncEngine, SyncReport, SyncState,
+    Withheld,
 };
 pub use envelope::{Padding, Payload, RecordKeys};
 pub use error::{Error, ErrorKind, Result, Status};

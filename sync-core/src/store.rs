@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::cipher::{Cipher, KdfCost, Passphrase};
+use crate::engine::head::{DIGEST_LEN, META_DIGEST, xor_into};
 use crate::engine::row::RowSync;
 use crate::envelope::{MAX_VALUE_LEN, Padding, Payload, RecordKeys};
 use crate::error::{Error, ErrorKind, Result};
@@ -307,6 +308,11 @@ impl fmt::Debug for Store {
 }
 
 fn validate_names(collection: &str, key: &str) -> Result<()> {
+    if collection == crate::engine::head::HEAD_COLLECTION {
+        return Err(Error::invalid(format!(
+            "the collection '{collection}' is reserved for the sync engine"
+        )));
+    }
     if collection.is_empty() || collection.len() > MAX_COLLECTION_LEN {
         return Err(Error::invalid(format!(
             "collection names must be 1 to {MAX_COLLECTION_LEN} bytes"
@@ -999,15 +1005,14 @@ impl Store {
             return Ok(summary);
         }
         let encoded = encode_state(&state)?;
-        inner
-            .storage
-            .commit(Batch {
-                guards: vec![(META_DEVICE.to_owned(), Some(w.encoded.clone()))],
-                puts,
-                meta: vec![(META_DEVICE.to_owned(), Some(encoded.clone()))],
-                ..Batch::default()
-            })
-            .await?;
+        let mut batch = Batch {
+            guards: vec![(META_DEVICE.to_owned(), Some(w.encoded.clone()))],
+            puts,
+            meta: vec![(META_DEVICE.to_owned(), Some(encoded.clone()))],
+            ..Batch::default()
+        };
+        self.digest_update(&mut batch).await?;
+        inner.storage.commit(batch).await?;
         w.state = state;
         w.encoded = encoded;
         Ok(summary)
@@ -1080,9 +1085,22 @@ impl Store {
         Ok(Page { records, next })
     }
 
-    /// Checks the storage's integrity.
+    /// Checks the storage's integrity, then that the state digest the sync engine keeps (see
+    /// [`crate::engine::head`]) still matches the records: a walk over every record, opening
+    /// each. A mismatch is [`ErrorKind::Corrupt`].
     pub async fn check(&self) -> Result<()> {
-        self.inner.storage.check().await
+        self.inner.storage.check().await?;
+        let mut w = self.writer().await;
+        let Some(kept) = self.inner.storage.meta_get(META_DIGEST).await? else {
+            return Ok(());
+        };
+        let kept = decode_digest(&kept)?;
+        if w.walk_digest().await? != kept {
+            return Err(Error::corrupt(
+                "the kept state digest does not match the records",
+            ));
+        }
+        Ok(())
     }
 
     /// Flushes and closes the storage.
@@ -1124,9 +1142,159 @@ impl WriterGuard<'_> {
         batch
             .meta
             .push((META_DEVICE.to_owned(), Some(encoded.clone())));
+        self.store.digest_update(&mut batch).await?;
         self.store.inner.storage.commit(batch).await?;
         self.guard.state = self.working.clone();
         self.guard.encoded = encoded;
+        Ok(())
+    }
+
+    /// The store's state digest ([`crate::engine::head`]). Kept by every commit once it
+    /// exists; the first call (on a store made before digests, or after a rotation cleared it)
+    /// computes it with one walk over the records and stores it.
+    pub(crate) async fn state_digest(&mut self) -> Result<[u8; DIGEST_LEN]> {
+        let storage = &self.store.inner.storage;
+        if let Some(bytes) = storage.meta_get(META_DIGEST).await? {
+            return decode_digest(&bytes);
+        }
+        let digest = self.walk_digest().await?;
+        self.commit(Batch {
+            guards: vec![(META_DIGEST.to_owned(), None)],
+            meta: vec![(META_DIGEST.to_owned(), Some(digest.to_vec()))],
+            ..Batch::default()
+        })
+        .await?;
+        Ok(digest)
+    }
+}
+
+impl WriterGuard<'_> {
+    /// The state digest computed from every record (under the write lock, so nothing changes
+    /// during the walk).
+    async fn walk_digest(&mut self) -> Result<[u8; DIGEST_LEN]> {
+        let storage = &self.store.inner.storage;
+        let mut digest = [0u8; DIGEST_LEN];
+        let mut after: Option<RecordId> = None;
+        loop {
+            let rows = storage.scan_all(after.as_ref(), 512).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.id);
+            for row in &rows {
+                if let Some(e) = self.store.digest_element(row)? {
+                    xor_into(&mut digest, &e);
+                }
+            }
+        }
+        Ok(digest)
+    }
+}
+
+fn decode_digest(bytes: &[u8]) -> Result<[u8; DIGEST_LEN]> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::corrupt("the stored state digest has the wrong length"))
+}
+
+/// True when two rows of one record count the same in the state digest without opening them.
+fn same_digest_inputs(a: &StoredRecord, b: &StoredRecord) -> Result<bool> {
+    if a.envelope != b.envelope || a.pending_seq.is_some() != b.pending_seq.is_some() {
+        return Ok(false);
+    }
+    if a.sync == b.sync {
+        return Ok(true);
+    }
+    let (sa, sb) = (RowSync::decode(&a.sync)?, RowSync::decode(&b.sync)?);
+    Ok(sa.synced == sb.synced && sa.siblings == sb.siblings)
+}
+
+impl Store {
+    /// This record's part of the state digest ([`crate::engine::head`]): a keyed hash of its
+    /// blind id and of the version vectors and deletion flags of its versions (the current one
+    /// and unresolved siblings) that no other of them dominates; `None` when it counts for
+    /// nothing (a local-only record, or only tombstones). Devices that applied the same writes
+    /// compute the same element, whichever version each keeps as current.
+    pub(crate) fn digest_element(&self, row: &StoredRecord) -> Result<Option<[u8; DIGEST_LEN]>> {
+        let sync = RowSync::decode(&row.sync)?;
+        if row.pending_seq.is_none() && !sync.synced {
+            return Ok(None);
+        }
+        let mut versions: Vec<(VersionVector, bool)> = Vec::with_capacity(1 + sync.siblings.len());
+        for envelope in std::iter::once(&row.envelope).chain(&sync.siblings) {
+            let p = self.open_envelope(&row.id, envelope)?;
+            versions.push((p.version.clone(), p.value.is_none()));
+        }
+        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(versions.len());
+        for (i, (v, deleted)) in versions.iter().enumerate() {
+            let covered = versions.iter().enumerate().any(|(j, (o, o_deleted))| {
+                if o == v {
+                    // The same version twice counts once.
+                    j < i && o_deleted == deleted
+                } else {
+                    o.dominates(v)
+                }
+            });
+            if covered {
+                continue;
+            }
+            let mut part = postcard::to_stdvec(v)
+                .map_err(|e| Error::internal("version encoding").with_source(e))?;
+            part.push(u8::from(*deleted));
+            parts.push(part);
+        }
+        if parts.iter().all(|p| p.last() == Some(&1)) {
+            return Ok(None);
+        }
+        parts.sort_unstable();
+        let mut input = Vec::new();
+        for part in &parts {
+            input.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            input.extend_from_slice(part);
+        }
+        let h = self.inner.cipher.keyed_hash(
+            &self.inner.keys.blind_key,
+            &[b"hearth.digest\0", row.id.as_bytes(), &input],
+        )?;
+        Ok(Some(h))
+    }
+
+    /// Adds to `batch` the state digest's change, when the store keeps one: each record the
+    /// batch replaces or removes leaves the digest, each it writes enters it. Guarded, so a
+    /// commit from another process in between fails the batch rather than skewing the digest.
+    async fn digest_update(&self, batch: &mut Batch) -> Result<()> {
+        if batch.puts.is_empty() && batch.removes.is_empty() {
+            return Ok(());
+        }
+        let storage = &self.inner.storage;
+        let Some(current) = storage.meta_get(META_DIGEST).await? else {
+            return Ok(());
+        };
+        let mut digest = decode_digest(&current)?;
+        // What each record ends as: puts apply in order, then removes.
+        let mut finals: BTreeMap<RecordId, Option<&StoredRecord>> = BTreeMap::new();
+        for row in &batch.puts {
+            finals.insert(row.id, Some(row));
+        }
+        for id in &batch.removes {
+            finals.insert(*id, None);
+        }
+        let ids: Vec<RecordId> = finals.keys().copied().collect();
+        let old = storage.get_many(&ids).await?;
+        for (new, old) in finals.values().zip(old) {
+            if let (Some(new), Some(old)) = (new, &old)
+                && same_digest_inputs(new, old)?
+            {
+                continue;
+            }
+            for row in old.iter().chain(new.iter().copied()) {
+                if let Some(e) = self.digest_element(row)? {
+                    xor_into(&mut digest, &e);
+                }
+            }
+        }
+        batch.guards.push((META_DIGEST.to_owned(), Some(current)));
+        batch
+            .meta
+            .push((META_DIGEST.to_owned(), Some(digest.to_vec())));
         Ok(())
     }
 }

@@ -2,11 +2,12 @@
 //! answers: (a) replays an old envelope, (b) hides a device's newest envelope, (c) moves a
 //! ciphertext to another record id, (d) serves another account's envelope, (e) relabels the
 //! device of an envelope. (a), (c), (d), (e) are detected and reported in
-//! `SyncReport.rejected` without touching local state. (b) is documented as not detected
-//! (docs/security.md, "What is detected, and what is not"); the test asserts what is
-//! documented about it and nothing more: nothing wrong or older is applied, the withheld
-//! envelope is not lost (a device walking from 0 gets it), and the device converges once the
-//! record changes again.
+//! `SyncReport.rejected` without touching local state. (b) is detected from the writers'
+//! sealed heads and reported in `SyncReport.withheld`: hiding a record's newest version while
+//! serving the head that followed it (the state digest differs), and hiding a device's whole
+//! newest push, head included, once another device that saw it has pushed its own head (the
+//! peer view). What stays undetectable is in docs/security.md ("What is detected, and what is
+//! not"). Once the tampering stops, every device converges.
 
 mod common;
 
@@ -17,14 +18,17 @@ use common::{Device, PASS, sqlite_server};
 use serde_json::json;
 use sync_core::{
     DeviceId, PullPage, PullRequest, PushRequest, PushResponse, RecordId, RemoteEnvelope, Result,
-    SpaceId, SyncConfig, SyncEngine, SyncReport, Transport,
+    SpaceId, SyncConfig, SyncEngine, SyncReport, Transport, Withheld,
 };
 use transport_http::HttpTransport;
 
 #[derive(Debug, Default)]
 struct Plan {
     inject: Vec<RemoteEnvelope>,
-    hide: Option<DeviceId>,
+    /// Hide every envelope of this record.
+    hide_record: Option<RecordId>,
+    /// Hide every envelope of this device above this sequence (its heads included).
+    hide_after: Option<(DeviceId, u64)>,
     move_to: Option<RecordId>,
     relabel: Option<DeviceId>,
     seen: Vec<RemoteEnvelope>,
@@ -48,17 +52,11 @@ impl Transport for Evil {
         let mut page = self.inner.pull(request).await?;
         let mut plan = self.plan.lock().expect("plan");
         plan.seen.extend(page.envelopes.iter().cloned());
-        if let Some(d) = plan.hide {
-            // Hide the newest envelope of that device in this page.
-            if let Some(max) = page
-                .envelopes
-                .iter()
-                .filter(|e| e.device == d)
-                .map(|e| e.seq)
-                .max()
-            {
-                page.envelopes.retain(|e| !(e.device == d && e.seq == max));
-            }
+        if let Some(r) = plan.hide_record {
+            page.envelopes.retain(|e| e.record != r);
+        }
+        if let Some((d, seq)) = plan.hide_after {
+            page.envelopes.retain(|e| !(e.device == d && e.seq > seq));
         }
         if let Some(r) = plan.move_to.take() {
             for e in &mut page.envelopes {
@@ -142,7 +140,11 @@ async fn a_malicious_server_is_detected_or_harmless() {
     let other_id = b.store.record_id("notes", "other").expect("id");
     plan(&|p| p.move_to = Some(other_id));
     let r = eb.sync().await.expect("sync");
-    assert_eq!(reasons(&r), ["tampered"]);
+    assert_eq!(
+        reasons(&r),
+        ["tampered", "tampered"],
+        "k's version and A's head"
+    );
     assert_eq!(
         b.store.get("notes", "other").await.expect("get"),
         Some(json!("o1"))
@@ -157,7 +159,11 @@ async fn a_malicious_server_is_detected_or_harmless() {
     a.engine.sync().await.expect("sync");
     plan(&|p| p.relabel = Some(DeviceId([0xDD; 16])));
     let r = eb.sync().await.expect("sync");
-    assert_eq!(reasons(&r), ["inconsistent"]);
+    assert_eq!(
+        reasons(&r),
+        ["inconsistent", "inconsistent"],
+        "k's version and A's head"
+    );
     assert_eq!(
         b.store.get("notes", "k").await.expect("get"),
         Some(json!("v2"))
@@ -194,45 +200,118 @@ async fn a_malicious_server_is_detected_or_harmless() {
         Some(json!("v2"))
     );
 
-    // (b) Hiding A's newest envelope. Documented as not detected; what must hold is that
-    // nothing wrong is applied: B keeps the newest version it had, never an older one.
+    // Nothing so far looked like withholding: every tampered envelope was rejected as such.
+    // (b1) A's newest version of k hidden, the head that followed it served: B has seen all A
+    // has seen, yet its state differs from the one A's head vouches for.
     a.store.put("notes", "k", &json!("v5")).await.expect("put");
     a.engine.sync().await.expect("sync");
-    plan(&|p| p.hide = Some(a.store.device()));
+    let k_id = b.store.record_id("notes", "k").expect("id");
+    plan(&|p| p.hide_record = Some(k_id));
     let r = eb.sync().await.expect("sync");
     assert_eq!(r.applied, 0, "nothing of A's withheld write is applied");
-    assert!(
-        r.rejected.iter().all(|x| x.reason != "tampered"),
-        "a withheld envelope is not reported as tampering: {:?}",
-        reasons(&r)
+    assert!(r.rejected.is_empty(), "{:?}", reasons(&r));
+    let digest_finding = Withheld {
+        device: a.store.device(),
+        witness: a.store.device(),
+        reason: "state-digest".into(),
+    };
+    assert_eq!(r.withheld, std::slice::from_ref(&digest_finding));
+    assert_eq!(
+        b.store.get("notes", "k").await.expect("get"),
+        Some(json!("v2"))
+    );
+    // Persisted for the application to show, like every report.
+    let last = eb.last_sync().await.expect("last").expect("a report");
+    assert_eq!(last.report.withheld, r.withheld);
+    plan(&|p| p.hide_record = None);
+
+    // The withheld envelope is not lost: the honest server still holds it, and a device that
+    // joins now receives A's newest version; its view matches A's head, silently.
+    let c = Device::join(&dir.path().join("c.db"), &url, &account.token, PASS)
+        .await
+        .expect("join");
+    let r = c.engine.sync().await.expect("sync c");
+    assert!(r.withheld.is_empty(), "{:?}", r.withheld);
+    assert_eq!(
+        c.store.get("notes", "k").await.expect("get"),
+        Some(json!("v5"))
+    );
+    // B's cursor is past the hidden version: served honestly, B still lacks it, and says so
+    // every round until it holds what it was denied.
+    let honest = b.engine.sync().await.expect("sync");
+    assert!(honest.rejected.is_empty(), "{:?}", reasons(&honest));
+    assert_eq!(honest.withheld, std::slice::from_ref(&digest_finding));
+    assert_eq!(
+        b.store.get("notes", "k").await.expect("get"),
+        Some(json!("v2"))
+    );
+
+    // (b2) A's whole newest push, head included, hidden from B: on its own indistinguishable
+    // from A not having synced. C saw it and then pushed a write of its own, whose head names
+    // A's newest head: B, holding an older head of A, learns that something was withheld.
+    let hidden_above = c
+        .http
+        .pull(PullRequest {
+            from: c.from(),
+            cursor: 0,
+            limit: 100,
+            include_own: true,
+        })
+        .await
+        .expect("pull")
+        .envelopes
+        .iter()
+        .filter(|e| e.device == a.store.device())
+        .map(|e| e.seq)
+        .max()
+        .expect("A's envelopes");
+    plan(&|p| p.hide_after = Some((a.store.device(), hidden_above)));
+    a.store.put("notes", "k", &json!("v6")).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    let r = eb.sync().await.expect("sync");
+    assert_eq!(r.applied, 0);
+    assert_eq!(
+        r.withheld,
+        [digest_finding],
+        "A's hidden push alone adds nothing to what B already reports"
+    );
+    c.engine.sync().await.expect("sync c");
+    c.store
+        .put("notes", "c", &json!("from c"))
+        .await
+        .expect("put");
+    c.engine.sync().await.expect("sync c");
+    let r = eb.sync().await.expect("sync");
+    assert_eq!(r.applied, 1, "C's write arrives");
+    let peer_finding = Withheld {
+        device: a.store.device(),
+        witness: c.store.device(),
+        reason: "peer-view".into(),
+    };
+    assert_eq!(
+        r.withheld,
+        std::slice::from_ref(&peer_finding),
+        "and B's view is no longer A's"
     );
     assert_eq!(
         b.store.get("notes", "k").await.expect("get"),
         Some(json!("v2"))
     );
-    plan(&|p| p.hide = None);
+    plan(&|p| p.hide_after = None);
 
-    // The withheld envelope is not lost: the honest server still holds it, and a device that
-    // walks the log from 0 receives A's newest version.
-    let c = Device::join(&dir.path().join("c.db"), &url, &account.token, PASS)
-        .await
-        .expect("join");
-    c.engine.sync().await.expect("sync c");
-    assert_eq!(
-        c.store.get("notes", "k").await.expect("get"),
-        Some(json!("v5"))
-    );
-
-    // Tampering stops and the record changes again: B converges with A and C.
-    let honest = b.engine.sync().await.expect("sync");
-    assert!(honest.rejected.is_empty());
-    a.store.put("notes", "k", &json!("v6")).await.expect("put");
+    // Tampering stops. B still reports until A's record changes again and B receives it: then
+    // every device converges and nobody suspects anything.
+    let r = b.engine.sync().await.expect("sync");
+    assert_eq!(r.withheld, [peer_finding]);
+    a.store.put("notes", "k", &json!("v7")).await.expect("put");
     a.engine.sync().await.expect("sync");
-    b.engine.sync().await.expect("sync");
-    c.engine.sync().await.expect("sync");
+    for d in [&a, &b, &c] {
+        let r = d.engine.sync().await.expect("sync");
+        assert!(r.withheld.is_empty(), "{:?}", r.withheld);
+    }
     assert_eq!(
         b.store.get("notes", "k").await.expect("get"),
-        Some(json!("v6"))
+        Some(json!("v7"))
     );
     assert_eq!(b.snapshot("notes").await, a.snapshot("notes").await);
     assert_eq!(c.snapshot("notes").await, a.snapshot("notes").await);

@@ -14,7 +14,9 @@
 //! at most one row per key ever written (tombstones included), no tombstone the whole space
 //! has acknowledged, at most one version-vector entry and one superseded server sequence per
 //! device per record, and one seen-map entry per device; the relay holds at most one envelope
-//! per device per key. The maxima over all seeds are printed at the end.
+//! per device per key, plus each device's newest head. No device suspects the honest relay of
+//! withholding anything (its sealed-head checks stay silent). The maxima over all seeds are
+//! printed at the end.
 //!
 //! A seed replays exactly: the faults, the clocks and (through a seeded cipher) the device ids,
 //! keys and nonces all come from it; `a_seed_replays_exactly` checks it. Replay one with
@@ -279,6 +281,13 @@ async fn run(seed: u64) -> Result<Outcome, String> {
             55..=84 => {
                 let r = devices[d].engine.sync().await;
                 match &r {
+                    Ok(r) if !r.withheld.is_empty() => {
+                        return Err(format!(
+                            "step {step}: device {d} suspects an honest relay of withholding: {:?}\nlog:\n{}",
+                            r.withheld,
+                            log.join("\n")
+                        ));
+                    }
                     Ok(r) => resynced |= r.resynced || r.discarded > 0,
                     Err(e) if e.is_temporary() => {}
                     Err(e) => {
@@ -324,6 +333,13 @@ async fn run(seed: u64) -> Result<Outcome, String> {
                 .await
                 .map_err(|e| format!("final round {round}: device {i} failed: {e}"))?;
             resynced |= r.resynced || r.discarded > 0;
+            if !r.withheld.is_empty() {
+                return Err(format!(
+                    "final round {round}: device {i} suspects an honest relay of withholding: {:?}\nlog:\n{}",
+                    r.withheld,
+                    log.join("\n")
+                ));
+            }
             log.push(format!(
                 "final {round}: d{i} pushed {} pulled {} applied {} resolved {} resynced {} discarded {} rejected {:?}",
                 r.pushed, r.pulled, r.applied, r.conflicts_resolved, r.resynced, r.discarded, r.rejected
@@ -342,9 +358,13 @@ async fn run(seed: u64) -> Result<Outcome, String> {
             );
         }
     }
-    for d in &devices {
+    for (i, d) in devices.iter().enumerate() {
         if d.store.info().await.map_err(|e| e.to_string())?.pending != 0 {
             return fail("writes still pending after the final rounds".into(), &log);
+        }
+        // The state digest kept commit by commit equals one computed from the records.
+        if let Err(e) = d.store.check().await {
+            return fail(format!("device {i}: {e}"), &log);
         }
     }
     let finals: BTreeMap<Key, Value> = reference
@@ -452,7 +472,8 @@ async fn run(seed: u64) -> Result<Outcome, String> {
             ..meta
         });
     }
-    if meta.relay_envelopes > keys_written * n as u64 {
+    // Every key's concurrent versions, and each device's newest head.
+    if meta.relay_envelopes > (keys_written + 1) * n as u64 {
         return fail(
             format!(
                 "the relay holds {} envelopes for {keys_written} keys and {n} devices",

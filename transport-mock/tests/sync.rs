@@ -77,7 +77,7 @@ async fn only_changes_travel_and_both_devices_converge() {
     );
     assert_eq!(
         a.transport.relay().stats().expect("stats").envelopes,
-        120,
+        120 + 2, // and each device's newest head
         "superseded versions are compacted"
     );
     assert_eq!(a.snapshot().await, b.snapshot().await);
@@ -328,7 +328,7 @@ async fn lost_responses_and_duplicates_store_nothing_twice() {
     assert_eq!(r.pushed, 10);
     assert_eq!(
         a.transport.relay().stats().expect("stats").envelopes,
-        10,
+        10 + 1, // and A's head
         "the retry stored nothing twice"
     );
     let r = b.engine.sync().await.expect("sync");
@@ -355,7 +355,8 @@ async fn a_crash_after_the_server_applied_a_push_loses_and_duplicates_nothing() 
     a.engine.sync().await.expect("sync");
     b.engine.sync().await.expect("sync");
     assert_eq!(b.snapshot().await.len(), 2);
-    assert_eq!(a.transport.relay().stats().expect("stats").envelopes, 2);
+    // Two records and A's newest head (its older one, pushed before the crash, replaced).
+    assert_eq!(a.transport.relay().stats().expect("stats").envelopes, 3);
 }
 
 #[tokio::test]
@@ -431,7 +432,8 @@ async fn a_device_with_another_key_is_refused_before_uploading() {
     };
     let err = a.transport.push(request).await.err().map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::WrongKey));
-    assert_eq!(a.transport.relay().stats().expect("stats").envelopes, 1);
+    // A's record and head, nothing of the stranger's.
+    assert_eq!(a.transport.relay().stats().expect("stats").envelopes, 2);
 }
 
 #[tokio::test]
@@ -615,7 +617,7 @@ async fn an_interrupted_initial_sync_resumes_from_its_last_applied_page() {
     );
     assert_eq!(
         b.transport.traffic().envelopes_down,
-        100,
+        100 + 1, // and A's head
         "nothing was downloaded twice"
     );
     assert_eq!(a.snapshot().await, b.snapshot().await);
@@ -669,8 +671,8 @@ async fn a_delete_after_a_lost_ack_leaves_nothing_to_come_back() {
     assert!(lossy.sync().await.is_err(), "the ack is lost");
     assert_eq!(
         a.transport.relay().stats().expect("stats").envelopes,
-        1,
-        "but the server stored the put"
+        2,
+        "but the server stored the put (and A's head)"
     );
     assert!(a.store.delete("notes", "x").await.expect("delete"));
     for _ in 0..3 {
@@ -689,5 +691,50 @@ async fn a_delete_after_a_lost_ack_leaves_nothing_to_come_back() {
         None,
         "the deleted record came back"
     );
-    assert_eq!(a.transport.relay().stats().expect("stats").envelopes, 0);
+    // Nothing of the record is left; only A's newest head.
+    assert_eq!(a.transport.relay().stats().expect("stats").envelopes, 1);
+}
+
+#[tokio::test]
+async fn heads_are_reserved_and_the_kept_state_digest_is_checked() {
+    let world = World::new();
+    let a = Device::first(&world, Faults::NONE, 1).await;
+    let err = a
+        .store
+        .put(sync_core::engine::HEAD_COLLECTION, "x", &json!(1))
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::InvalidInput), "heads are the engine's");
+
+    // The first push computes the digest; every commit after keeps it.
+    a.store.put("notes", "x", &json!(1)).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    assert!(
+        a.store
+            .storage()
+            .meta_get("hearth.sync.digest")
+            .await
+            .expect("meta")
+            .is_some()
+    );
+    a.store.put("notes", "y", &json!(2)).await.expect("put");
+    a.store.delete("notes", "x").await.expect("delete");
+    a.engine.sync().await.expect("sync");
+    a.store
+        .check()
+        .await
+        .expect("the kept digest matches the records");
+
+    // A kept digest that no longer matches the records is found.
+    a.store
+        .storage()
+        .commit(sync_core::Batch {
+            meta: vec![("hearth.sync.digest".to_owned(), Some(vec![0; 32]))],
+            ..sync_core::Batch::default()
+        })
+        .await
+        .expect("commit");
+    let err = a.store.check().await.err().map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::Corrupt));
 }

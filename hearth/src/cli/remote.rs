@@ -216,6 +216,9 @@ pub async fn sync(store: &Store, show_progress: bool) -> Result<Value> {
         "pushed": r.pushed, "pulled": r.pulled, "applied": r.applied,
         "conflicts_resolved": r.conflicts_resolved, "conflicts_pending": r.conflicts_pending,
         "rejected": r.rejected.len(), "resynced": r.resynced, "duration_ms": r.duration_ms,
+        "withheld": r.withheld.iter().map(|w| json!({
+            "device": w.device.to_hex(), "witness": w.witness.to_hex(), "reason": w.reason,
+        })).collect::<Vec<_>>(),
     }))
 }
 

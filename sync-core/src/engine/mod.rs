@@ -23,6 +23,7 @@
 //! records the server no longer has (deleted while this device was away), so nothing deleted
 //! comes back.
 
+pub mod head;
 pub mod row;
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,7 +43,10 @@ use crate::strategy::{Conflict, ConflictStrategy, Resolution, Version, apply_res
 use crate::transport::{OutgoingEnvelope, PullPage, PullRequest, PushRequest, SpaceRef, Transport};
 use crate::{Payload, Record};
 
+pub use head::{HEAD_COLLECTION, Withheld};
 pub use row::RowSync;
+
+use head::{HeadValue, META_DIGEST, META_HEADS, META_OWN_HEAD, StoredHead};
 
 const META_CURSOR: &str = "hearth.sync.cursor";
 const META_SEEN: &str = "hearth.sync.seen";
@@ -61,6 +65,9 @@ pub(crate) const SYNC_META_KEYS: &[&str] = &[
     META_CONFLICTS,
     META_GC_FLOOR,
     META_RESYNC,
+    META_DIGEST,
+    META_HEADS,
+    META_OWN_HEAD,
 ];
 
 /// Collection of local-only records naming each collection's strategy.
@@ -69,8 +76,9 @@ pub const STRATEGY_COLLECTION: &str = "_hearth.strategy";
 /// How the engine syncs.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
-    /// Envelopes per push (default 1000, what the reference server accepts; lower it for a
-    /// server configured for fewer. The HTTP transport also splits a push by bytes).
+    /// Envelopes per push, the device's head included (default 1000, what the reference
+    /// server accepts; lower it for a server configured for fewer. The HTTP transport also
+    /// splits a push by bytes).
     pub push_batch: usize,
     /// Envelopes asked for per pull page (default 1000; the server caps a page by its own
     /// count and byte limits, 1000 and 4 MiB for the reference server).
@@ -171,7 +179,7 @@ pub struct Rejection {
 pub struct SyncReport {
     /// Envelopes pushed.
     pub pushed: u64,
-    /// Envelopes pulled.
+    /// Record envelopes pulled (other devices' heads not counted).
     pub pulled: u64,
     /// Remote versions applied locally.
     pub applied: u64,
@@ -181,6 +189,9 @@ pub struct SyncReport {
     pub conflicts_pending: u64,
     /// Envelopes refused.
     pub rejected: Vec<Rejection>,
+    /// Signs, from other devices' sealed heads, that the server withheld writes from this
+    /// device (see [`head`]). Empty on an honest server.
+    pub withheld: Vec<Withheld>,
     /// True when the server asked for, and the engine did, a full re-sync.
     pub resynced: bool,
     /// Records removed by a re-sync because the server no longer has them (deleted elsewhere
@@ -268,7 +279,13 @@ fn page_err(what: &'static str) -> Error {
 
 /// A pushed batch waiting for its local acknowledgement: the outbox entries and the server's
 /// `(device seq, server seq)` pairs.
-type PushedBatch = (Vec<crate::storage::OutboxEntry>, Vec<(u64, u64)>);
+/// A pushed batch waiting for its local acknowledgement: its entries, the sequences the server
+/// assigned them, and the sequence of the head that ended the push.
+type PushedBatch = (
+    Vec<crate::storage::OutboxEntry>,
+    Vec<(u64, u64)>,
+    Option<u64>,
+);
 
 /// Times a full re-sync may be restarted from cursor 0 by the server within one round.
 const MAX_RESYNC_RESTARTS: u32 = 3;
@@ -469,7 +486,9 @@ impl SyncEngine {
     /// The outcome of the last round, if any.
     pub async fn last_sync(&self) -> Result<Option<LastSync>> {
         match self.store.storage().meta_get(META_LAST).await? {
-            Some(b) => Ok(Some(postcard::from_bytes(&b)?)),
+            // A report written by an older version (fields were added since) reads as none:
+            // it is informational, and the next round replaces it.
+            Some(b) => Ok(postcard::from_bytes(&b).ok()),
             None => Ok(None),
         }
     }
@@ -681,7 +700,7 @@ impl SyncEngine {
             if !more {
                 apply.await?;
                 self.collect_tombstones(floor, report).await?;
-                return Ok(());
+                return self.check_heads(report).await;
             }
             // Pipelined: the next page is fetched while this one is applied (at most one page
             // ahead, so memory stays bounded by two pages), so the server's work and this
@@ -754,9 +773,11 @@ impl SyncEngine {
         };
         let mut seen: BTreeMap<DeviceId, u64> =
             decode_or_default(self.store.storage().meta_get(META_SEEN).await?)?;
+        let mut heads: Option<BTreeMap<DeviceId, StoredHead>> = None;
         let mut touched: Vec<RecordId> = Vec::new();
         let now = self.store.now_millis();
-        report.pulled += page.envelopes.len() as u64;
+        // Heads are the protocol's, not records: not counted as pulled.
+        let mut heads_pulled = 0u64;
 
         for e in &page.envelopes {
             let reject = |report: &mut SyncReport, reason: &str| {
@@ -812,6 +833,44 @@ impl SyncEngine {
                     reject(report, "backwards");
                     continue;
                 }
+            }
+            if payload.collection == HEAD_COLLECTION {
+                // Another device's head: kept for the check at the end of the pull, never a row.
+                let value = (payload.key == payload.origin.to_hex())
+                    .then(|| {
+                        payload
+                            .value
+                            .as_deref()
+                            .and_then(|v| serde_json::from_slice::<HeadValue>(v).ok())
+                    })
+                    .flatten();
+                let Some(value) = value else {
+                    reject(report, "inconsistent");
+                    continue;
+                };
+                heads_pulled += 1;
+                seen.insert(payload.origin, payload.seq.max(last_seen));
+                if payload.origin != self.store.device() {
+                    let heads = match &mut heads {
+                        Some(h) => h,
+                        None => heads.insert(decode_or_default(
+                            self.store.storage().meta_get(META_HEADS).await?,
+                        )?),
+                    };
+                    if heads
+                        .get(&payload.origin)
+                        .is_none_or(|h| h.seq < payload.seq)
+                    {
+                        heads.insert(
+                            payload.origin,
+                            StoredHead {
+                                seq: payload.seq,
+                                value,
+                            },
+                        );
+                    }
+                }
+                continue;
             }
             seen.insert(payload.origin, payload.seq.max(last_seen));
             w.observe(&payload.hlc);
@@ -912,22 +971,125 @@ impl SyncEngine {
             touched.push(e.record);
         }
 
+        report.pulled += page.envelopes.len() as u64 - heads_pulled;
         touched.sort_unstable();
         touched.dedup();
         let puts = touched
             .iter()
             .filter_map(|id| ctx.rows.remove(id))
             .collect();
+        let mut meta = vec![
+            (META_CURSOR.to_owned(), Some(encode(&page.next_cursor)?)),
+            (META_SEEN.to_owned(), Some(encode(&seen)?)),
+            (META_CONFLICTS.to_owned(), Some(encode(&ctx.conflicts)?)),
+        ];
+        if let Some(heads) = heads {
+            meta.push((META_HEADS.to_owned(), Some(encode(&heads)?)));
+        }
         w.commit(Batch {
             puts,
-            meta: vec![
-                (META_CURSOR.to_owned(), Some(encode(&page.next_cursor)?)),
-                (META_SEEN.to_owned(), Some(encode(&seen)?)),
-                (META_CONFLICTS.to_owned(), Some(encode(&ctx.conflicts)?)),
-            ],
+            meta,
             ..Batch::default()
         })
         .await
+    }
+
+    /// Checks, at the end of the log, what other devices' heads say against what this device
+    /// was served (see [`head`]); what does not hold goes to `report.withheld`.
+    async fn check_heads(&self, report: &mut SyncReport) -> Result<()> {
+        let storage = self.store.storage();
+        let heads: BTreeMap<DeviceId, StoredHead> =
+            decode_or_default(storage.meta_get(META_HEADS).await?)?;
+        if heads.is_empty() {
+            return Ok(());
+        }
+        let seen: BTreeMap<DeviceId, u64> = decode_or_default(storage.meta_get(META_SEEN).await?)?;
+        let own_head = self.meta_u64(META_OWN_HEAD).await?;
+        let (mut found, comparable) = head::check(self.store.device(), &seen, own_head, &heads);
+        if !comparable.is_empty() {
+            // Under the write lock: nothing unpushed (else this device knows more than any
+            // head can), and no local write between that check and the digest.
+            let mut w = self.store.writer().await;
+            if storage.outbox_len().await? == 0 {
+                let mine = w.state_digest().await?;
+                for (writer, digest) in comparable {
+                    if digest != mine {
+                        found.push(Withheld {
+                            device: writer,
+                            witness: writer,
+                            reason: "state-digest".to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        for f in &found {
+            tracing::warn!(
+                device = %f.device.to_hex(),
+                witness = %f.witness.to_hex(),
+                reason = %f.reason,
+                "the server appears to withhold writes from this device"
+            );
+        }
+        report.withheld.extend(found);
+        Ok(())
+    }
+
+    /// This device's head for a push whose last envelope has sequence `after`, if nothing is
+    /// left to push after it (checked under the write lock, with the digest): sealed, with the
+    /// next sequence number, spent and committed before it leaves. Only the last push of a
+    /// round gets one: the server takes any sequence at or below a device's highest pushed as
+    /// a retry, so a head must come after every write it could precede.
+    async fn make_head(&self, after: u64) -> Result<Option<OutgoingEnvelope>> {
+        let mut w = self.store.writer().await;
+        let storage = self.store.storage();
+        if !storage.outbox(after, 1).await?.is_empty() {
+            return Ok(None);
+        }
+        let digest = Some(w.state_digest().await?);
+        let seen: BTreeMap<DeviceId, u64> = decode_or_default(storage.meta_get(META_SEEN).await?)?;
+        let me = self.store.device();
+        let heads: BTreeMap<DeviceId, StoredHead> =
+            decode_or_default(storage.meta_get(META_HEADS).await?)?;
+        let value = HeadValue {
+            seen: seen.into_iter().filter(|(d, _)| *d != me).collect(),
+            heads: heads.iter().map(|(d, h)| (*d, h.seq)).collect(),
+            digest,
+        };
+        let (seq, hlc) = w.next_write();
+        let mut version = VersionVector::new();
+        version.set(me, seq);
+        let key = me.to_hex();
+        let record = self.store.record_id(HEAD_COLLECTION, &key)?;
+        let payload = Payload {
+            collection: HEAD_COLLECTION.to_owned(),
+            key,
+            value: Some(
+                serde_json::to_vec(&value)
+                    .map_err(|e| Error::internal("head encoding").with_source(e))?,
+            ),
+            version,
+            hlc,
+            origin: me,
+            seq,
+        };
+        let envelope = self.store.keys().seal(
+            self.store.cipher().as_ref(),
+            &record,
+            &payload,
+            self.store.padding(),
+        )?;
+        // The sequence number is spent before the head leaves: a crash after the push must
+        // not hand it to a write, which the server would then take for a retry and drop.
+        w.commit(Batch::default()).await?;
+        Ok(Some(OutgoingEnvelope {
+            record,
+            seq,
+            // The server replaces a device's older envelope of a record with its newer one.
+            supersedes: Vec::new(),
+            tombstone: false,
+            envelope,
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1067,17 +1229,15 @@ impl SyncEngine {
 
     async fn push_all(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
         let from = self.from();
-        let mut entries = self
-            .store
-            .storage()
-            .outbox(0, self.config.push_batch)
-            .await?;
+        // Room for the head that may end a push.
+        let batch = self.config.push_batch.saturating_sub(1).max(1);
+        let mut entries = self.store.storage().outbox(0, batch).await?;
         // The batch pushed last, waiting to be acknowledged locally.
         let mut unacked: Option<PushedBatch> = None;
         loop {
             let Some(last) = entries.last() else {
-                if let Some((done, assigned)) = unacked.take() {
-                    self.acknowledge(&done, &assigned).await?;
+                if let Some((done, assigned, head)) = unacked.take() {
+                    self.acknowledge(&done, &assigned, head).await?;
                     report.pushed += done.len() as u64;
                     self.progress(report, pending);
                 }
@@ -1096,6 +1256,10 @@ impl SyncEngine {
                     envelope: std::mem::take(&mut e.record.envelope),
                 });
             }
+            // The last push of the round ends with this device's head (see [`head`]).
+            let head = self.make_head(after).await?;
+            let head_seq = head.as_ref().map(|h| h.seq);
+            envelopes.extend(head);
             // Pipelined: while this batch is in flight, the previous one is acknowledged and
             // the next one read (disjoint rows: the outbox is ordered by sequence and a record
             // is in it once). At most three batches are held: the one acknowledged, the one
@@ -1103,15 +1267,12 @@ impl SyncEngine {
             let previous = unacked.take();
             let counts = &mut *report;
             let local = async move {
-                if let Some((done, assigned)) = previous {
-                    self.acknowledge(&done, &assigned).await?;
+                if let Some((done, assigned, head)) = previous {
+                    self.acknowledge(&done, &assigned, head).await?;
                     counts.pushed += done.len() as u64;
                     self.progress(counts, pending);
                 }
-                self.store
-                    .storage()
-                    .outbox(after, self.config.push_batch)
-                    .await
+                self.store.storage().outbox(after, batch).await
             };
             let push = std::pin::pin!(tokio::time::timeout(
                 self.config.stall_timeout,
@@ -1122,15 +1283,22 @@ impl SyncEngine {
                 futures::future::Either::Left((pushed, local)) => (pushed, local.await),
                 futures::future::Either::Right((next, push)) => (push.await, next),
             };
-            let response = pushed.map_err(|_| page_err("a push"))??;
+            let mut response = pushed.map_err(|_| page_err("a push"))??;
             let next = next?;
-            if response.assigned.len() != entries.len() {
+            let expected = entries.len() + usize::from(head_seq.is_some());
+            if response.assigned.len() != expected
+                || (head_seq.is_some() && response.assigned.pop().map(|(seq, _)| seq) != head_seq)
+            {
                 return Err(Error::new(
                     ErrorKind::Corrupt,
                     "the server acknowledged a different number of envelopes than were pushed",
                 ));
             }
-            unacked = Some((std::mem::replace(&mut entries, next), response.assigned));
+            unacked = Some((
+                std::mem::replace(&mut entries, next),
+                response.assigned,
+                head_seq,
+            ));
         }
     }
 
@@ -1138,6 +1306,7 @@ impl SyncEngine {
         &self,
         entries: &[crate::storage::OutboxEntry],
         assigned: &[(u64, u64)],
+        head: Option<u64>,
     ) -> Result<()> {
         let mut w = self.store.writer().await;
         let ids: Vec<RecordId> = entries.iter().map(|e| e.record.id).collect();
@@ -1182,9 +1351,15 @@ impl SyncEngine {
                 });
             }
         }
+        let mut meta = Vec::new();
+        if let Some(head) = head {
+            let own_head = self.meta_u64(META_OWN_HEAD).await?.max(head);
+            meta.push((META_OWN_HEAD.to_owned(), Some(encode(&own_head)?)));
+        }
         w.commit(Batch {
             puts,
             removes,
+            meta,
             ..Batch::default()
         })
         .await
@@ -1207,6 +1382,7 @@ impl SyncEngine {
                             (META_EPOCH.to_owned(), Some(encode(&u64::from(epoch))?)),
                             (META_CURSOR.to_owned(), Some(encode(&0u64)?)),
                             (META_SEEN.to_owned(), None),
+                            (META_HEADS.to_owned(), None),
                         ],
                         ..Batch::default()
                     })
@@ -1290,7 +1466,8 @@ impl SyncEngine {
                 ..Batch::default()
             })
             .await?;
-        self.collect_tombstones(floor, report).await
+        self.collect_tombstones(floor, report).await?;
+        self.check_heads(report).await
     }
 
     /// Forgets local tombstones the server has collected (synced, not pending, last synced at
