@@ -335,6 +335,9 @@ pub(crate) async fn restore(
         storage
             .commit(Batch {
                 puts,
+                // Rows written below the store: its state digest is computed afresh when next
+                // needed (engine::head).
+                meta: vec![(crate::engine::head::META_DIGEST.to_owned(), None)],
                 ..Batch::default()
             })
             .await?;

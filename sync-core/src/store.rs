@@ -458,6 +458,8 @@ impl Store {
             meta: vec![
                 (META_KEYRING.to_owned(), Some(keyring.encode()?)),
                 (META_DEVICE.to_owned(), Some(encode_state(&state)?)),
+                // An empty store's state digest: kept by every commit from the first.
+                (META_DIGEST.to_owned(), Some(vec![0; DIGEST_LEN])),
             ],
             ..Batch::default()
         };

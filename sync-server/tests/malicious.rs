@@ -6,8 +6,9 @@
 //! sealed heads and reported in `SyncReport.withheld`: hiding a record's newest version while
 //! serving the head that followed it (the state digest differs), and hiding a device's whole
 //! newest push, head included, once another device that saw it has pushed its own head (the
-//! peer view). What stays undetectable is in docs/security.md ("What is detected, and what is
-//! not"). Once the tampering stops, every device converges.
+//! peer view). A finding makes the round pull the whole log again, so once the tampering stops
+//! the device catches up at once, and every device converges. What stays undetectable is in
+//! docs/security.md ("What is detected, and what is not").
 
 mod common;
 
@@ -202,7 +203,8 @@ async fn a_malicious_server_is_detected_or_harmless() {
 
     // Nothing so far looked like withholding: every tampered envelope was rejected as such.
     // (b1) A's newest version of k hidden, the head that followed it served: B has seen all A
-    // has seen, yet its state differs from the one A's head vouches for.
+    // has seen, yet its state differs from the one A's head vouches for. The round pulls the
+    // whole log again (refetch), through the same server, which hides k again.
     a.store.put("notes", "k", &json!("v5")).await.expect("put");
     a.engine.sync().await.expect("sync");
     let k_id = b.store.record_id("notes", "k").expect("id");
@@ -216,9 +218,11 @@ async fn a_malicious_server_is_detected_or_harmless() {
         reason: "state-digest".into(),
     };
     assert_eq!(r.withheld, std::slice::from_ref(&digest_finding));
+    assert!(r.refetched && !r.resynced, "{r:?}");
     assert_eq!(
         b.store.get("notes", "k").await.expect("get"),
-        Some(json!("v2"))
+        Some(json!("v2")),
+        "nothing deleted or rolled back either"
     );
     // Persisted for the application to show, like every report.
     let last = eb.last_sync().await.expect("last").expect("a report");
@@ -226,24 +230,31 @@ async fn a_malicious_server_is_detected_or_harmless() {
     plan(&|p| p.hide_record = None);
 
     // The withheld envelope is not lost: the honest server still holds it, and a device that
-    // joins now receives A's newest version; its view matches A's head, silently.
+    // joins now receives A's newest version; A's head vouches for its state.
     let c = Device::join(&dir.path().join("c.db"), &url, &account.token, PASS)
         .await
         .expect("join");
     let r = c.engine.sync().await.expect("sync c");
     assert!(r.withheld.is_empty(), "{:?}", r.withheld);
+    assert_eq!(r.digests_compared, 1, "C compared its state with A's head");
     assert_eq!(
         c.store.get("notes", "k").await.expect("get"),
         Some(json!("v5"))
     );
-    // B's cursor is past the hidden version: served honestly, B still lacks it, and says so
-    // every round until it holds what it was denied.
+    // Served honestly, B (whose cursor is past the hidden version) finds the same once more,
+    // pulls the whole log again and catches up; the round after is quiet.
     let honest = b.engine.sync().await.expect("sync");
     assert!(honest.rejected.is_empty(), "{:?}", reasons(&honest));
-    assert_eq!(honest.withheld, std::slice::from_ref(&digest_finding));
+    assert_eq!(honest.withheld, [digest_finding]);
+    assert!(honest.refetched);
     assert_eq!(
         b.store.get("notes", "k").await.expect("get"),
-        Some(json!("v2"))
+        Some(json!("v5"))
+    );
+    let quiet = b.engine.sync().await.expect("sync");
+    assert!(
+        quiet.withheld.is_empty() && !quiet.refetched && quiet.digests_compared == 1,
+        "{quiet:?}"
     );
 
     // (b2) A's whole newest push, head included, hidden from B: on its own indistinguishable
@@ -269,11 +280,9 @@ async fn a_malicious_server_is_detected_or_harmless() {
     a.store.put("notes", "k", &json!("v6")).await.expect("put");
     a.engine.sync().await.expect("sync");
     let r = eb.sync().await.expect("sync");
-    assert_eq!(r.applied, 0);
-    assert_eq!(
-        r.withheld,
-        [digest_finding],
-        "A's hidden push alone adds nothing to what B already reports"
+    assert!(
+        r.applied == 0 && r.withheld.is_empty(),
+        "A's hidden push alone is invisible: {r:?}"
     );
     c.engine.sync().await.expect("sync c");
     c.store
@@ -288,31 +297,26 @@ async fn a_malicious_server_is_detected_or_harmless() {
         witness: c.store.device(),
         reason: "peer-view".into(),
     };
-    assert_eq!(
-        r.withheld,
-        std::slice::from_ref(&peer_finding),
-        "and B's view is no longer A's"
-    );
+    assert_eq!(r.withheld, std::slice::from_ref(&peer_finding));
     assert_eq!(
         b.store.get("notes", "k").await.expect("get"),
-        Some(json!("v2"))
+        Some(json!("v5"))
     );
     plan(&|p| p.hide_after = None);
 
-    // Tampering stops. B still reports until A's record changes again and B receives it: then
-    // every device converges and nobody suspects anything.
+    // Tampering stops: B's next round still sees the peer view, pulls the whole log again and
+    // catches up; then every device converges and nobody suspects anything.
     let r = b.engine.sync().await.expect("sync");
     assert_eq!(r.withheld, [peer_finding]);
-    a.store.put("notes", "k", &json!("v7")).await.expect("put");
-    a.engine.sync().await.expect("sync");
-    for d in [&a, &b, &c] {
-        let r = d.engine.sync().await.expect("sync");
-        assert!(r.withheld.is_empty(), "{:?}", r.withheld);
-    }
+    assert!(r.refetched);
     assert_eq!(
         b.store.get("notes", "k").await.expect("get"),
-        Some(json!("v7"))
+        Some(json!("v6"))
     );
+    for d in [&a, &b, &c] {
+        let r = d.engine.sync().await.expect("sync");
+        assert!(r.withheld.is_empty() && !r.refetched, "{r:?}");
+    }
     assert_eq!(b.snapshot("notes").await, a.snapshot("notes").await);
     assert_eq!(c.snapshot("notes").await, a.snapshot("notes").await);
     server.stop().await.expect("stop");

@@ -325,6 +325,7 @@ async fn run(seed: u64) -> Result<Outcome, String> {
         d.transport.set_faults(Faults::NONE);
         d.transport.partition(false);
     }
+    let mut compared = 0;
     for round in 0..4 {
         for (i, d) in devices.iter().enumerate() {
             let r = d
@@ -333,7 +334,8 @@ async fn run(seed: u64) -> Result<Outcome, String> {
                 .await
                 .map_err(|e| format!("final round {round}: device {i} failed: {e}"))?;
             resynced |= r.resynced || r.discarded > 0;
-            if !r.withheld.is_empty() {
+            compared += r.digests_compared;
+            if !r.withheld.is_empty() || r.refetched {
                 return Err(format!(
                     "final round {round}: device {i} suspects an honest relay of withholding: {:?}\nlog:\n{}",
                     r.withheld,
@@ -347,6 +349,12 @@ async fn run(seed: u64) -> Result<Outcome, String> {
         }
     }
     let fail = |what: String, log: &[String]| Err(format!("{what}\nlog:\n{}", log.join("\n")));
+    if compared == 0 {
+        return fail(
+            "no device compared its state with another's head in the final rounds".into(),
+            &log,
+        );
+    }
 
     let reference = devices[0].snapshot().await;
     for (i, d) in devices.iter().enumerate().skip(1) {

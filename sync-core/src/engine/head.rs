@@ -28,13 +28,13 @@
 //!   means the server served this device a state that is missing (or holds stale versions of)
 //!   some record: a withheld newest version, a hidden delete, a hidden record.
 //!
-//! A finding goes to `SyncReport::withheld` and is logged. It is not repaired automatically:
-//! the device's cursor has moved past what was hidden, and the per-origin rollback rule would
-//! refuse those older sequences if served later. The finding repeats every round until the
-//! device holds what it was denied (the record changes again, or a full re-sync, which an
-//! attacker able to withhold could just as well steer). A full re-sync on every finding was
-//! tried and rejected: its sweep deletes local records the server leaves out, so a
-//! withholding server could make a device delete its own data.
+//! A finding goes to `SyncReport::withheld` and is logged, and the round then pulls the whole
+//! log once more (`SyncReport::refetched`): the device's cursor has moved past what was hidden,
+//! and the per-origin rollback rule would refuse those older sequences, so this walk checks
+//! only that nothing goes backwards for its record, and sweeps nothing. A full re-sync was
+//! tried first and rejected: its sweep deletes local records the server leaves out, so a
+//! withholding server could have made a device delete its own data. Against a server that
+//! still withholds, the walk finds the same; once it stops, the device catches up at once.
 //!
 //! What this cannot see, and docs/security.md states: a server that withholds a device's
 //! whole newest push (its head included) from every device that would tell, keeps them

@@ -192,6 +192,11 @@ pub struct SyncReport {
     /// Signs, from other devices' sealed heads, that the server withheld writes from this
     /// device (see [`head`]). Empty on an honest server.
     pub withheld: Vec<Withheld>,
+    /// True when a withholding finding made the round pull the whole log again (no sweep).
+    pub refetched: bool,
+    /// How many other devices' heads this round compared its state digest with (each vouched
+    /// for the state it had; see [`head`]).
+    pub digests_compared: u64,
     /// True when the server asked for, and the engine did, a full re-sync.
     pub resynced: bool,
     /// Records removed by a re-sync because the server no longer has them (deleted elsewhere
@@ -286,6 +291,18 @@ type PushedBatch = (
     Vec<(u64, u64)>,
     Option<u64>,
 );
+
+/// How a pull walks the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Walk {
+    /// From the stored cursor; every check applies.
+    Cursor,
+    /// A full re-sync in this epoch: from 0, the server's state taken as it is, swept after.
+    Resync(u32),
+    /// From 0 after a withholding finding: the per-origin rollback rule is off (what was held
+    /// back is older than what followed it), the per-record one stays, nothing is swept.
+    Refetch,
+}
 
 /// Times a full re-sync may be restarted from cursor 0 by the server within one round.
 const MAX_RESYNC_RESTARTS: u32 = 3;
@@ -644,13 +661,34 @@ impl SyncEngine {
         let pulled = if resync_underway {
             self.resync(report, pending).await
         } else {
-            self.pull_all(report, pending).await
+            self.pull_all(report, pending, Walk::Cursor).await
         };
         match pulled {
             Err(e) if e.kind() == ErrorKind::ResyncRequired => {
                 self.resync(report, pending).await?;
             }
             other => other?,
+        }
+        if !report.withheld.is_empty() && !report.resynced {
+            // Writes were withheld from this device and its cursor has moved past where they
+            // are: pull the whole log once more, refusing only what goes backwards for its
+            // record (the per-origin rule would refuse the late ones). No sweep: a record the
+            // server leaves out is kept. Against a server that still withholds the check
+            // finds the same; against one that stopped, or a network path that healed, the
+            // device catches up.
+            report.refetched = true;
+            let found = std::mem::take(&mut report.withheld);
+            match self.pull_all(report, pending, Walk::Refetch).await {
+                Err(e) if e.kind() == ErrorKind::ResyncRequired => {
+                    self.resync(report, pending).await?;
+                }
+                other => other?,
+            }
+            for f in std::mem::replace(&mut report.withheld, found) {
+                if !report.withheld.contains(&f) {
+                    report.withheld.push(f);
+                }
+            }
         }
         self.expire_conflicts(report).await?;
         self.push_all(report, pending).await
@@ -660,9 +698,14 @@ impl SyncEngine {
         decode_or_default(self.store.storage().meta_get(key).await?)
     }
 
-    async fn pull_all(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
+    /// Pulls and applies pages up to the end of the log: from the stored cursor
+    /// ([`Walk::Cursor`]), or from 0 ([`Walk::Refetch`]).
+    async fn pull_all(&self, report: &mut SyncReport, pending: u64, walk: Walk) -> Result<()> {
         let from = self.from();
-        let mut cursor = self.meta_u64(META_CURSOR).await?;
+        let mut cursor = match walk {
+            Walk::Refetch => 0,
+            _ => self.meta_u64(META_CURSOR).await?,
+        };
         let pull = |cursor: u64| {
             self.transport.pull(PullRequest {
                 from,
@@ -692,7 +735,7 @@ impl SyncEngine {
                         .await?;
                 }
                 if !page.envelopes.is_empty() {
-                    self.apply_page(page, report, None).await?;
+                    self.apply_page(page, report, walk).await?;
                     self.progress(report, pending);
                 }
                 Ok::<_, Error>(())
@@ -748,14 +791,8 @@ impl SyncEngine {
         Ok((p, v))
     }
 
-    /// Applies one pulled page and advances the cursor, in one transaction. `resync_epoch` is
-    /// set during a full re-sync.
-    async fn apply_page(
-        &self,
-        page: PullPage,
-        report: &mut SyncReport,
-        resync_epoch: Option<u32>,
-    ) -> Result<()> {
+    /// Applies one pulled page and advances the cursor, in one transaction, as `mode` says.
+    async fn apply_page(&self, page: PullPage, report: &mut SyncReport, mode: Walk) -> Result<()> {
         let mut w = self.store.writer().await;
         let ids: Vec<RecordId> = page.envelopes.iter().map(|e| e.record).collect();
         let existing = self.store.storage().get_many(&ids).await?;
@@ -766,9 +803,9 @@ impl SyncEngine {
                 .filter_map(|(id, r)| r.map(|r| (*id, r)))
                 .collect(),
             conflicts: self.conflict_ids().await?,
-            epoch: match resync_epoch {
-                Some(e) => e,
-                None => self.meta_u64(META_EPOCH).await? as u32,
+            epoch: match mode {
+                Walk::Resync(e) => e,
+                Walk::Cursor | Walk::Refetch => self.meta_u64(META_EPOCH).await? as u32,
             },
         };
         let mut seen: BTreeMap<DeviceId, u64> =
@@ -799,7 +836,7 @@ impl SyncEngine {
                 continue;
             }
             let last_seen = seen.get(&payload.origin).copied().unwrap_or(0);
-            if payload.seq <= last_seen && resync_epoch.is_none() {
+            if payload.seq <= last_seen && mode == Walk::Cursor {
                 // The server served a write of this origin older than one already seen: a
                 // replay or a rollback. Never applied.
                 reject(report, "rollback");
@@ -816,7 +853,9 @@ impl SyncEngine {
                 Some(row) => Some(self.open_version(&e.record, &row.envelope)?),
                 None => None,
             };
-            if let (Some((local_payload, local)), None) = (&local_opened, resync_epoch) {
+            if let (Some((local_payload, local)), false) =
+                (&local_opened, matches!(mode, Walk::Resync(_)))
+            {
                 // A newer write of an origin must have seen that origin's earlier writes of the
                 // record: a vector lower than what this device already holds from it (its own
                 // entry lower, or the whole vector before the origin's version held here) is a
@@ -1012,6 +1051,7 @@ impl SyncEngine {
             let mut w = self.store.writer().await;
             if storage.outbox_len().await? == 0 {
                 let mine = w.state_digest().await?;
+                report.digests_compared += comparable.len() as u64;
                 for (writer, digest) in comparable {
                     if digest != mine {
                         found.push(Withheld {
@@ -1428,7 +1468,7 @@ impl SyncEngine {
             let more = page.more;
             if !page.envelopes.is_empty() {
                 cursor = page.next_cursor;
-                self.apply_page(page, report, Some(epoch)).await?;
+                self.apply_page(page, report, Walk::Resync(epoch)).await?;
                 self.progress(report, pending);
             }
             if !more {

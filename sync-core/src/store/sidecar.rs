@@ -762,6 +762,11 @@ async fn load(
                     meta: vec![
                         (META_SIDECAR_BINDING.to_owned(), Some(bound)),
                         (META_DEVICE.to_owned(), Some(encode_state(&state)?)),
+                        // An empty store's state digest: kept by every commit from the first.
+                        (
+                            crate::engine::head::META_DIGEST.to_owned(),
+                            Some(vec![0; crate::engine::head::DIGEST_LEN]),
+                        ),
                     ],
                     ..Batch::default()
                 })
