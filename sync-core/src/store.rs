@@ -928,7 +928,11 @@ impl Store {
         let mut w = inner.writer.lock().await;
         let mut state = w.state.clone();
         let now = (inner.clock)();
-        let mut staged: HashMap<RecordId, (VersionVector, bool, RowSync)> = HashMap::new();
+        // Per record written: version, deleted, bookkeeping, local-only.
+        let mut staged: HashMap<RecordId, (VersionVector, bool, RowSync, bool)> = HashMap::new();
+        // The state digest's change, computed from the versions at hand (no second read).
+        let kept_digest = inner.storage.meta_get(META_DIGEST).await?;
+        let mut digest = kept_digest.as_deref().map(decode_digest).transpose()?;
         let mut puts = Vec::with_capacity(batch.ops.len());
         let mut summary = WriteSummary::default();
 
@@ -961,21 +965,33 @@ impl Store {
                 None => match row {
                     Some(row) => {
                         let mut p = self.open_envelope(&id, &row.envelope)?;
-                        let sync = RowSync::decode(&row.sync)?
-                            .after_local_write(&row.envelope, row.pending_seq.is_some());
-                        Some((std::mem::take(&mut p.version), p.value.is_none(), sync))
+                        let sync = RowSync::decode(&row.sync)?;
+                        let local_only = row.pending_seq.is_none() && !sync.synced;
+                        let sync = sync.after_local_write(&row.envelope, row.pending_seq.is_some());
+                        Some((
+                            std::mem::take(&mut p.version),
+                            p.value.is_none(),
+                            sync,
+                            local_only,
+                        ))
                     }
                     None => None,
                 },
             };
-            if json.is_none() && current.as_ref().is_none_or(|(_, deleted, _)| *deleted) {
+            if json.is_none() && current.as_ref().is_none_or(|(_, deleted, ..)| *deleted) {
                 summary.skipped += 1;
                 if let Some(c) = current {
                     staged.insert(id, c);
                 }
                 continue;
             }
-            let (mut version, _, sync) = current.unwrap_or_default();
+            if let (Some(d), Some((version, deleted, sync, local_only))) = (&mut digest, &current)
+                && let Some(e) =
+                    self.element_of(&id, (version, *deleted), &sync.siblings, *local_only)?
+            {
+                xor_into(d, &e);
+            }
+            let (mut version, _, sync, _) = current.unwrap_or_default();
             state.seq += 1;
             version.set(state.device, state.seq);
             let hlc = state.clock.tick(now);
@@ -999,7 +1015,14 @@ impl Store {
                 pending_seq: (!batch_local).then_some(state.seq),
                 sync: sync.encode(),
             });
-            staged.insert(id, (version, deleted, sync));
+            let local_only = batch_local && !sync.synced;
+            if let Some(d) = &mut digest
+                && let Some(e) =
+                    self.element_of(&id, (&version, deleted), &sync.siblings, local_only)?
+            {
+                xor_into(d, &e);
+            }
+            staged.insert(id, (version, deleted, sync, local_only));
             summary.written += 1;
         }
         summary.last_seq = state.seq;
@@ -1013,7 +1036,10 @@ impl Store {
             meta: vec![(META_DEVICE.to_owned(), Some(encoded.clone()))],
             ..Batch::default()
         };
-        self.digest_update(&mut batch).await?;
+        if let (Some(kept), Some(d)) = (kept_digest, digest) {
+            batch.guards.push((META_DIGEST.to_owned(), Some(kept)));
+            batch.meta.push((META_DIGEST.to_owned(), Some(d.to_vec())));
+        }
         inner.storage.commit(batch).await?;
         w.state = state;
         w.encoded = encoded;
@@ -1217,12 +1243,35 @@ impl Store {
     /// compute the same element, whichever version each keeps as current.
     pub(crate) fn digest_element(&self, row: &StoredRecord) -> Result<Option<[u8; DIGEST_LEN]>> {
         let sync = RowSync::decode(&row.sync)?;
-        if row.pending_seq.is_none() && !sync.synced {
+        let local_only = row.pending_seq.is_none() && !sync.synced;
+        if local_only {
             return Ok(None);
         }
-        let mut versions: Vec<(VersionVector, bool)> = Vec::with_capacity(1 + sync.siblings.len());
-        for envelope in std::iter::once(&row.envelope).chain(&sync.siblings) {
-            let p = self.open_envelope(&row.id, envelope)?;
+        let p = self.open_envelope(&row.id, &row.envelope)?;
+        self.element_of(
+            &row.id,
+            (&p.version, p.value.is_none()),
+            &sync.siblings,
+            local_only,
+        )
+    }
+
+    /// [`Store::digest_element`] of a record whose current version (`version`, deleted or
+    /// not) is already open; its siblings are opened here.
+    fn element_of(
+        &self,
+        id: &RecordId,
+        current: (&VersionVector, bool),
+        siblings: &[Vec<u8>],
+        local_only: bool,
+    ) -> Result<Option<[u8; DIGEST_LEN]>> {
+        if local_only {
+            return Ok(None);
+        }
+        let mut versions: Vec<(VersionVector, bool)> = Vec::with_capacity(1 + siblings.len());
+        versions.push((current.0.clone(), current.1));
+        for envelope in siblings {
+            let p = self.open_envelope(id, envelope)?;
             versions.push((p.version.clone(), p.value.is_none()));
         }
         let mut parts: Vec<Vec<u8>> = Vec::with_capacity(versions.len());
@@ -1254,7 +1303,7 @@ impl Store {
         }
         let h = self.inner.cipher.keyed_hash(
             &self.inner.keys.blind_key,
-            &[b"hearth.digest\0", row.id.as_bytes(), &input],
+            &[b"hearth.digest\0", id.as_bytes(), &input],
         )?;
         Ok(Some(h))
     }
