@@ -1161,8 +1161,29 @@ impl WriterGuard<'_> {
         self.working.clock.observe(hlc, now);
     }
 
+    /// Commits `batch`, which the caller knows leaves the state digest as it is (every row it
+    /// puts has the envelope, siblings and local-only standing it had, every row it removes
+    /// counted for nothing), with the working device state: without reading the rows again.
+    pub(crate) async fn commit_keeping_digest(&mut self, batch: Batch) -> Result<()> {
+        self.commit_inner(batch, Digest::Keep).await
+    }
+
+    /// Commits `batch` with the working device state, taking the rows it replaces from `old`
+    /// (every row the batch touches that exists, as stored now) instead of reading them again.
+    pub(crate) async fn commit_replacing(
+        &mut self,
+        batch: Batch,
+        old: &HashMap<RecordId, StoredRecord>,
+    ) -> Result<()> {
+        self.commit_inner(batch, Digest::Replacing(old)).await
+    }
+
     /// Commits `batch` with the working device state.
-    pub(crate) async fn commit(&mut self, mut batch: Batch) -> Result<()> {
+    pub(crate) async fn commit(&mut self, batch: Batch) -> Result<()> {
+        self.commit_inner(batch, Digest::Read).await
+    }
+
+    async fn commit_inner(&mut self, mut batch: Batch, digest: Digest<'_>) -> Result<()> {
         let encoded = encode_state(&self.working)?;
         batch
             .guards
@@ -1170,7 +1191,11 @@ impl WriterGuard<'_> {
         batch
             .meta
             .push((META_DEVICE.to_owned(), Some(encoded.clone())));
-        self.store.digest_update(&mut batch).await?;
+        match digest {
+            Digest::Keep => {}
+            Digest::Read => self.store.digest_update(&mut batch, None).await?,
+            Digest::Replacing(old) => self.store.digest_update(&mut batch, Some(old)).await?,
+        }
         self.store.inner.storage.commit(batch).await?;
         self.guard.state = self.working.clone();
         self.guard.encoded = encoded;
@@ -1217,22 +1242,34 @@ impl WriterGuard<'_> {
     }
 }
 
+/// How a commit keeps the state digest.
+enum Digest<'a> {
+    /// The batch changes nothing the digest counts.
+    Keep,
+    /// Read the rows the batch replaces.
+    Read,
+    /// The rows the batch replaces, known already.
+    Replacing(&'a HashMap<RecordId, StoredRecord>),
+}
+
 fn decode_digest(bytes: &[u8]) -> Result<[u8; DIGEST_LEN]> {
     bytes
         .try_into()
         .map_err(|_| Error::corrupt("the stored state digest has the wrong length"))
 }
 
-/// True when two rows of one record count the same in the state digest without opening them.
+/// True when two rows of one record count the same in the state digest without opening them:
+/// the same envelope, the same siblings, both local-only or neither.
 fn same_digest_inputs(a: &StoredRecord, b: &StoredRecord) -> Result<bool> {
-    if a.envelope != b.envelope || a.pending_seq.is_some() != b.pending_seq.is_some() {
+    if a.envelope != b.envelope {
         return Ok(false);
     }
-    if a.sync == b.sync {
+    if a.sync == b.sync && a.pending_seq.is_some() == b.pending_seq.is_some() {
         return Ok(true);
     }
     let (sa, sb) = (RowSync::decode(&a.sync)?, RowSync::decode(&b.sync)?);
-    Ok(sa.synced == sb.synced && sa.siblings == sb.siblings)
+    let local_only = |r: &StoredRecord, s: &RowSync| r.pending_seq.is_none() && !s.synced;
+    Ok(local_only(a, &sa) == local_only(b, &sb) && sa.siblings == sb.siblings)
 }
 
 impl Store {
@@ -1311,7 +1348,11 @@ impl Store {
     /// Adds to `batch` the state digest's change, when the store keeps one: each record the
     /// batch replaces or removes leaves the digest, each it writes enters it. Guarded, so a
     /// commit from another process in between fails the batch rather than skewing the digest.
-    async fn digest_update(&self, batch: &mut Batch) -> Result<()> {
+    async fn digest_update(
+        &self,
+        batch: &mut Batch,
+        known: Option<&HashMap<RecordId, StoredRecord>>,
+    ) -> Result<()> {
         if batch.puts.is_empty() && batch.removes.is_empty() {
             return Ok(());
         }
@@ -1328,8 +1369,13 @@ impl Store {
         for id in &batch.removes {
             finals.insert(*id, None);
         }
-        let ids: Vec<RecordId> = finals.keys().copied().collect();
-        let old = storage.get_many(&ids).await?;
+        let old = match known {
+            Some(known) => finals.keys().map(|id| known.get(id).cloned()).collect(),
+            None => {
+                let ids: Vec<RecordId> = finals.keys().copied().collect();
+                storage.get_many(&ids).await?
+            }
+        };
         for (new, old) in finals.values().zip(old) {
             if let (Some(new), Some(old)) = (new, &old)
                 && same_digest_inputs(new, old)?

@@ -796,12 +796,14 @@ impl SyncEngine {
         let mut w = self.store.writer().await;
         let ids: Vec<RecordId> = page.envelopes.iter().map(|e| e.record).collect();
         let existing = self.store.storage().get_many(&ids).await?;
+        // The rows as stored, for the state digest's update at the commit.
+        let stored: HashMap<RecordId, StoredRecord> = ids
+            .iter()
+            .zip(existing)
+            .filter_map(|(id, r)| r.map(|r| (*id, r)))
+            .collect();
         let mut ctx = PageCtx {
-            rows: ids
-                .iter()
-                .zip(existing)
-                .filter_map(|(id, r)| r.map(|r| (*id, r)))
-                .collect(),
+            rows: stored.clone(),
             conflicts: self.conflict_ids().await?,
             epoch: match mode {
                 Walk::Resync(e) => e,
@@ -1025,11 +1027,14 @@ impl SyncEngine {
         if let Some(heads) = heads {
             meta.push((META_HEADS.to_owned(), Some(encode(&heads)?)));
         }
-        w.commit(Batch {
-            puts,
-            meta,
-            ..Batch::default()
-        })
+        w.commit_replacing(
+            Batch {
+                puts,
+                meta,
+                ..Batch::default()
+            },
+            &stored,
+        )
         .await
     }
 
@@ -1396,13 +1401,19 @@ impl SyncEngine {
             let own_head = self.meta_u64(META_OWN_HEAD).await?.max(head);
             meta.push((META_OWN_HEAD.to_owned(), Some(encode(&own_head)?)));
         }
-        w.commit(Batch {
+        // An acknowledgement changes no version: rows keep their envelope and siblings and
+        // stay synced. (A removed tombstone may still have had siblings: then the digest is
+        // updated the usual way.)
+        let batch = Batch {
             puts,
-            removes,
             meta,
             ..Batch::default()
-        })
-        .await
+        };
+        if removes.is_empty() {
+            w.commit_keeping_digest(batch).await
+        } else {
+            w.commit(Batch { removes, ..batch }).await
+        }
     }
 
     /// Full re-sync after the server collected history this device missed: pull everything
