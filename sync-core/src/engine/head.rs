@@ -22,8 +22,9 @@
 //!   the same device). So this device, at the end of the log, must hold a head of Y at or above
 //!   h; if not, the server withheld Y's writes from it.
 //! - **state digest**: when this device has seen exactly what the head's writer had seen (the
-//!   same sequence from every device, the writer's head itself included, and its own last head
-//!   and nothing unpushed), both have applied the same writes, and version vectors and
+//!   same sequence from every device, the writer's head itself included; of this device a head
+//!   at or above its last acknowledged one; nothing unpushed), both have applied the same
+//!   writes, and version vectors and
 //!   automatic resolutions are deterministic, so their digests must be equal. A difference
 //!   means the server served this device a state that is missing (or holds stale versions of)
 //!   some record: a withheld newest version, a hidden delete, a hidden record.
@@ -123,8 +124,12 @@ pub(crate) fn check(
             continue;
         };
         let theirs: BTreeMap<DeviceId, u64> = head.value.seen.iter().copied().collect();
+        // Of this device the writer may have seen more than its newest acknowledged head: a
+        // head stored whose acknowledgement was lost, after which the writes it carried were
+        // superseded by versions that had seen them (so nothing was left to push). Everything
+        // this device holds of its own is then in the writer's view as well.
         let same_view = mine(writer) == head.seq
-            && theirs.get(&me).copied().unwrap_or(0) == own_head
+            && theirs.get(&me).copied().unwrap_or(0) >= own_head
             && seen
                 .keys()
                 .chain(theirs.keys())
@@ -215,7 +220,10 @@ mod tests {
         ] {
             assert!(check(d(1), &s, own, &heads).1.is_empty(), "{s:?} {own}");
         }
-        // A head without a digest (its writer had more to push) is never compared.
+        // The writer saw a head of this device newer than its newest acknowledged one (the
+        // acknowledgement was lost): still the same view.
+        assert_eq!(check(d(1), &seen(&[(2, 20), (3, 9)]), 3, &heads).1.len(), 1);
+        // A head without a digest is never compared.
         let heads = BTreeMap::from([(d(2), head(20, &[(3, 9), (1, 4)], None))]);
         assert!(
             check(d(1), &seen(&[(2, 20), (3, 9)]), 4, &heads)
