@@ -451,12 +451,14 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
         }
     }
     // Multi-row upserts: one statement per 128 rows. Within one statement, a later row with the
-    // same id updates the earlier one, as separate statements would.
+    // same id updates the earlier one, as separate statements would. The collection is not
+    // updated: a blind id is derived from its collection, so it never changes, and naming an
+    // indexed column in the update would rewrite its `records_by_collection` entry.
     for chunk in batch.puts.chunks(PUT_CHUNK) {
         let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
         let sql = format!(
             "INSERT INTO records ({COLUMNS}) VALUES {values} \
-             ON CONFLICT (id) DO UPDATE SET collection = excluded.collection, deleted = excluded.deleted, \
+             ON CONFLICT (id) DO UPDATE SET deleted = excluded.deleted, \
              pending_seq = excluded.pending_seq, envelope = excluded.envelope, sync = excluded.sync"
         );
         let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 6);

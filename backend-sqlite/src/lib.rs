@@ -1,9 +1,17 @@
 //! # backend-sqlite
 //!
-//! hearth's [`Storage`] over SQLite through [sqlx](https://docs.rs/sqlx): one connection pool,
-//! WAL journal, `synchronous = NORMAL` (durable across application crashes; a power loss can
-//! lose at most the last transactions, never corrupt the file), and every [`Batch`] in one
-//! `BEGIN IMMEDIATE` transaction.
+//! hearth's [`Storage`] over SQLite through [sqlx](https://docs.rs/sqlx): WAL journal,
+//! `synchronous = NORMAL` (durable across application crashes; a power loss can lose at most the
+//! last transactions, never corrupt the file), and every [`Batch`] in one `BEGIN IMMEDIATE`
+//! transaction.
+//!
+//! Connections: one writer, which every [`Storage::commit`] uses, and up to three readers for
+//! everything else. In WAL mode a connection drops its whole page cache when it starts a read
+//! and finds that another connection has committed since, so in a pool whose connections take
+//! turns at writing no cache stays warm. The writer's cache (32 MiB) survives its own commits
+//! and holds the random-keyed indexes that inserts land in; the readers' caches are emptied by
+//! every commit anyway, so they are kept small (2 MiB). The bound on page-cache memory per store
+//! is 32 + 3 × 2 MiB, whatever the number of records (docs/performance.md).
 //!
 //! The file holds only what the store gives it: blind ids (keyed hashes), sealed envelopes,
 //! a deleted flag, the pending device sequence, and metadata whose secret parts are sealed.
@@ -51,10 +59,20 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
 ];
 
+/// Page cache of the writer connection, KiB (`PRAGMA cache_size` takes negative KiB).
+const WRITER_CACHE_KIB: u32 = 32 * 1024;
+/// Page cache of each reader connection, KiB.
+const READER_CACHE_KIB: u32 = 2 * 1024;
+/// Reader connections at most.
+const READERS: u32 = 3;
+
 /// Storage in a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
-    pool: SqlitePool,
+    /// Every commit, and nothing else: one connection, so its page cache stays valid.
+    writer: SqlitePool,
+    /// Every read.
+    readers: SqlitePool,
     path: PathBuf,
 }
 
@@ -169,30 +187,51 @@ impl SqliteStorage {
             check_sqlite_header(&path)?;
             probe_read_only(&path, create).await?;
         }
-        let opts = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(false)
-            // Blind ids are uniformly random, so every insert lands on a random index page: a
-            // 16 MiB page cache per connection and checkpoints every 8192 pages (32 MiB of WAL,
-            // truncated back to at most 64 MiB) let a page dirtied by many batches be written
-            // back once instead of once per checkpoint. See docs/performance.md.
-            .pragma("cache_size", "-16384")
-            .pragma("wal_autocheckpoint", "8192")
-            .pragma("journal_size_limit", "67108864");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+        let opts = |cache_kib: u32| {
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(create)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(false)
+                // Blind ids are uniformly random, so every insert lands on a random index page:
+                // the writer's page cache and checkpoints every 8192 pages (32 MiB of WAL,
+                // truncated back to at most 64 MiB) let a page dirtied by many batches be written
+                // back once instead of once per checkpoint. See docs/performance.md.
+                .pragma("cache_size", format!("-{cache_kib}"))
+                .pragma("wal_autocheckpoint", "8192")
+                .pragma("journal_size_limit", "67108864")
+        };
+        // The writer is opened first: it creates the file and switches it to WAL.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts)
+            .connect_with(opts(WRITER_CACHE_KIB))
             .await
             .map_err(|e| map_sqlx(e, "open store"))?;
-        let storage = Self { pool, path };
+        let readers = match SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts(READER_CACHE_KIB))
+            .await
+        {
+            Ok(readers) => readers,
+            Err(e) => {
+                writer.close().await;
+                return Err(map_sqlx(e, "open store"));
+            }
+        };
+        let storage = Self {
+            writer,
+            readers,
+            path,
+        };
         if let Err(e) = storage.prepare(create).await {
-            storage.pool.close().await;
+            storage.writer.close().await;
+            storage.readers.close().await;
             return Err(e);
         }
         Ok(storage)
@@ -203,14 +242,15 @@ impl SqliteStorage {
         &self.path
     }
 
-    /// The connection pool, for tools and benchmarks that need raw access.
+    /// The writer's connection pool (one connection), for tools and benchmarks that need raw
+    /// access. Writing through it bypasses the store: only for files no store has open.
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.writer
     }
 
     async fn prepare(&self, create: bool) -> Result<()> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| map_sqlx(e, "open store"))?;
@@ -264,12 +304,15 @@ impl SqliteStorage {
         // Multi-row upserts: one statement per 128 rows amortises the per-statement cost (sqlx
         // runs SQLite on a worker thread; every statement is a round trip to it). Within one
         // statement, a later row with the same id updates the earlier one, as separate
-        // statements would.
+        // statements would. The collection is left out of the update: a blind id is derived
+        // from its collection, so it never changes, and an update that names an indexed column
+        // rewrites that index's entry, at a random page of `records_by_collection` for every
+        // acknowledged or re-pulled row (docs/performance.md).
         for chunk in batch.puts.chunks(PUT_CHUNK) {
             let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql = format!(
                 "INSERT INTO records (id, collection, deleted, pending_seq, envelope, sync) VALUES {values} \
-                 ON CONFLICT (id) DO UPDATE SET collection = excluded.collection, deleted = excluded.deleted, \
+                 ON CONFLICT (id) DO UPDATE SET deleted = excluded.deleted, \
                  pending_seq = excluded.pending_seq, envelope = excluded.envelope, sync = excluded.sync"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -430,7 +473,7 @@ impl Storage for SqliteStorage {
             "SELECT {COLUMNS} FROM records WHERE id = ?"
         )))
         .bind(&id.0[..])
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await
         .map_err(|e| map_sqlx(e, "read record"))?;
         row.as_ref().map(row_to_record).transpose()
@@ -448,7 +491,7 @@ impl Storage for SqliteStorage {
                 q = q.bind(&id.0[..]);
             }
             let rows = q
-                .fetch_all(&self.pool)
+                .fetch_all(&self.readers)
                 .await
                 .map_err(|e| map_sqlx(e, "read records"))?;
             for row in &rows {
@@ -480,7 +523,7 @@ impl Storage for SqliteStorage {
             .bind(&collection.0[..])
             .bind(after)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(|e| map_sqlx(e, "scan records"))?;
         rows.iter().map(row_to_record).collect()
@@ -494,7 +537,7 @@ impl Storage for SqliteStorage {
         )))
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .map_err(|e| map_sqlx(e, "scan records"))?;
         rows.iter().map(row_to_record).collect()
@@ -507,7 +550,7 @@ impl Storage for SqliteStorage {
         )))
         .bind(seq_to_sql(after_seq)?)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .map_err(|e| map_sqlx(e, "read outbox"))?;
         rows.iter()
@@ -524,7 +567,7 @@ impl Storage for SqliteStorage {
     async fn outbox_len(&self) -> Result<u64> {
         let n: i64 =
             sqlx::query_scalar("SELECT count(*) FROM records WHERE pending_seq IS NOT NULL")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.readers)
                 .await
                 .map_err(|e| map_sqlx(e, "count outbox"))?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -533,7 +576,7 @@ impl Storage for SqliteStorage {
     async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(|e| map_sqlx(e, "read metadata"))
     }
@@ -543,7 +586,7 @@ impl Storage for SqliteStorage {
             return Ok(());
         }
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| map_sqlx(e, "begin transaction"))?;
@@ -561,7 +604,7 @@ impl Storage for SqliteStorage {
 
     async fn check(&self) -> Result<()> {
         let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(|e| map_sqlx(e, "integrity check"))?;
         if rows.len() == 1 && rows[0] == "ok" {
@@ -575,7 +618,8 @@ impl Storage for SqliteStorage {
     }
 
     async fn close(&self) -> Result<()> {
-        self.pool.close().await;
+        self.readers.close().await;
+        self.writer.close().await;
         Ok(())
     }
 }

@@ -83,7 +83,8 @@ pub struct Batch {
     /// fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and nothing is written.
     /// The store uses this to detect a second process writing the same store.
     pub guards: Vec<(String, Option<Vec<u8>>)>,
-    /// Rows to insert or replace.
+    /// Rows to insert or replace. A record's collection never changes (its blind id is derived
+    /// from the collection), so a storage may keep the stored collection when it replaces a row.
     pub puts: Vec<StoredRecord>,
     /// Rows to remove entirely (garbage-collected tombstones).
     pub removes: Vec<RecordId>,

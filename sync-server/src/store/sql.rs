@@ -158,6 +158,13 @@ struct NewEntry<'a> {
 /// Rows per multi-row insert (8 parameters each: far below both databases' limits).
 const INSERT_CHUNK: usize = 100;
 
+/// SQLite: page cache of the writer connection, KiB.
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
+/// SQLite: page cache of each reader connection, KiB (SQLite's default).
+const READER_CACHE_KIB: u32 = 2 * 1024;
+/// SQLite: reader connections at most.
+const READERS: u32 = 3;
+
 /// Bytes of a record id in the key of `envelopes_by_record_prefix` (module docs).
 const RECORD_PREFIX: usize = 8;
 
@@ -656,7 +663,7 @@ macro_rules! sql_store {
                     .bind(&account.0[..])
                     .bind(&token_hash[..])
                     .bind(now_i64(&self.clock))
-                    .execute(&self.pool)
+                    .execute(self.write_pool())
                     .await
                     .map_err(|e| map_sqlx(e, "create account"))?;
                 Ok(())
@@ -857,7 +864,7 @@ macro_rules! sql_store {
             }
 
             async fn close(&self) {
-                self.pool.close().await;
+                self.close_pools().await;
             }
         }
     };
@@ -867,7 +874,10 @@ macro_rules! sql_store {
 /// survives a power loss). Writers are serialized by `BEGIN IMMEDIATE`.
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// Reader connections: plain reads only.
     pool: SqlitePool,
+    /// The one connection every transaction runs on.
+    writer: SqlitePool,
     config: RelayConfig,
     clock: WallClock,
 }
@@ -886,30 +896,48 @@ impl SqliteStore {
 
     /// Opens (creating if missing) the database at `path` and brings its schema up to date.
     pub async fn open(path: &Path, config: RelayConfig, clock: WallClock) -> Result<Self> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            // Record ids are uniformly random, so every stored envelope lands on a random page
-            // of `envelopes_by_record_prefix`: a 16 MiB page cache per connection (SQLite's
-            // default is 2 MiB; pages are allocated as they are used) holds that index for about
-            // a million envelopes (~17 bytes an entry), and checkpoints every 8192 pages (32 MiB
-            // of WAL, truncated back to at most 64 MiB) write a page dirtied by many pushes back
-            // once. The cache is per connection and the pool uses its connections in turn, so
-            // each fills up: 4 × 16 MiB at most (with 64 MiB, as before schema 3, three
-            // connections filled 192 MiB with freshly written envelope pages as the data grew). Durability is unchanged: every commit still syncs the WAL. See
-            // docs/performance.md (`hearth bench`, W3).
-            .pragma("cache_size", "-16384")
-            .pragma("wal_autocheckpoint", "8192")
-            .pragma("journal_size_limit", "67108864");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
+        let opts = |cache_kib: u32| {
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                // Record ids are uniformly random, so every stored envelope lands on a random
+                // page of `envelopes_by_record_prefix`: the writer's page cache holds that index
+                // for about a million envelopes (~17 bytes an entry), and checkpoints every 8192
+                // pages (32 MiB of WAL, truncated back to at most 64 MiB) write a page dirtied by
+                // many pushes back once. Durability is unchanged: every commit still syncs the
+                // WAL. See docs/performance.md (`hearth bench`, W3).
+                .pragma("cache_size", format!("-{cache_kib}"))
+                .pragma("wal_autocheckpoint", "8192")
+                .pragma("journal_size_limit", "67108864")
+        };
+        // Every transaction (pushes, pulls, which record the device's cursor, registrations)
+        // runs on the one writer connection; SQLite has one writer at a time anyway, and
+        // queueing for the connection replaces sleeping in the busy handler. In WAL mode a
+        // connection empties its page cache whenever it finds another connection has committed
+        // since its last read, so with connections taking turns no cache stayed warm; the
+        // writer's survives its own commits. The readers (plain reads: tokens, spaces, stats)
+        // are emptied by every commit, so they keep SQLite's small default.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(opts(WRITER_CACHE_KIB))
             .await
             .map_err(|e| map_sqlx(e, "open the server database"))?;
-        let mut tx = pool
+        let pool = match SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(opts(READER_CACHE_KIB))
+            .await
+        {
+            Ok(pool) => pool,
+            Err(e) => {
+                writer.close().await;
+                return Err(map_sqlx(e, "open the server database"));
+            }
+        };
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| map_sqlx(e, "begin migration"))?;
@@ -925,13 +953,23 @@ impl SqliteStore {
             .map_err(|e| map_sqlx(e, "commit migration"))?;
         Ok(Self {
             pool,
+            writer,
             config,
             clock,
         })
     }
 
+    fn write_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    async fn close_pools(&self) {
+        self.pool.close().await;
+        self.writer.close().await;
+    }
+
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.pool
+        self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| map_sqlx(e, "begin transaction"))
@@ -957,6 +995,14 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
+    fn write_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn close_pools(&self) {
+        self.pool.close().await;
+    }
+
     /// Registry-style name.
     pub const NAME: &'static str = "postgres";
 
