@@ -38,6 +38,7 @@ const MAX_CHUNK: usize = 64 * 1024 * 1024;
 struct Row {
     id: RecordId,
     collection: CollectionId,
+    #[serde(with = "serde_bytes")]
     envelope: Vec<u8>,
     deleted: bool,
     pending: bool,

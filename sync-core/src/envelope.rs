@@ -73,7 +73,9 @@ pub struct Payload {
     pub collection: String,
     /// Record key.
     pub key: String,
-    /// JSON text of the value; `None` for a tombstone.
+    /// JSON text of the value; `None` for a tombstone. (Encoded as one byte string: the same
+    /// bytes postcard writes for a sequence of `u8`, read with one copy instead of byte by byte.)
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// Version vector of this version.
     pub version: VersionVector,
@@ -291,6 +293,61 @@ impl EnvelopeHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Payload::value` is read as one byte string; the bytes must be exactly those of the
+    /// byte-by-byte sequence earlier builds wrote, so envelopes sealed by them still open.
+    #[test]
+    fn the_value_encodes_as_a_plain_byte_sequence() {
+        #[derive(Serialize)]
+        struct Before<'a> {
+            collection: &'a str,
+            key: &'a str,
+            value: Option<Vec<u8>>,
+            version: &'a VersionVector,
+            hlc: Hlc,
+            origin: DeviceId,
+            seq: u64,
+        }
+        let device = DeviceId([7; 16]);
+        let mut version = VersionVector::default();
+        version.set(device, 3);
+        for value in [
+            None,
+            Some(Vec::new()),
+            Some((0..=255u8).cycle().take(700).collect()),
+        ] {
+            let p = Payload {
+                collection: "notes".into(),
+                key: "k".into(),
+                value: value.clone(),
+                version: version.clone(),
+                hlc: Hlc {
+                    millis: 5,
+                    counter: 1,
+                    device,
+                },
+                origin: device,
+                seq: 3,
+            };
+            let before = Before {
+                collection: "notes",
+                key: "k",
+                value,
+                version: &version,
+                hlc: Hlc {
+                    millis: 5,
+                    counter: 1,
+                    device,
+                },
+                origin: device,
+                seq: 3,
+            };
+            let new = postcard::to_stdvec(&p).expect("encode");
+            assert_eq!(new, postcard::to_stdvec(&before).expect("encode"));
+            let back: Payload = postcard::from_bytes(&new).expect("decode");
+            assert!(back == p);
+        }
+    }
 
     #[test]
     fn padme_overhead_is_bounded_and_monotonic() {

@@ -1170,12 +1170,17 @@ impl WriterGuard<'_> {
 
     /// Commits `batch` with the working device state, taking the rows it replaces from `old`
     /// (every row the batch touches that exists, as stored now) instead of reading them again.
+    ///
+    /// `opened` holds versions the caller has already decrypted (of old rows or new ones), so
+    /// the digest upkeep does not decrypt them a second time.
     pub(crate) async fn commit_replacing(
         &mut self,
         batch: Batch,
         old: &HashMap<RecordId, StoredRecord>,
+        opened: &Opened,
     ) -> Result<()> {
-        self.commit_inner(batch, Digest::Replacing(old)).await
+        self.commit_inner(batch, Digest::Replacing(old, opened))
+            .await
     }
 
     /// Commits `batch` with the working device state.
@@ -1193,8 +1198,12 @@ impl WriterGuard<'_> {
             .push((META_DEVICE.to_owned(), Some(encoded.clone())));
         match digest {
             Digest::Keep => {}
-            Digest::Read => self.store.digest_update(&mut batch, None).await?,
-            Digest::Replacing(old) => self.store.digest_update(&mut batch, Some(old)).await?,
+            Digest::Read => self.store.digest_update(&mut batch, None, None).await?,
+            Digest::Replacing(old, opened) => {
+                self.store
+                    .digest_update(&mut batch, Some(old), Some(opened))
+                    .await?
+            }
         }
         self.store.inner.storage.commit(batch).await?;
         self.guard.state = self.working.clone();
@@ -1248,8 +1257,37 @@ enum Digest<'a> {
     Keep,
     /// Read the rows the batch replaces.
     Read,
-    /// The rows the batch replaces, known already.
-    Replacing(&'a HashMap<RecordId, StoredRecord>),
+    /// The rows the batch replaces, known already, and versions already opened.
+    Replacing(&'a HashMap<RecordId, StoredRecord>, &'a Opened),
+}
+
+/// Versions a caller has already decrypted, by record and envelope: the digest upkeep takes a
+/// row's current version from here when the row's envelope is byte for byte the one opened.
+#[derive(Default)]
+pub(crate) struct Opened(HashMap<RecordId, Vec<(Vec<u8>, VersionVector, bool)>>);
+
+impl Opened {
+    /// Remembers that `envelope` of record `id` holds `version`, deleted or not.
+    pub(crate) fn insert(
+        &mut self,
+        id: RecordId,
+        envelope: &[u8],
+        version: &VersionVector,
+        deleted: bool,
+    ) {
+        let versions = self.0.entry(id).or_default();
+        if !versions.iter().any(|(e, _, _)| e == envelope) {
+            versions.push((envelope.to_vec(), version.clone(), deleted));
+        }
+    }
+
+    fn get(&self, id: &RecordId, envelope: &[u8]) -> Option<(&VersionVector, bool)> {
+        self.0
+            .get(id)?
+            .iter()
+            .find(|(e, _, _)| e == envelope)
+            .map(|(_, v, d)| (v, *d))
+    }
 }
 
 fn decode_digest(bytes: &[u8]) -> Result<[u8; DIGEST_LEN]> {
@@ -1291,6 +1329,18 @@ impl Store {
             &sync.siblings,
             local_only,
         )
+    }
+
+    /// [`Store::digest_element`] of a row whose current version (`version`, deleted or not)
+    /// is already open.
+    fn element_of_row(
+        &self,
+        row: &StoredRecord,
+        current: (&VersionVector, bool),
+    ) -> Result<Option<[u8; DIGEST_LEN]>> {
+        let sync = RowSync::decode(&row.sync)?;
+        let local_only = row.pending_seq.is_none() && !sync.synced;
+        self.element_of(&row.id, current, &sync.siblings, local_only)
     }
 
     /// [`Store::digest_element`] of a record whose current version (`version`, deleted or
@@ -1352,6 +1402,7 @@ impl Store {
         &self,
         batch: &mut Batch,
         known: Option<&HashMap<RecordId, StoredRecord>>,
+        opened: Option<&Opened>,
     ) -> Result<()> {
         if batch.puts.is_empty() && batch.removes.is_empty() {
             return Ok(());
@@ -1383,7 +1434,11 @@ impl Store {
                 continue;
             }
             for row in old.iter().chain(new.iter().copied()) {
-                if let Some(e) = self.digest_element(row)? {
+                let element = match opened.and_then(|o| o.get(&row.id, &row.envelope)) {
+                    Some(current) => self.element_of_row(row, current)?,
+                    None => self.digest_element(row)?,
+                };
+                if let Some(e) = element {
                     xor_into(&mut digest, &e);
                 }
             }

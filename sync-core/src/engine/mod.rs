@@ -38,7 +38,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Causality, DeviceId, Hlc, RecordId, VersionVector};
 use crate::registry;
 use crate::storage::{Batch, StoredRecord};
-use crate::store::{Store, WriteBatch, record_from_payload};
+use crate::store::{Opened, Store, WriteBatch, record_from_payload};
 use crate::strategy::{Conflict, ConflictStrategy, Resolution, Version, apply_resolution};
 use crate::transport::{OutgoingEnvelope, PullPage, PullRequest, PushRequest, SpaceRef, Transport};
 use crate::{Payload, Record};
@@ -814,6 +814,8 @@ impl SyncEngine {
             decode_or_default(self.store.storage().meta_get(META_SEEN).await?)?;
         let mut heads: Option<BTreeMap<DeviceId, StoredHead>> = None;
         let mut touched: Vec<RecordId> = Vec::new();
+        // Versions decrypted here, so the digest upkeep at the commit need not decrypt again.
+        let mut opened = Opened::default();
         let now = self.store.now_millis();
         // Heads are the protocol's, not records: not counted as pulled.
         let mut heads_pulled = 0u64;
@@ -852,7 +854,11 @@ impl SyncEngine {
             }
             let local_row = ctx.rows.get(&e.record).cloned();
             let local_opened = match &local_row {
-                Some(row) => Some(self.open_version(&e.record, &row.envelope)?),
+                Some(row) => {
+                    let (p, v) = self.open_version(&e.record, &row.envelope)?;
+                    opened.insert(e.record, &row.envelope, &v.version, p.value.is_none());
+                    Some((p, v))
+                }
                 None => None,
             };
             if let (Some((local_payload, local)), false) =
@@ -915,6 +921,12 @@ impl SyncEngine {
             }
             seen.insert(payload.origin, payload.seq.max(last_seen));
             w.observe(&payload.hlc);
+            opened.insert(
+                e.record,
+                &e.envelope,
+                &remote.version,
+                payload.value.is_none(),
+            );
 
             let (Some(local_row), Some((local_payload, local))) = (local_row, local_opened) else {
                 ctx.rows.insert(
@@ -1034,6 +1046,7 @@ impl SyncEngine {
                 ..Batch::default()
             },
             &stored,
+            &opened,
         )
         .await
     }

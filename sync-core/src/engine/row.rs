@@ -16,6 +16,7 @@ pub struct RowSync {
     pub epoch: u32,
     /// The sealed envelope of the last synced version, kept while a local edit on top of it is
     /// pending: the common ancestor for a three-way merge.
+    #[serde(with = "serde_bytes")]
     pub ancestor: Option<Vec<u8>>,
     /// Sealed envelopes of concurrent remote versions waiting for the user (`user-choice`).
     pub siblings: Vec<Vec<u8>>,
