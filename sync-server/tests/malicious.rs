@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use common::{Device, PASS, sqlite_server};
 use serde_json::json;
 use sync_core::{
-    DeviceId, PullPage, PullRequest, PushRequest, PushResponse, RecordId, RemoteEnvelope, Result,
-    SpaceId, SyncConfig, SyncEngine, SyncReport, Transport, Withheld,
+    DeviceId, Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, RecordId,
+    RemoteEnvelope, Result, SpaceId, SyncConfig, SyncEngine, SyncReport, Transport, Withheld,
 };
 use transport_http::HttpTransport;
 
@@ -32,6 +32,9 @@ struct Plan {
     hide_after: Option<(DeviceId, u64)>,
     move_to: Option<RecordId>,
     relabel: Option<DeviceId>,
+    /// Answer the next pull past cursor 0 with "re-sync required" (`410`), as a server that
+    /// claims to have collected history does.
+    gone: bool,
     seen: Vec<RemoteEnvelope>,
 }
 
@@ -50,6 +53,16 @@ impl Transport for Evil {
         self.inner.push(request).await
     }
     async fn pull(&self, request: PullRequest) -> Result<PullPage> {
+        {
+            let mut plan = self.plan.lock().expect("plan");
+            if plan.gone && request.cursor > 0 {
+                plan.gone = false;
+                return Err(Error::new(
+                    ErrorKind::ResyncRequired,
+                    "history collected; pull again from 0",
+                ));
+            }
+        }
         let mut page = self.inner.pull(request).await?;
         let mut plan = self.plan.lock().expect("plan");
         plan.seen.extend(page.envelopes.iter().cloned());
@@ -319,5 +332,130 @@ async fn a_malicious_server_is_detected_or_harmless() {
     }
     assert_eq!(b.snapshot("notes").await, a.snapshot("notes").await);
     assert_eq!(c.snapshot("notes").await, a.snapshot("notes").await);
+    server.stop().await.expect("stop");
+}
+
+/// A server that forces a full re-sync (`410`) and leaves records out of the walk would, if the
+/// device believed it, make the device delete them in the sweep that ends the re-sync. The
+/// sweep is checked against the heads first: a record hidden while a head vouching for it is
+/// served (`state-digest`), or this device's own newest head left out (`own-head`), stops the
+/// sweep; nothing is deleted, nothing is pushed, and the next round walks again. Once the
+/// server is honest the walk checks out and the re-sync completes.
+#[tokio::test]
+async fn a_forced_resync_cannot_make_a_device_delete_what_the_server_hides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = sqlite_server(&dir.path().join("server.db")).await;
+    let url = server.url();
+    let account = HttpTransport::register_account(&url)
+        .await
+        .expect("account");
+    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
+    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
+        .await
+        .expect("join");
+    let evil = Arc::new(Evil {
+        inner: common::http(&url, &account.token),
+        plan: Mutex::new(Plan::default()),
+    });
+    let eb = SyncEngine::new(b.store.clone(), evil.clone(), SyncConfig::default());
+    let plan = |f: &dyn Fn(&mut Plan)| f(&mut evil.plan.lock().expect("plan"));
+
+    for (k, v) in [("k1", "a"), ("k2", "b")] {
+        a.store.put("notes", k, &json!(v)).await.expect("put");
+    }
+    a.engine.sync().await.expect("sync");
+    assert_eq!(eb.sync().await.expect("sync b").applied, 2);
+    b.store
+        .put("notes", "mine", &json!("b's"))
+        .await
+        .expect("put");
+    eb.sync().await.expect("sync b");
+    // A sees B's write and head, then pushes a head of its own that names them.
+    a.engine.sync().await.expect("sync");
+    a.store.put("notes", "k3", &json!("c")).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    let r = eb.sync().await.expect("sync b");
+    assert_eq!(r.applied, 1);
+    assert_eq!(r.digests_compared, 1, "B's view is A's: {r:?}");
+    let snapshot = |d: &Device| {
+        let store = d.store.clone();
+        async move {
+            store
+                .scan("notes", None, 100)
+                .await
+                .expect("scan")
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        }
+    };
+    let all = snapshot(&b).await;
+    assert_eq!(all.len(), 4);
+
+    // (1) "History collected", and k2 left out of the walk while A's head, whose digest
+    // counts k2, is served.
+    let k2 = b.store.record_id("notes", "k2").expect("id");
+    plan(&|p| {
+        p.gone = true;
+        p.hide_record = Some(k2);
+    });
+    let r = eb.sync().await.expect("sync b");
+    assert!(r.resynced, "{r:?}");
+    assert_eq!(r.discarded, 0, "nothing deleted: {r:?}");
+    assert_eq!(
+        r.withheld,
+        [Withheld {
+            device: a.store.device(),
+            witness: a.store.device(),
+            reason: "state-digest".into(),
+        }]
+    );
+    assert_eq!(
+        b.store.get("notes", "k2").await.expect("get"),
+        Some(json!("b")),
+        "the hidden record is kept"
+    );
+
+    // (2) The re-sync is still underway; this time every envelope of B's is left out, its own
+    // newest head included. B has an offline write meanwhile: it is not pushed while the walk
+    // does not check out.
+    plan(&|p| {
+        p.hide_record = None;
+        p.hide_after = Some((b.store.device(), 0));
+    });
+    b.store
+        .put("notes", "offline", &json!("waits"))
+        .await
+        .expect("put");
+    let r = eb.sync().await.expect("sync b");
+    assert!(r.resynced, "{r:?}");
+    assert_eq!((r.discarded, r.pushed), (0, 0), "{r:?}");
+    assert_eq!(
+        r.withheld,
+        [Withheld {
+            device: b.store.device(),
+            witness: b.store.device(),
+            reason: "own-head".into(),
+        }]
+    );
+    assert_eq!(
+        b.store.get("notes", "mine").await.expect("get"),
+        Some(json!("b's")),
+        "B's own record is kept"
+    );
+    assert_eq!(b.store.storage().outbox_len().await.expect("outbox"), 1);
+
+    // (3) Served honestly, the walk checks out: the re-sync completes, removing nothing, and
+    // the offline write goes out. The round after is an ordinary one.
+    plan(&|p| p.hide_after = None);
+    let r = eb.sync().await.expect("sync b");
+    assert!(r.resynced && r.withheld.is_empty(), "{r:?}");
+    assert_eq!((r.discarded, r.pushed), (0, 1), "{r:?}");
+    let mut expected = all.clone();
+    expected.insert("offline".to_owned(), json!("waits"));
+    assert_eq!(snapshot(&b).await, expected);
+    a.engine.sync().await.expect("sync");
+    let r = eb.sync().await.expect("sync b");
+    assert!(!r.resynced && r.withheld.is_empty(), "{r:?}");
+    assert_eq!(snapshot(&a).await, expected);
     server.stop().await.expect("stop");
 }

@@ -487,6 +487,38 @@ async fn a_device_back_after_the_horizon_resyncs_and_resurrects_nothing() {
     assert_eq!(a.snapshot().await, b.snapshot().await);
 }
 
+/// The re-sync's sweep is checked against the heads the walk brought (a server that leaves
+/// records out cannot make a device delete them, `sync-server/tests/malicious.rs`); an honest
+/// walk after a real deletion passes the check and the sweep still removes what was collected.
+#[tokio::test]
+async fn a_checked_resync_sweep_still_removes_collected_deletions() {
+    let (w, a, b) = pair().await;
+    for k in ["deleted", "kept"] {
+        a.store.put("notes", k, &json!(k)).await.expect("put");
+    }
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    a.store.delete("notes", "deleted").await.expect("delete");
+    a.engine.sync().await.expect("sync");
+    w.advance(100 * DAY);
+    a.engine.sync().await.expect("sync");
+    a.engine.sync().await.expect("sync");
+    assert_eq!(a.transport.relay().stats().expect("stats").tombstones, 0);
+
+    // B has nothing to push, so A's head (which names every write B holds) is comparable.
+    let r = b.engine.sync().await.expect("resync");
+    assert!(r.resynced, "{r:?}");
+    assert!(r.withheld.is_empty(), "{:?}", r.withheld);
+    assert!(r.digests_compared >= 1, "the sweep was checked: {r:?}");
+    assert_eq!(r.discarded, 1, "{r:?}");
+    assert_eq!(b.store.get("notes", "deleted").await.expect("get"), None);
+    assert_eq!(a.snapshot().await, b.snapshot().await);
+    b.store
+        .check()
+        .await
+        .expect("kept digest matches the records");
+}
+
 #[tokio::test]
 async fn offline_state_and_a_stalled_transport_become_visible_errors() {
     let (_w, a, _b) = pair().await;

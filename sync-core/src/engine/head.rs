@@ -89,8 +89,10 @@ pub struct Withheld {
     pub device: DeviceId,
     /// The device whose sealed head showed it.
     pub witness: DeviceId,
-    /// `peer-view` (the witness has seen more of `device` than this device could get) or
-    /// `state-digest` (same view, different state).
+    /// `peer-view` (the witness has seen more of `device` than this device could get),
+    /// `state-digest` (same view, different state; in a re-sync, different from the state the
+    /// sweep would leave) or `own-head` (a re-sync walk lacked this device's own newest head,
+    /// which is never collected; `device` and `witness` are this device).
     pub reason: String,
 }
 

@@ -661,13 +661,18 @@ impl SyncEngine {
         let pulled = if resync_underway {
             self.resync(report, pending).await
         } else {
-            self.pull_all(report, pending, Walk::Cursor).await
+            self.pull_all(report, pending, Walk::Cursor)
+                .await
+                .map(|()| true)
         };
-        match pulled {
-            Err(e) if e.kind() == ErrorKind::ResyncRequired => {
-                self.resync(report, pending).await?;
-            }
+        let swept = match pulled {
+            Err(e) if e.kind() == ErrorKind::ResyncRequired => self.resync(report, pending).await?,
             other => other?,
+        };
+        if !swept {
+            // A re-sync the heads contradict: local writes wait (pushed now, one on a record
+            // the sweep would have removed would bring it back) until a walk checks out.
+            return Ok(());
         }
         if !report.withheld.is_empty() && !report.resynced {
             // Writes were withheld from this device and its cursor has moved past where they
@@ -678,16 +683,19 @@ impl SyncEngine {
             // device catches up.
             report.refetched = true;
             let found = std::mem::take(&mut report.withheld);
-            match self.pull_all(report, pending, Walk::Refetch).await {
+            let swept = match self.pull_all(report, pending, Walk::Refetch).await {
                 Err(e) if e.kind() == ErrorKind::ResyncRequired => {
-                    self.resync(report, pending).await?;
+                    self.resync(report, pending).await?
                 }
-                other => other?,
-            }
+                other => other.map(|()| true)?,
+            };
             for f in std::mem::replace(&mut report.withheld, found) {
                 if !report.withheld.contains(&f) {
                     report.withheld.push(f);
                 }
+            }
+            if !swept {
+                return Ok(());
             }
         }
         self.expire_conflicts(report).await?;
@@ -1431,8 +1439,10 @@ impl SyncEngine {
 
     /// Full re-sync after the server collected history this device missed: pull everything
     /// from cursor 0, then remove what the server no longer has. Resumable: a crash in the
-    /// middle continues from the last applied page and still sweeps.
-    async fn resync(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
+    /// middle continues from the last applied page and still sweeps. False when the walk did
+    /// not match the heads it brought ([`Self::sweep_is_safe`]): nothing was removed, and the
+    /// next round walks again.
+    async fn resync(&self, report: &mut SyncReport, pending: u64) -> Result<bool> {
         report.resynced = true;
         let epoch = match self.store.storage().meta_get(META_RESYNC).await? {
             Some(b) => postcard::from_bytes::<u64>(&b)? as u32,
@@ -1499,6 +1509,23 @@ impl SyncEngine {
                 break;
             }
         }
+        if !self.sweep_is_safe(epoch, report).await? {
+            // The walk is not what the heads say the space holds: keep every record, push
+            // nothing this round, and walk again from the start next round (the re-sync stays
+            // underway, and that walk is judged on what it brings alone).
+            self.store
+                .storage()
+                .commit(Batch {
+                    meta: vec![
+                        (META_CURSOR.to_owned(), Some(encode(&0u64)?)),
+                        (META_SEEN.to_owned(), None),
+                        (META_HEADS.to_owned(), None),
+                    ],
+                    ..Batch::default()
+                })
+                .await?;
+            return Ok(false);
+        }
         // Sweep: a record the server confirmed before but not in this epoch was deleted while
         // this device was away. Remove it, local edits included: nothing deleted comes back.
         let mut after: Option<RecordId> = None;
@@ -1531,7 +1558,81 @@ impl SyncEngine {
             })
             .await?;
         self.collect_tombstones(floor, report).await?;
-        self.check_heads(report).await
+        self.check_heads(report).await?;
+        Ok(true)
+    }
+
+    /// Before a re-sync's sweep deletes every record the walk did not confirm, checks the walk
+    /// against the sealed heads it brought, so that a server cannot make this device delete its
+    /// records by leaving them out of a forced re-sync: this device's newest acknowledged head
+    /// must have been served (a device's newest head is never collected), no head may show
+    /// writes this walk lacks (`peer-view`), and where a head's view is this device's own, its
+    /// state digest must equal the digest this store will have once the sweep is done. With no
+    /// comparable head (or local writes still to push) the sweep goes ahead unverified, as the
+    /// protocol cannot tell a collected deletion from a withheld record then. Findings go to
+    /// `report.withheld`; false means the sweep must not run.
+    async fn sweep_is_safe(&self, epoch: u32, report: &mut SyncReport) -> Result<bool> {
+        let storage = self.store.storage();
+        let me = self.store.device();
+        let seen: BTreeMap<DeviceId, u64> = decode_or_default(storage.meta_get(META_SEEN).await?)?;
+        let own_head = self.meta_u64(META_OWN_HEAD).await?;
+        let mut found = Vec::new();
+        if own_head > seen.get(&me).copied().unwrap_or(0) {
+            found.push(Withheld {
+                device: me,
+                witness: me,
+                reason: "own-head".to_owned(),
+            });
+        }
+        let heads: BTreeMap<DeviceId, StoredHead> =
+            decode_or_default(storage.meta_get(META_HEADS).await?)?;
+        let (peer_view, comparable) = head::check(me, &seen, own_head, &heads);
+        found.extend(peer_view);
+        if found.is_empty() && !comparable.is_empty() {
+            // Under the write lock, as in `check_heads`.
+            let mut w = self.store.writer().await;
+            if storage.outbox_len().await? == 0 {
+                let mut swept = w.state_digest().await?;
+                let mut after: Option<RecordId> = None;
+                loop {
+                    let rows = storage.scan_all(after.as_ref(), 512).await?;
+                    let Some(last) = rows.last() else { break };
+                    after = Some(last.id);
+                    for r in &rows {
+                        let sync = RowSync::decode(&r.sync)?;
+                        if sync.synced
+                            && sync.epoch != epoch
+                            && let Some(e) = self.store.digest_element(r)?
+                        {
+                            head::xor_into(&mut swept, &e);
+                        }
+                    }
+                }
+                report.digests_compared += comparable.len() as u64;
+                for (writer, digest) in comparable {
+                    if digest != swept {
+                        found.push(Withheld {
+                            device: writer,
+                            witness: writer,
+                            reason: "state-digest".to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            return Ok(true);
+        }
+        for f in &found {
+            tracing::warn!(
+                device = %f.device.to_hex(),
+                witness = %f.witness.to_hex(),
+                reason = %f.reason,
+                "a forced re-sync left out writes this device should have been served; nothing is deleted"
+            );
+        }
+        report.withheld.extend(found);
+        Ok(false)
     }
 
     /// Forgets local tombstones the server has collected (synced, not pending, last synced at
