@@ -624,6 +624,26 @@ impl Storage for SqliteStorage {
     }
 }
 
+/// Bytes of heap SQLite holds in this process now (page caches, prepared statements, schemas):
+/// every SQLite database of the process counts, whichever crate opened it, since they all link
+/// the one `libsqlite3-sys`.
+#[allow(unsafe_code)] // One FFI call with no arguments; see SAFETY.
+pub fn sqlite_memory_used() -> u64 {
+    // SAFETY: `sqlite3_memory_used` takes no arguments and only reads SQLite's global counters,
+    // which are initialised statically; it is safe to call from any thread at any time.
+    let used = unsafe { libsqlite3_sys::sqlite3_memory_used() };
+    u64::try_from(used).unwrap_or(0)
+}
+
+/// The most heap SQLite has held in this process at once since the last reset (see
+/// [`sqlite_memory_used`]); `reset` starts a new high-water mark at the current use.
+#[allow(unsafe_code)] // One FFI call taking a flag; see SAFETY.
+pub fn sqlite_memory_highwater(reset: bool) -> u64 {
+    // SAFETY: as above; the argument is a plain flag.
+    let peak = unsafe { libsqlite3_sys::sqlite3_memory_highwater(i32::from(reset)) };
+    u64::try_from(peak).unwrap_or(0)
+}
+
 fn open_registered(
     opts: StorageOptions,
 ) -> futures::future::BoxFuture<'static, Result<Arc<dyn Storage>>> {

@@ -449,6 +449,9 @@ pub struct SyncBytes {
     pub initial_requests: u64,
     /// W3: seconds of device A's push (the rest of W3's time is device B's pull).
     pub initial_push_seconds: f64,
+    /// W3: the most heap SQLite held at once (page caches and statements of the server's and
+    /// both devices' databases), for telling the caches apart from the rest of the peak RSS.
+    pub initial_sqlite_peak: u64,
     /// Sum of A's sealed envelope sizes, twice (up once, down once): what any end-to-end
     /// encrypted sync through a server must move.
     pub sealed_lower_bound: u64,
@@ -635,12 +638,14 @@ pub async fn sync_workloads(
     // W3.
     let w0 = rig.traffic();
     reset_peak_rss();
+    crate::backend_sqlite::sqlite_memory_highwater(true);
     let t = Instant::now();
     ea.sync().await?;
     let push_s = t.elapsed().as_secs_f64();
     let pulled = eb.sync().await?;
     let initial = t.elapsed().as_secs_f64();
     let rss = peak_rss_bytes();
+    let sqlite_peak = crate::backend_sqlite::sqlite_memory_highwater(false);
     let w3 = rig.traffic().since(w0);
     let mut seen = vec![false; n];
     let mut after = None;
@@ -672,6 +677,7 @@ pub async fn sync_workloads(
     out.bytes.initial = w3.bytes();
     out.bytes.initial_requests = w3.requests;
     out.bytes.initial_push_seconds = push_s;
+    out.bytes.initial_sqlite_peak = sqlite_peak;
     out.bytes.sealed_lower_bound = 2 * sealed;
     out.results.push(BenchResult {
         workload: "W3 initial sync (http)".into(),

@@ -383,6 +383,10 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
                 "W3: A's push took {:.2} s, B's pull the rest",
                 b.initial_push_seconds
             ));
+            notes.push(format!(
+                "W3: SQLite held at most {:.1} MiB of heap (page caches and statements of all three databases)",
+                b.initial_sqlite_peak as f64 / (1024.0 * 1024.0)
+            ));
         }
         if which.delta {
             notes.push(format!(
