@@ -99,27 +99,64 @@ impl Transport for Evil {
     }
 }
 
+/// A real server, device A syncing with it honestly, and device B's store syncing through the
+/// tampering transport (`eb`; `b.engine` is B's honest path).
+struct Rig {
+    dir: tempfile::TempDir,
+    server: sync_server::RunningServer,
+    url: String,
+    token: String,
+    a: Device,
+    b: Device,
+    evil: Arc<Evil>,
+    eb: SyncEngine,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = sqlite_server(&dir.path().join("server.db")).await;
+    let url = server.url();
+    let token = HttpTransport::register_account(&url)
+        .await
+        .expect("account")
+        .token;
+    let a = Device::first(&dir.path().join("a.db"), &url, &token).await;
+    let b = Device::join(&dir.path().join("b.db"), &url, &token, PASS)
+        .await
+        .expect("join");
+    let evil = Arc::new(Evil {
+        inner: common::http(&url, &token),
+        plan: Mutex::new(Plan::default()),
+    });
+    let eb = SyncEngine::new(b.store.clone(), evil.clone(), SyncConfig::default());
+    Rig {
+        dir,
+        server,
+        url,
+        token,
+        a,
+        b,
+        evil,
+        eb,
+    }
+}
+
 fn reasons(r: &SyncReport) -> Vec<&str> {
     r.rejected.iter().map(|x| x.reason.as_str()).collect()
 }
 
 #[tokio::test]
 async fn a_malicious_server_is_detected_or_harmless() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = sqlite_server(&dir.path().join("server.db")).await;
-    let url = server.url();
-    let account = HttpTransport::register_account(&url)
-        .await
-        .expect("account");
-    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
-    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
-        .await
-        .expect("join");
-    let evil = Arc::new(Evil {
-        inner: common::http(&url, &account.token),
-        plan: Mutex::new(Plan::default()),
-    });
-    let eb = SyncEngine::new(b.store.clone(), evil.clone(), SyncConfig::default());
+    let Rig {
+        dir,
+        server,
+        url,
+        token,
+        a,
+        b,
+        evil,
+        eb,
+    } = rig().await;
     let plan = |f: &dyn Fn(&mut Plan)| f(&mut evil.plan.lock().expect("plan"));
 
     a.store.put("notes", "k", &json!("v1")).await.expect("put");
@@ -244,7 +281,7 @@ async fn a_malicious_server_is_detected_or_harmless() {
 
     // The withheld envelope is not lost: the honest server still holds it, and a device that
     // joins now receives A's newest version; A's head vouches for its state.
-    let c = Device::join(&dir.path().join("c.db"), &url, &account.token, PASS)
+    let c = Device::join(&dir.path().join("c.db"), &url, &token, PASS)
         .await
         .expect("join");
     let r = c.engine.sync().await.expect("sync c");
@@ -343,21 +380,16 @@ async fn a_malicious_server_is_detected_or_harmless() {
 /// server is honest the walk checks out and the re-sync completes.
 #[tokio::test]
 async fn a_forced_resync_cannot_make_a_device_delete_what_the_server_hides() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = sqlite_server(&dir.path().join("server.db")).await;
-    let url = server.url();
-    let account = HttpTransport::register_account(&url)
-        .await
-        .expect("account");
-    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
-    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
-        .await
-        .expect("join");
-    let evil = Arc::new(Evil {
-        inner: common::http(&url, &account.token),
-        plan: Mutex::new(Plan::default()),
-    });
-    let eb = SyncEngine::new(b.store.clone(), evil.clone(), SyncConfig::default());
+    let Rig {
+        dir: _dir,
+        server,
+        url: _,
+        token: _,
+        a,
+        b,
+        evil,
+        eb,
+    } = rig().await;
     let plan = |f: &dyn Fn(&mut Plan)| f(&mut evil.plan.lock().expect("plan"));
 
     for (k, v) in [("k1", "a"), ("k2", "b")] {

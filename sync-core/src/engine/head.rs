@@ -144,6 +144,21 @@ pub(crate) fn check(
     (found, comparable)
 }
 
+/// `state-digest` findings: the comparable heads whose digest is not `digest`.
+pub(crate) fn digest_findings(
+    comparable: Vec<(DeviceId, [u8; DIGEST_LEN])>,
+    digest: &[u8; DIGEST_LEN],
+) -> impl Iterator<Item = Withheld> + '_ {
+    comparable
+        .into_iter()
+        .filter(move |(_, d)| d != digest)
+        .map(|(writer, _)| Withheld {
+            device: writer,
+            witness: writer,
+            reason: "state-digest".to_owned(),
+        })
+}
+
 /// XORs `b` into `a`.
 pub(crate) fn xor_into(a: &mut [u8; DIGEST_LEN], b: &[u8; DIGEST_LEN]) {
     for (x, y) in a.iter_mut().zip(b) {

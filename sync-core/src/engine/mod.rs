@@ -304,6 +304,21 @@ enum Walk {
     Refetch,
 }
 
+/// Logs withholding findings (never a payload: device ids and a reason) and adds them to the
+/// report; `sweep_stopped` when they stopped a re-sync's sweep.
+fn report_withheld(report: &mut SyncReport, found: Vec<Withheld>, sweep_stopped: bool) {
+    for f in &found {
+        tracing::warn!(
+            device = %f.device.to_hex(),
+            witness = %f.witness.to_hex(),
+            reason = %f.reason,
+            sweep_stopped,
+            "the server appears to withhold writes from this device"
+        );
+    }
+    report.withheld.extend(found);
+}
+
 /// Times a full re-sync may be restarted from cursor 0 by the server within one round.
 const MAX_RESYNC_RESTARTS: u32 = 3;
 
@@ -1078,26 +1093,10 @@ impl SyncEngine {
             if storage.outbox_len().await? == 0 {
                 let mine = w.state_digest().await?;
                 report.digests_compared += comparable.len() as u64;
-                for (writer, digest) in comparable {
-                    if digest != mine {
-                        found.push(Withheld {
-                            device: writer,
-                            witness: writer,
-                            reason: "state-digest".to_owned(),
-                        });
-                    }
-                }
+                found.extend(head::digest_findings(comparable, &mine));
             }
         }
-        for f in &found {
-            tracing::warn!(
-                device = %f.device.to_hex(),
-                witness = %f.witness.to_hex(),
-                reason = %f.reason,
-                "the server appears to withhold writes from this device"
-            );
-        }
-        report.withheld.extend(found);
+        report_withheld(report, found, false);
         Ok(())
     }
 
@@ -1609,29 +1608,13 @@ impl SyncEngine {
                     }
                 }
                 report.digests_compared += comparable.len() as u64;
-                for (writer, digest) in comparable {
-                    if digest != swept {
-                        found.push(Withheld {
-                            device: writer,
-                            witness: writer,
-                            reason: "state-digest".to_owned(),
-                        });
-                    }
-                }
+                found.extend(head::digest_findings(comparable, &swept));
             }
         }
         if found.is_empty() {
             return Ok(true);
         }
-        for f in &found {
-            tracing::warn!(
-                device = %f.device.to_hex(),
-                witness = %f.witness.to_hex(),
-                reason = %f.reason,
-                "a forced re-sync left out writes this device should have been served; nothing is deleted"
-            );
-        }
-        report.withheld.extend(found);
+        report_withheld(report, found, true);
         Ok(false)
     }
 
