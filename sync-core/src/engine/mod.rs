@@ -319,6 +319,13 @@ fn report_withheld(report: &mut SyncReport, found: Vec<Withheld>, sweep_stopped:
     report.withheld.extend(found);
 }
 
+/// True when a re-sync in `epoch` did not confirm this previously synced row: what its sweep
+/// removes (and so what `sweep_is_safe` takes out of the digest, by the same rule).
+fn unconfirmed_by(row: &StoredRecord, epoch: u32) -> Result<bool> {
+    let sync = RowSync::decode(&row.sync)?;
+    Ok(sync.synced && sync.epoch != epoch)
+}
+
 /// Times a full re-sync may be restarted from cursor 0 by the server within one round.
 const MAX_RESYNC_RESTARTS: u32 = 3;
 
@@ -1534,8 +1541,7 @@ impl SyncEngine {
             after = Some(last.id);
             let mut removes = Vec::new();
             for r in &rows {
-                let sync = RowSync::decode(&r.sync)?;
-                if sync.synced && sync.epoch != epoch {
+                if unconfirmed_by(r, epoch)? {
                     removes.push(r.id);
                 }
             }
@@ -1598,9 +1604,7 @@ impl SyncEngine {
                     let Some(last) = rows.last() else { break };
                     after = Some(last.id);
                     for r in &rows {
-                        let sync = RowSync::decode(&r.sync)?;
-                        if sync.synced
-                            && sync.epoch != epoch
+                        if unconfirmed_by(r, epoch)?
                             && let Some(e) = self.store.digest_element(r)?
                         {
                             head::xor_into(&mut swept, &e);
