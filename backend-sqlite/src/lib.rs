@@ -644,6 +644,30 @@ pub fn sqlite_memory_highwater(reset: bool) -> u64 {
     u64::try_from(peak).unwrap_or(0)
 }
 
+/// The most heap SQLite's page caches have held in this process at once since the last reset
+/// (a part of [`sqlite_memory_highwater`]: the rest is prepared statements, schemas and
+/// scratch); `reset` starts a new high-water mark at the current use.
+#[allow(unsafe_code)] // One FFI call with two out-pointers to locals; see SAFETY.
+pub fn sqlite_page_cache_highwater(reset: bool) -> u64 {
+    let mut current: i64 = 0;
+    let mut peak: i64 = 0;
+    // SAFETY: `sqlite3_status64` reads one of SQLite's global counters into the two pointers,
+    // which point to live, writable, aligned `i64` locals; it is thread-safe (it takes SQLite's
+    // status mutex). On an unknown operation it returns an error and writes nothing.
+    let rc = unsafe {
+        libsqlite3_sys::sqlite3_status64(
+            libsqlite3_sys::SQLITE_STATUS_PAGECACHE_OVERFLOW,
+            &mut current,
+            &mut peak,
+            i32::from(reset),
+        )
+    };
+    if rc != libsqlite3_sys::SQLITE_OK {
+        return 0;
+    }
+    u64::try_from(peak).unwrap_or(0)
+}
+
 fn open_registered(
     opts: StorageOptions,
 ) -> futures::future::BoxFuture<'static, Result<Arc<dyn Storage>>> {

@@ -139,3 +139,41 @@ async fn integrity_check_reports_a_damaged_file() {
     };
     assert_eq!(result.err().map(|e| e.kind()), Some(ErrorKind::Corrupt));
 }
+
+#[tokio::test]
+async fn sqlite_reports_its_heap_and_its_page_caches_share_of_it() {
+    use sync_core::{Batch, CollectionId, RecordId, StoredRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = SqliteStorage::open(dir.path().join("heap.db"), true)
+        .await
+        .expect("open");
+    backend_sqlite::sqlite_memory_highwater(true);
+    backend_sqlite::sqlite_page_cache_highwater(true);
+    // 4 MiB of rows in one transaction: its pages pass through the writer's page cache.
+    let puts = (0u32..1024)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            StoredRecord {
+                id: RecordId(id),
+                collection: CollectionId([7; 32]),
+                envelope: vec![0x5a; 4096],
+                deleted: false,
+                pending_seq: None,
+                sync: Vec::new(),
+            }
+        })
+        .collect();
+    storage
+        .commit(Batch {
+            puts,
+            ..Batch::default()
+        })
+        .await
+        .expect("commit");
+    let caches = backend_sqlite::sqlite_page_cache_highwater(false);
+    let heap = backend_sqlite::sqlite_memory_highwater(false);
+    assert!(caches >= 1024 * 1024, "page caches held {caches} bytes");
+    assert!(caches <= heap, "caches {caches} > all of SQLite's heap {heap}");
+    assert!(backend_sqlite::sqlite_memory_used() > 0);
+}

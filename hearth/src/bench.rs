@@ -147,6 +147,65 @@ pub fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Samples how many bytes the C allocator has handed out and not taken back (glibc's
+/// `mallinfo2`: arena chunks in use plus mmapped chunks), every 20 ms on a thread of its own,
+/// and keeps the most seen. That is the heap the process holds (Rust's allocations and
+/// SQLite's alike go through `malloc`), without the free memory the allocator keeps mapped in
+/// its per-thread arenas, which peak RSS counts too. None off glibc.
+struct HeapSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl HeapSampler {
+    fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = heap_in_use().map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    peak = peak.max(heap_in_use().unwrap_or(0));
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                peak
+            })
+        });
+        Self { stop, thread }
+    }
+
+    /// The most bytes in use seen, or None where it cannot be read (off glibc, or glibc's
+    /// allocator replaced, for example by `LD_PRELOAD`ing another: it then reports nothing).
+    fn finish(mut self) -> Option<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .filter(|&peak| peak > 0)
+    }
+}
+
+impl Drop for HeapSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Bytes glibc's allocator has handed out and not taken back, now.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // One FFI call without arguments; see SAFETY.
+fn heap_in_use() -> Option<u64> {
+    // SAFETY: `mallinfo2` takes no arguments and returns a plain struct by value; glibc locks
+    // each arena while it sums it, so it may be called from any thread at any time.
+    let info = unsafe { libc::mallinfo2() };
+    Some((info.uordblks + info.hblkhd) as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_in_use() -> Option<u64> {
+    None
+}
+
 fn file_bytes(db: &Path) -> u64 {
     ["", "-wal"]
         .iter()
@@ -452,6 +511,13 @@ pub struct SyncBytes {
     /// W3: the most heap SQLite held at once (page caches and statements of the server's and
     /// both devices' databases), for telling the caches apart from the rest of the peak RSS.
     pub initial_sqlite_peak: u64,
+    /// W3: the most of that heap SQLite's page caches held at once (bounded by the caches'
+    /// configured sizes; the rest of SQLite's heap is statements, schemas and scratch).
+    pub initial_sqlite_cache_peak: u64,
+    /// W3: the most heap the process had in use at once (sampled every 20 ms; Rust's and
+    /// SQLite's allocations alike), without the free memory the allocator keeps, which peak RSS
+    /// includes. None where the allocator cannot tell (off glibc).
+    pub initial_heap_peak: Option<u64>,
     /// Sum of A's sealed envelope sizes, twice (up once, down once): what any end-to-end
     /// encrypted sync through a server must move.
     pub sealed_lower_bound: u64,
@@ -639,6 +705,8 @@ pub async fn sync_workloads(
     let w0 = rig.traffic();
     reset_peak_rss();
     crate::backend_sqlite::sqlite_memory_highwater(true);
+    crate::backend_sqlite::sqlite_page_cache_highwater(true);
+    let heap = HeapSampler::start();
     let t = Instant::now();
     ea.sync().await?;
     let push_s = t.elapsed().as_secs_f64();
@@ -646,6 +714,8 @@ pub async fn sync_workloads(
     let initial = t.elapsed().as_secs_f64();
     let rss = peak_rss_bytes();
     let sqlite_peak = crate::backend_sqlite::sqlite_memory_highwater(false);
+    let sqlite_cache_peak = crate::backend_sqlite::sqlite_page_cache_highwater(false);
+    let heap_peak = heap.finish();
     let w3 = rig.traffic().since(w0);
     let mut seen = vec![false; n];
     let mut after = None;
@@ -678,6 +748,8 @@ pub async fn sync_workloads(
     out.bytes.initial_requests = w3.requests;
     out.bytes.initial_push_seconds = push_s;
     out.bytes.initial_sqlite_peak = sqlite_peak;
+    out.bytes.initial_sqlite_cache_peak = sqlite_cache_peak;
+    out.bytes.initial_heap_peak = heap_peak;
     out.bytes.sealed_lower_bound = 2 * sealed;
     out.results.push(BenchResult {
         workload: "W3 initial sync (http)".into(),

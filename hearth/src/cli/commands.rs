@@ -384,9 +384,16 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
                 b.initial_push_seconds
             ));
             notes.push(format!(
-                "W3: SQLite held at most {:.1} MiB of heap (page caches and statements of all three databases)",
-                b.initial_sqlite_peak as f64 / (1024.0 * 1024.0)
+                "W3: SQLite held at most {:.1} MiB of heap (all three databases), its page caches at most {:.1} MiB",
+                b.initial_sqlite_peak as f64 / (1024.0 * 1024.0),
+                b.initial_sqlite_cache_peak as f64 / (1024.0 * 1024.0)
             ));
+            if let Some(heap) = b.initial_heap_peak {
+                notes.push(format!(
+                    "W3: the process had at most {:.1} MiB of heap in use (sampled; peak RSS adds what the allocator keeps free)",
+                    heap as f64 / (1024.0 * 1024.0)
+                ));
+            }
         }
         if which.delta {
             notes.push(format!(
