@@ -174,6 +174,9 @@ async fn sqlite_reports_its_heap_and_its_page_caches_share_of_it() {
     let caches = backend_sqlite::sqlite_page_cache_highwater(false);
     let heap = backend_sqlite::sqlite_memory_highwater(false);
     assert!(caches >= 1024 * 1024, "page caches held {caches} bytes");
-    assert!(caches <= heap, "caches {caches} > all of SQLite's heap {heap}");
+    assert!(
+        caches <= heap,
+        "caches {caches} > all of SQLite's heap {heap}"
+    );
     assert!(backend_sqlite::sqlite_memory_used() > 0);
 }

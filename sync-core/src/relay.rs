@@ -202,6 +202,18 @@ pub fn stale_push() -> Error {
     )
 }
 
+/// The error of a pull whose cursor is past the end of the space's log: the server does not
+/// hold the history the device's cursor refers to (it was restored from an older backup of its
+/// database, or the cursor is another server's). The device must walk the log again from 0;
+/// what it holds that the server lost goes back up only when the application says so
+/// (`SyncEngine::reupload_to_server`).
+pub fn cursor_ahead() -> Error {
+    Error::new(
+        ErrorKind::ResyncRequired,
+        "the cursor is ahead of the server's log (the server lost history, or this is another server): re-sync from 0",
+    )
+}
+
 /// The in-memory relay.
 #[derive(Clone)]
 pub struct MemoryRelay {
@@ -400,9 +412,7 @@ impl MemoryRelay {
         let space = spaces.entry(from.space).or_default();
         Self::check_key(space, from, false)?;
         if cursor > space.next_seq {
-            return Err(Error::invalid(
-                "cursor is ahead of the server: it comes from another server or space",
-            ));
+            return Err(cursor_ahead());
         }
         let continuing = space.walking.get(&from.device) == Some(&cursor);
         if cursor > 0 && cursor < space.floor && !continuing {

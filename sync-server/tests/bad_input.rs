@@ -216,7 +216,7 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
     }
     a.store.write(big).await.expect("write");
     assert_eq!(a.engine.sync().await.expect("split push").pushed, 12);
-    // A cursor from the future: 400 / InvalidInput.
+    // A cursor from the future: 410 / ResyncRequired (the server does not hold that history).
     let future_pull = PullRequest {
         from: a.from(),
         cursor: 1_000_000,
@@ -229,10 +229,10 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
             .expect("send"),
     )
     .await;
-    assert_eq!((s, k.as_str()), (StatusCode::BAD_REQUEST, "invalid_input"));
+    assert_eq!((s, k.as_str()), (StatusCode::GONE, "resync_required"));
     assert_eq!(
         t.pull(future_pull).await.err().map(|e| e.kind()),
-        Some(ErrorKind::InvalidInput)
+        Some(ErrorKind::ResyncRequired)
     );
     // Malformed ids in URLs, unknown endpoints.
     let (s, _) = status_and_kind(

@@ -224,9 +224,17 @@ async fn user_choice_keeps_siblings_until_resolved_or_the_deadline() {
         a.store.put("tasks", key, &json!("a")).await.expect("put");
         b.store.put("tasks", key, &json!("b")).await.expect("put");
     }
+    // The same value written on both sides is concurrent too, but there is nothing to choose.
+    for d in [&a, &b] {
+        d.store
+            .put("tasks", "same", &json!("equal"))
+            .await
+            .expect("put");
+    }
     a.engine.sync().await.expect("sync");
     let r = b.engine.sync().await.expect("sync");
     assert_eq!(r.conflicts_pending, 2);
+    assert_eq!(r.conflicts_resolved, 1, "{r:?}");
     assert_eq!(b.engine.state(), SyncState::Conflict { count: 2 });
     let conflicts = b.engine.conflicts().await.expect("list");
     assert_eq!(conflicts.len(), 2);

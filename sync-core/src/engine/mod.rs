@@ -57,6 +57,9 @@ const META_GC_FLOOR: &str = "hearth.sync.gc-floor";
 /// Set (to the re-sync's epoch) while a full re-sync is under way, so a crash in the middle
 /// resumes it, sweep included.
 const META_RESYNC: &str = "hearth.sync.resync";
+/// Set (to a re-sync's epoch) by [`SyncEngine::reupload_to_server`]: that re-sync uploads what
+/// the server lacks instead of removing it.
+const META_REUPLOAD: &str = "hearth.sync.reupload";
 /// Metadata keys of the engine's per-space sync state (reset when a store moves to a new space).
 pub(crate) const SYNC_META_KEYS: &[&str] = &[
     META_CURSOR,
@@ -65,6 +68,7 @@ pub(crate) const SYNC_META_KEYS: &[&str] = &[
     META_CONFLICTS,
     META_GC_FLOOR,
     META_RESYNC,
+    META_REUPLOAD,
     META_DIGEST,
     META_HEADS,
     META_OWN_HEAD,
@@ -202,6 +206,9 @@ pub struct SyncReport {
     /// Records removed by a re-sync because the server no longer has them (deleted elsewhere
     /// while this device was away), including local edits to them.
     pub discarded: u64,
+    /// Records queued to be pushed again because the server lost them (only in the re-sync
+    /// that [`SyncEngine::reupload_to_server`] asks for).
+    pub reuploaded: u64,
     /// Local tombstones forgotten after the server collected them.
     pub tombstones_collected: u64,
     /// Wall time of the round.
@@ -299,6 +306,11 @@ enum Walk {
     Cursor,
     /// A full re-sync in this epoch: from 0, the server's state taken as it is, swept after.
     Resync(u32),
+    /// A full re-sync after the application said the server lost data
+    /// ([`SyncEngine::reupload_to_server`]): as `Resync`, except that a record this device
+    /// holds newer than what the server serves is queued to be pushed again, and what the
+    /// server does not serve at all is uploaded again instead of swept.
+    Reupload(u32),
     /// From 0 after a withholding finding: the per-origin rollback rule is off (what was held
     /// back is older than what followed it), the per-record one stays, nothing is swept.
     Refetch,
@@ -520,6 +532,48 @@ impl SyncEngine {
             cache.insert(collection.to_owned(), strategy.clone());
         }
         Ok(strategy)
+    }
+
+    /// Tells this device that its server lost data (it was restored from an older backup of
+    /// its database, say), so that the next round walks the server's whole log again and puts
+    /// back what the server no longer has, from what this device holds.
+    ///
+    /// After such a loss the engine keeps every record but cannot tell the loss from a server
+    /// that withholds writes: a forced re-sync then reports [`SyncReport::withheld`] and pushes
+    /// nothing, round after round (see `docs/security.md`). Call this once the operator has
+    /// confirmed the loss; every device that synced with that server should call it. The next
+    /// round re-syncs from 0 and, instead of removing the records the server no longer serves,
+    /// writes each again as a new version of this device (same value, or the same deletion),
+    /// as it does with a record it holds newer than the version the server serves; both are
+    /// counted in [`SyncReport::reuploaded`] and pushed in that round. The new versions
+    /// dominate every version the devices hold, so they spread without conflicts, except
+    /// where two devices upload the same record again: their versions are then concurrent,
+    /// with equal values, and resolve like any other conflict (`user-choice` does not ask
+    /// about equal values). The cost: a record deleted elsewhere, and collected by the server
+    /// while this device was away, comes back; nothing the server lost is lost.
+    pub async fn reupload_to_server(&self) -> Result<()> {
+        let _round = self.round.lock().await;
+        let epoch = self.meta_u64(META_EPOCH).await? + 1;
+        let epoch_bytes = encode(&epoch)?;
+        self.store
+            .storage()
+            .commit(Batch {
+                meta: vec![
+                    (META_RESYNC.to_owned(), Some(epoch_bytes.clone())),
+                    (META_REUPLOAD.to_owned(), Some(epoch_bytes.clone())),
+                    (META_EPOCH.to_owned(), Some(epoch_bytes)),
+                    (META_CURSOR.to_owned(), Some(encode(&0u64)?)),
+                    (META_SEEN.to_owned(), None),
+                    (META_HEADS.to_owned(), None),
+                ],
+                ..Batch::default()
+            })
+            .await?;
+        tracing::info!(
+            epoch,
+            "the next round re-syncs and uploads what the server lost"
+        );
+        Ok(())
     }
 
     /// The outcome of the last round, if any.
@@ -836,7 +890,7 @@ impl SyncEngine {
             rows: stored.clone(),
             conflicts: self.conflict_ids().await?,
             epoch: match mode {
-                Walk::Resync(e) => e,
+                Walk::Resync(e) | Walk::Reupload(e) => e,
                 Walk::Cursor | Walk::Refetch => self.meta_u64(META_EPOCH).await? as u32,
             },
         };
@@ -891,9 +945,10 @@ impl SyncEngine {
                 }
                 None => None,
             };
-            if let (Some((local_payload, local)), false) =
-                (&local_opened, matches!(mode, Walk::Resync(_)))
-            {
+            if let (Some((local_payload, local)), false) = (
+                &local_opened,
+                matches!(mode, Walk::Resync(_) | Walk::Reupload(_)),
+            ) {
                 // A newer write of an origin must have seen that origin's earlier writes of the
                 // record: a vector lower than what this device already holds from it (its own
                 // entry lower, or the whole vector before the origin's version held here) is a
@@ -983,7 +1038,8 @@ impl SyncEngine {
             let mut sync = RowSync::decode(&local_row.sync)?;
             sync.epoch = ctx.epoch;
             sync.synced = true;
-            let remote_wins = match remote.version.compare(&local.version) {
+            let causality = remote.version.compare(&local.version);
+            let remote_wins = match causality {
                 Causality::After => true,
                 Causality::Equal => {
                     local_payload.value != payload.value
@@ -1045,9 +1101,20 @@ impl SyncEngine {
                 }
             } else {
                 sync.add_base(e.server_seq);
-                StoredRecord {
+                let row = StoredRecord {
                     sync: sync.encode(),
                     ..local_row
+                };
+                if matches!(mode, Walk::Reupload(_))
+                    && causality == Causality::Before
+                    && row.pending_seq.is_none()
+                {
+                    // The server serves only an older version of what this device holds (and
+                    // acknowledged, or pulled, before): it lost the newer one. Up again.
+                    report.reuploaded += 1;
+                    self.requeued(&mut w, row)?
+                } else {
+                    row
                 }
             };
             ctx.rows.insert(e.record, row);
@@ -1196,7 +1263,12 @@ impl SyncEngine {
             remote,
             ancestor: ancestor.as_ref(),
         };
-        let resolution = strategy.resolve(&conflict)?;
+        let resolution = match strategy.resolve(&conflict)? {
+            // Nothing to choose between: both sides hold the same value (or both deleted it).
+            // Taken as it is, by every device alike, so it stays symmetric.
+            Resolution::DeferToUser if local.value == remote.value => Resolution::TakeLocal,
+            other => other,
+        };
         sync.add_base(server_seq);
         let value = match resolution {
             Resolution::DeferToUser => {
@@ -1470,6 +1542,15 @@ impl SyncEngine {
                 epoch
             }
         };
+        let reupload = match self.store.storage().meta_get(META_REUPLOAD).await? {
+            Some(b) => postcard::from_bytes::<u64>(&b)? == u64::from(epoch),
+            None => false,
+        };
+        let walk = if reupload {
+            Walk::Reupload(epoch)
+        } else {
+            Walk::Resync(epoch)
+        };
         let from = self.from();
         let mut cursor = self.meta_u64(META_CURSOR).await?;
         let mut floor = 0;
@@ -1508,12 +1589,32 @@ impl SyncEngine {
             let more = page.more;
             if !page.envelopes.is_empty() {
                 cursor = page.next_cursor;
-                self.apply_page(page, report, Walk::Resync(epoch)).await?;
+                self.apply_page(page, report, walk).await?;
                 self.progress(report, pending);
             }
             if !more {
                 break;
             }
+        }
+        if reupload {
+            // The application said the server lost data: what it did not serve at all goes up
+            // again rather than being swept (a record deleted elsewhere and collected while
+            // this device was away comes back: the price of not losing what the server lost).
+            self.reupload_unconfirmed(epoch, report).await?;
+            self.store
+                .storage()
+                .commit(Batch {
+                    meta: vec![
+                        (META_RESYNC.to_owned(), None),
+                        (META_REUPLOAD.to_owned(), None),
+                    ],
+                    ..Batch::default()
+                })
+                .await?;
+            // No head check this round: the heads the server kept describe the state it lost
+            // until what goes up now has landed; the next rounds check as usual.
+            self.collect_tombstones(floor, report).await?;
+            return Ok(true);
         }
         if !self.sweep_is_safe(epoch, report).await? {
             // The walk is not what the heads say the space holds: keep every record, push
@@ -1565,6 +1666,67 @@ impl SyncEngine {
         self.collect_tombstones(floor, report).await?;
         self.check_heads(report).await?;
         Ok(true)
+    }
+
+    /// Queues again, as new writes of this device, every record the re-sync walk of `epoch` did
+    /// not confirm (the server no longer has it) and that is not already waiting to be pushed.
+    async fn reupload_unconfirmed(&self, epoch: u32, report: &mut SyncReport) -> Result<()> {
+        let mut after: Option<RecordId> = None;
+        loop {
+            let rows = self.store.storage().scan_all(after.as_ref(), 512).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.id);
+            let mut w = self.store.writer().await;
+            let mut puts = Vec::new();
+            for r in rows {
+                if r.pending_seq.is_none() && unconfirmed_by(&r, epoch)? {
+                    puts.push(self.requeued(&mut w, r)?);
+                }
+            }
+            if !puts.is_empty() {
+                report.reuploaded += puts.len() as u64;
+                w.commit(Batch {
+                    puts,
+                    ..Batch::default()
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `row` sealed again as a new write of this device (same value or tombstone, this
+    /// device's entry of the version vector moved to a fresh sequence), waiting to be pushed:
+    /// how something the server lost goes back up. A fresh sequence, not the envelope as it
+    /// was, because the server takes any sequence at or below the highest it holds from this
+    /// device for a retry. The version dominates every version this row has seen, so devices
+    /// that hold one of those take it without a conflict.
+    fn requeued(
+        &self,
+        w: &mut crate::store::WriterGuard<'_>,
+        row: StoredRecord,
+    ) -> Result<StoredRecord> {
+        let me = self.store.device();
+        let mut payload = self.store.open_envelope(&row.id, &row.envelope)?;
+        let (seq, hlc) = w.next_write();
+        payload.version.set(me, seq);
+        payload.hlc = hlc;
+        payload.origin = me;
+        payload.seq = seq;
+        let envelope = self.store.keys().seal(
+            self.store.cipher().as_ref(),
+            &row.id,
+            &payload,
+            self.store.padding(),
+        )?;
+        let mut sync = RowSync::decode(&row.sync)?.after_local_write(&row.envelope, false);
+        sync.synced = true;
+        Ok(StoredRecord {
+            envelope,
+            pending_seq: Some(seq),
+            sync: sync.encode(),
+            ..row
+        })
     }
 
     /// Before a re-sync's sweep deletes every record the walk did not confirm, checks the walk

@@ -695,8 +695,8 @@ async fn future_cursor(c: Case) {
     let err = c.pull(2, a[0].1 + 1, 10, false).await.map_err(|e| e.kind());
     assert_eq!(
         err.err(),
-        Some(ErrorKind::InvalidInput),
-        "{name}: a cursor from the future is refused"
+        Some(ErrorKind::ResyncRequired),
+        "{name}: a cursor from the future asks for a re-sync (the server lost that history)"
     );
     let err = c.pull(2, u64::MAX, 10, false).await.map_err(|e| e.kind());
     assert!(err.is_err(), "{name}");

@@ -496,18 +496,15 @@ macro_rules! sql_store {
 
             async fn pull_tx(&self, account: AccountId, request: &PullRequest) -> Result<PullPage> {
                 let from = &request.from;
-                let cursor = db_seq(request.cursor).map_err(|_| {
-                    Error::invalid("cursor is ahead of the server: it comes from another server or space")
-                })?;
+                let cursor =
+                    db_seq(request.cursor).map_err(|_| sync_core::relay::cursor_ahead())?;
                 let now = now_i64(&self.clock);
                 let mut tx = self.begin().await?;
                 let row = Self::lock_bound(&mut tx, account, from.space).await?;
                 row.refuse_retired()?;
                 Self::check_key(&mut tx, from.space, &row, &from.fingerprint, false).await?;
                 if cursor > row.next_seq {
-                    return Err(Error::invalid(
-                        "cursor is ahead of the server: it comes from another server or space",
-                    ));
+                    return Err(sync_core::relay::cursor_ahead());
                 }
                 let walking: Option<Option<i64>> = sqlx::query_scalar(
                     "SELECT walking FROM devices WHERE space = $1 AND device = $2",

@@ -1,0 +1,170 @@
+//! A server restored from an older backup of its database, on 127.0.0.1 with devices on real
+//! SQLite files: the devices lose nothing and say so, and once told that the server lost data
+//! (`SyncEngine::reupload_to_server`) they put back what it lacks, so that a new device gets
+//! everything.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::{Device, PASS, sqlite_server};
+use serde_json::json;
+use sync_core::{SyncReport, WriteBatch};
+use sync_server::RunningServer;
+use transport_http::HttpTransport;
+
+/// Copies an SQLite database with its WAL files (absent ones removed at the destination).
+fn copy_db(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let src = format!("{}{suffix}", from.display());
+        let dst = format!("{}{suffix}", to.display());
+        if Path::new(&src).exists() {
+            std::fs::copy(&src, &dst).expect("copy database file");
+        } else if Path::new(&dst).exists() {
+            std::fs::remove_file(&dst).expect("remove stale database file");
+        }
+    }
+}
+
+async fn restart(addr: SocketAddr, db: &Path) -> RunningServer {
+    sync_server::Server::builder()
+        .listen(addr)
+        .database(format!("sqlite:{}", db.display()))
+        .build()
+        .await
+        .expect("restart")
+        .spawn()
+}
+
+fn reasons(r: &SyncReport) -> Vec<&str> {
+    r.withheld.iter().map(|w| w.reason.as_str()).collect()
+}
+
+#[tokio::test]
+async fn after_a_server_restore_devices_keep_everything_and_put_back_what_it_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("server.db");
+    let backup = dir.path().join("backup.db");
+    let server = sqlite_server(&db).await;
+    let addr = server.local_addr();
+    let url = server.url();
+    let account = HttpTransport::register_account(&url)
+        .await
+        .expect("account");
+    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
+    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
+        .await
+        .expect("join");
+    let mut batch = WriteBatch::new();
+    for i in 0..40 {
+        batch
+            .put("notes", format!("n{i:02}"), &json!({"i": i}))
+            .expect("put");
+    }
+    a.store.write(batch).await.expect("write");
+    a.engine.sync().await.expect("a syncs");
+    assert_eq!(b.engine.sync().await.expect("b syncs").applied, 40);
+
+    // The operator's backup of the server's database.
+    server.stop().await.expect("stop");
+    copy_db(&db, &backup);
+    let server = restart(addr, &db).await;
+
+    // After the backup: A adds 10 records, edits 5 and deletes 3; B adds 10; all synced.
+    let mut batch = WriteBatch::new();
+    for i in 0..10 {
+        batch
+            .put("notes", format!("m{i:02}"), &json!({"m": i}))
+            .expect("put");
+    }
+    for i in 0..5 {
+        batch
+            .put(
+                "notes",
+                format!("n{i:02}"),
+                &json!({"i": i, "edited": true}),
+            )
+            .expect("put");
+    }
+    for i in 5..8 {
+        batch.delete("notes", format!("n{i:02}"));
+    }
+    a.store.write(batch).await.expect("write");
+    a.engine.sync().await.expect("a syncs");
+    let mut batch = WriteBatch::new();
+    for i in 0..10 {
+        batch
+            .put("notes", format!("b{i:02}"), &json!({"b": i}))
+            .expect("put");
+    }
+    b.store.write(batch).await.expect("write");
+    b.engine.sync().await.expect("b syncs");
+    a.engine.sync().await.expect("a syncs");
+    let expected = a.snapshot("notes").await;
+    assert_eq!(expected.len(), 40 + 10 + 10 - 3);
+    assert_eq!(b.snapshot("notes").await, expected);
+
+    // The server's disk is lost; it comes back from the backup, which lacks all of that.
+    server.stop().await.expect("stop");
+    copy_db(&backup, &db);
+    let server = restart(addr, &db).await;
+
+    // The devices' cursors are past the end of the restored log: a full re-sync, whose sweep
+    // the heads contradict (the server lost each device's newest head). Nothing is removed,
+    // nothing is pushed, and the report says why, every round.
+    for device in [&a, &b] {
+        for _ in 0..2 {
+            let r = device.engine.sync().await.expect("sync after the restore");
+            assert!(r.resynced, "{r:?}");
+            assert!(reasons(&r).contains(&"own-head"), "{r:?}");
+            assert_eq!((r.discarded, r.pushed, r.reuploaded), (0, 0, 0), "{r:?}");
+            assert_eq!(device.snapshot("notes").await, expected);
+        }
+    }
+
+    // The operator confirms the loss. A puts back everything the server lacks: its 10 new
+    // records, its 5 edits and 3 deletions (the server serves older versions of those), and
+    // B's 10 records (which it holds too).
+    a.engine.reupload_to_server().await.expect("reupload");
+    let r = a.engine.sync().await.expect("a reuploads");
+    assert!(r.resynced && r.withheld.is_empty(), "{r:?}");
+    assert_eq!((r.reuploaded, r.discarded), (28, 0), "{r:?}");
+    assert!(r.pushed >= 28, "{r:?}");
+    // B walks the log again too and finds it whole: nothing of its own to put back.
+    b.engine.reupload_to_server().await.expect("reupload");
+    let r = b.engine.sync().await.expect("b re-syncs");
+    assert!(r.resynced && r.withheld.is_empty(), "{r:?}");
+    assert_eq!((r.reuploaded, r.discarded), (0, 0), "{r:?}");
+    assert_eq!(b.snapshot("notes").await, expected);
+
+    // Back to ordinary rounds: no findings, nothing more to send, no conflicts.
+    for _ in 0..2 {
+        for device in [&a, &b] {
+            let r = device.engine.sync().await.expect("ordinary round");
+            assert!(
+                !r.resynced && r.withheld.is_empty() && r.reuploaded == 0,
+                "{r:?}"
+            );
+            assert_eq!(r.conflicts_pending, 0, "{r:?}");
+            assert_eq!(device.snapshot("notes").await, expected);
+        }
+    }
+
+    // A new device gets everything from the server alone, deletions included.
+    let c = Device::join(&dir.path().join("c.db"), &url, &account.token, PASS)
+        .await
+        .expect("join");
+    c.engine.sync().await.expect("c syncs");
+    assert_eq!(c.snapshot("notes").await, expected);
+    for i in 5..8 {
+        assert_eq!(
+            c.store
+                .get("notes", &format!("n{i:02}"))
+                .await
+                .expect("get"),
+            None
+        );
+    }
+    drop(server);
+}
