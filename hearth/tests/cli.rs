@@ -472,6 +472,20 @@ fn two_stores_sync_through_hearth_serve() {
     let r: serde_json::Value = serde_json::from_str(report.trim()).expect("json");
     assert_eq!(r["applied"], 1);
     assert!(stdout(hearth(&b, "pw").args(["--json", "get", "notes", "n1"])).contains("from a"));
+    // `--reupload` walks the whole log again; this server lost nothing, so nothing goes up
+    // and nothing is found missing.
+    let report = stdout(hearth(&b, "pw").args(["--json", "sync", "--reupload"]));
+    let r: serde_json::Value = serde_json::from_str(report.trim()).expect("json");
+    assert_eq!(
+        (&r["resynced"], &r["reuploaded"], &r["discarded"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(0),
+            &serde_json::json!(0)
+        ),
+        "{r}"
+    );
+    assert_eq!(r["withheld"], serde_json::json!([]), "{r}");
 
     // Concurrent edits under `merge`, a delete; both converge.
     for db in [&a, &b] {

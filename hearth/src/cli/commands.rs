@@ -1098,7 +1098,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sync => {
+        Command::Sync { reupload } => {
             let store = open(&cli).await?;
             let progress =
                 !cli.json && !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -1117,7 +1117,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 if let Some(old) = super::remote::announce_rotation(&store).await? {
                     tracing::info!(retired = %old, "told the server about the key rotation");
                 }
-                super::remote::sync(&store, progress).await
+                super::remote::sync(&store, progress, *reupload).await
             }
             .await;
             store.close().await?;
@@ -1136,6 +1136,29 @@ pub async fn run(cli: Cli) -> Result<()> {
                         report["conflicts_pending"]
                     ),
                 );
+                if report["reuploaded"].as_u64().unwrap_or(0) > 0 {
+                    say(
+                        cli.quiet,
+                        format!(
+                            "put back {} records the server had lost",
+                            report["reuploaded"]
+                        ),
+                    );
+                }
+                if let Some(findings) = report["withheld"].as_array().filter(|w| !w.is_empty()) {
+                    // Not quiet: this needs a decision.
+                    eprintln!(
+                        "warning: the server did not serve writes this device expected ({} finding(s)); \
+                         nothing was removed{}. If the server was restored from an older backup, run \
+                         `hearth sync --reupload` on every device; see docs/security.md",
+                        findings.len(),
+                        if report["resynced"].as_bool() == Some(true) {
+                            " and nothing was pushed"
+                        } else {
+                            ""
+                        }
+                    );
+                }
             }
             Ok(())
         }

@@ -175,7 +175,13 @@ pub enum Command {
         cipher: Option<String>,
     },
     /// Sync with the server: push local changes, pull and merge remote ones.
-    Sync,
+    Sync {
+        /// The server lost data (it was restored from an older backup): walk its whole log
+        /// again and upload what this device holds that it lacks, instead of waiting for it.
+        /// Only once the server's operator has confirmed the loss; see docs/security.md.
+        #[arg(long)]
+        reupload: bool,
+    },
     /// Run the sync server.
     Serve {
         /// Address to listen on.

@@ -174,9 +174,13 @@ pub async fn engine(store: &Store) -> Result<SyncEngine> {
     ))
 }
 
-/// Runs one sync round with a progress line on a terminal; returns the report as JSON.
-pub async fn sync(store: &Store, show_progress: bool) -> Result<Value> {
+/// Runs one sync round with a progress line on a terminal (after asking for a re-upload to a
+/// server that lost data, with `reupload`); returns the report as JSON.
+pub async fn sync(store: &Store, show_progress: bool, reupload: bool) -> Result<Value> {
     let engine = engine(store).await?;
+    if reupload {
+        engine.reupload_to_server().await?;
+    }
     let bar = show_progress.then(|| {
         let pb = indicatif::ProgressBar::new_spinner();
         pb.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -216,6 +220,7 @@ pub async fn sync(store: &Store, show_progress: bool) -> Result<Value> {
         "pushed": r.pushed, "pulled": r.pulled, "applied": r.applied,
         "conflicts_resolved": r.conflicts_resolved, "conflicts_pending": r.conflicts_pending,
         "rejected": r.rejected.len(), "resynced": r.resynced, "duration_ms": r.duration_ms,
+        "discarded": r.discarded, "reuploaded": r.reuploaded,
         "withheld": r.withheld.iter().map(|w| json!({
             "device": w.device.to_hex(), "witness": w.witness.to_hex(), "reason": w.reason,
         })).collect::<Vec<_>>(),
