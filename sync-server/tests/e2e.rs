@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Device, PASS, Proxy, eventually, sqlite_server};
+use common::{
+    Device, PASS, Proxy, eventually, server_and_two_devices, sqlite_server, sqlite_server_at,
+};
 use serde_json::json;
 use sync_core::{ErrorKind, WriteBatch};
 use transport_http::HttpTransport;
@@ -149,16 +151,8 @@ async fn a_wrong_passphrase_or_another_key_is_refused_before_uploading() {
 async fn a_server_restart_mid_sync_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("server.db");
-    let server = sqlite_server(&db).await;
+    let (server, _, a, b) = server_and_two_devices(dir.path()).await;
     let addr = server.local_addr();
-    let url = server.url();
-    let account = HttpTransport::register_account(&url)
-        .await
-        .expect("account");
-    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
-    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
-        .await
-        .expect("join");
     let mut batch = WriteBatch::new();
     for i in 0..4000 {
         batch
@@ -203,13 +197,7 @@ async fn a_server_restart_mid_sync_loses_and_duplicates_nothing() {
     assert!(err.is_temporary(), "{err}");
 
     // Same address, same database file.
-    let server = sync_server::Server::builder()
-        .listen(addr)
-        .database(format!("sqlite:{}", db.display()))
-        .build()
-        .await
-        .expect("restart")
-        .spawn();
+    let server = sqlite_server_at(addr, &db).await;
     a.engine.sync().await.expect("sync after restart");
     assert_eq!(a.store.info().await.expect("info").pending, 0);
     let r = b.engine.sync().await.expect("b syncs");

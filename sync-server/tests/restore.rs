@@ -5,14 +5,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 
-use common::{Device, PASS, sqlite_server};
+use common::{Device, PASS, server_and_two_devices, sqlite_server_at};
 use serde_json::json;
 use sync_core::{SyncReport, WriteBatch};
-use sync_server::RunningServer;
-use transport_http::HttpTransport;
 
 /// Copies an SQLite database with its WAL files (absent ones removed at the destination).
 fn copy_db(from: &Path, to: &Path) {
@@ -27,16 +24,6 @@ fn copy_db(from: &Path, to: &Path) {
     }
 }
 
-async fn restart(addr: SocketAddr, db: &Path) -> RunningServer {
-    sync_server::Server::builder()
-        .listen(addr)
-        .database(format!("sqlite:{}", db.display()))
-        .build()
-        .await
-        .expect("restart")
-        .spawn()
-}
-
 fn reasons(r: &SyncReport) -> Vec<&str> {
     r.withheld.iter().map(|w| w.reason.as_str()).collect()
 }
@@ -46,16 +33,9 @@ async fn after_a_server_restore_devices_keep_everything_and_put_back_what_it_los
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("server.db");
     let backup = dir.path().join("backup.db");
-    let server = sqlite_server(&db).await;
+    let (server, token, a, b) = server_and_two_devices(dir.path()).await;
     let addr = server.local_addr();
     let url = server.url();
-    let account = HttpTransport::register_account(&url)
-        .await
-        .expect("account");
-    let a = Device::first(&dir.path().join("a.db"), &url, &account.token).await;
-    let b = Device::join(&dir.path().join("b.db"), &url, &account.token, PASS)
-        .await
-        .expect("join");
     let mut batch = WriteBatch::new();
     for i in 0..40 {
         batch
@@ -69,7 +49,7 @@ async fn after_a_server_restore_devices_keep_everything_and_put_back_what_it_los
     // The operator's backup of the server's database.
     server.stop().await.expect("stop");
     copy_db(&db, &backup);
-    let server = restart(addr, &db).await;
+    let server = sqlite_server_at(addr, &db).await;
 
     // After the backup: A adds 10 records, edits 5 and deletes 3; B adds 10; all synced.
     let mut batch = WriteBatch::new();
@@ -108,7 +88,7 @@ async fn after_a_server_restore_devices_keep_everything_and_put_back_what_it_los
     // The server's disk is lost; it comes back from the backup, which lacks all of that.
     server.stop().await.expect("stop");
     copy_db(&backup, &db);
-    let server = restart(addr, &db).await;
+    let server = sqlite_server_at(addr, &db).await;
 
     // The devices' cursors are past the end of the restored log: a full re-sync, whose sweep
     // the heads contradict (the server lost each device's newest head). Nothing is removed,
@@ -152,7 +132,7 @@ async fn after_a_server_restore_devices_keep_everything_and_put_back_what_it_los
     }
 
     // A new device gets everything from the server alone, deletions included.
-    let c = Device::join(&dir.path().join("c.db"), &url, &account.token, PASS)
+    let c = Device::join(&dir.path().join("c.db"), &url, &token, PASS)
         .await
         .expect("join");
     c.engine.sync().await.expect("c syncs");

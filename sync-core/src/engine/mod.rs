@@ -858,6 +858,16 @@ impl SyncEngine {
         decode_or_default(self.store.storage().meta_get(META_CONFLICTS).await?)
     }
 
+    /// `payload` sealed for record `id` with the store's current key and padding.
+    fn seal(&self, id: &RecordId, payload: &Payload) -> Result<Vec<u8>> {
+        self.store.keys().seal(
+            self.store.cipher().as_ref(),
+            id,
+            payload,
+            self.store.padding(),
+        )
+    }
+
     fn open_version(&self, id: &RecordId, envelope: &[u8]) -> Result<(Payload, Version)> {
         let p = self.store.open_envelope(id, envelope)?;
         let value = match &p.value {
@@ -1212,12 +1222,7 @@ impl SyncEngine {
             origin: me,
             seq,
         };
-        let envelope = self.store.keys().seal(
-            self.store.cipher().as_ref(),
-            &record,
-            &payload,
-            self.store.padding(),
-        )?;
+        let envelope = self.seal(&record, &payload)?;
         // The sequence number is spent before the head leaves: a crash after the push must
         // not hand it to a write, which the server would then take for a retry and drop.
         w.commit(Batch::default()).await?;
@@ -1354,12 +1359,7 @@ impl SyncEngine {
             origin: self.store.device(),
             seq,
         };
-        let envelope = self.store.keys().seal(
-            self.store.cipher().as_ref(),
-            &local_row.id,
-            &payload,
-            self.store.padding(),
-        )?;
+        let envelope = self.seal(&local_row.id, &payload)?;
         sync.ancestor = None;
         Ok(StoredRecord {
             id: local_row.id,
@@ -1713,12 +1713,7 @@ impl SyncEngine {
         payload.hlc = hlc;
         payload.origin = me;
         payload.seq = seq;
-        let envelope = self.store.keys().seal(
-            self.store.cipher().as_ref(),
-            &row.id,
-            &payload,
-            self.store.padding(),
-        )?;
+        let envelope = self.seal(&row.id, &payload)?;
         let mut sync = RowSync::decode(&row.sync)?.after_local_write(&row.envelope, false);
         sync.synced = true;
         Ok(StoredRecord {

@@ -100,13 +100,34 @@ pub async fn postgres_store(
 
 /// An in-process server on a random port over a SQLite file.
 pub async fn sqlite_server(db: &Path) -> RunningServer {
+    sqlite_server_at("127.0.0.1:0".parse().expect("addr"), db).await
+}
+
+/// An in-process server on `addr` over a SQLite file (a restart keeps the address).
+pub async fn sqlite_server_at(addr: std::net::SocketAddr, db: &Path) -> RunningServer {
     Server::builder()
-        .listen("127.0.0.1:0".parse().expect("addr"))
+        .listen(addr)
         .database(format!("sqlite:{}", db.display()))
         .build()
         .await
         .expect("server")
         .spawn()
+}
+
+/// A server over `dir/server.db`, an account on it, and two devices of one space: A
+/// (`dir/a.db`, which made the space) and B (`dir/b.db`, joined with the passphrase).
+pub async fn server_and_two_devices(dir: &Path) -> (RunningServer, String, Device, Device) {
+    let server = sqlite_server(&dir.join("server.db")).await;
+    let url = server.url();
+    let token = HttpTransport::register_account(&url)
+        .await
+        .expect("account")
+        .token;
+    let a = Device::first(&dir.join("a.db"), &url, &token).await;
+    let b = Device::join(&dir.join("b.db"), &url, &token, PASS)
+        .await
+        .expect("join");
+    (server, token, a, b)
 }
 
 /// Quick retries, so tests that stop the server do not wait long.
