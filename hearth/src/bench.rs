@@ -44,6 +44,8 @@ pub struct BenchOptions {
     pub batch: usize,
     /// Seed of the dataset.
     pub seed: u64,
+    /// The sync workloads' `SyncConfig::pull_page` and `push_batch`.
+    pub sync_page: usize,
 }
 
 impl Default for BenchOptions {
@@ -53,6 +55,7 @@ impl Default for BenchOptions {
             value_size: 1024,
             batch: 1000,
             seed: 42,
+            sync_page: SyncConfig::default().pull_page,
         }
     }
 }
@@ -453,11 +456,15 @@ impl Rig {
         HttpTransport::new(&self.server.url(), self.token.clone())
     }
 
-    fn engine(&self, store: &Store) -> Result<SyncEngine> {
+    fn engine(&self, store: &Store, page: usize) -> Result<SyncEngine> {
         Ok(SyncEngine::new(
             store.clone(),
             Arc::new(self.http()?.retrying()),
-            SyncConfig::default(),
+            SyncConfig {
+                pull_page: page.max(1),
+                push_batch: page.max(2),
+                ..SyncConfig::default()
+            },
         ))
     }
 
@@ -691,8 +698,8 @@ pub async fn sync_workloads(
         fingerprint: b.key_fingerprint(),
     })
     .await?;
-    let ea = rig.engine(&a)?;
-    let eb = rig.engine(&b)?;
+    let ea = rig.engine(&a, opts.sync_page)?;
+    let eb = rig.engine(&b, opts.sync_page)?;
 
     // Baseline for W3: the receiving side's floor.
     let raw = raw_pool(&dir.join("sync-raw.db")).await?;

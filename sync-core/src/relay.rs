@@ -64,9 +64,9 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            page_limit: 1000,
+            page_limit: 4000,
             page_bytes: 4 * 1024 * 1024,
-            push_limit: 1000,
+            push_limit: 4000,
             max_envelope: 17 * 1024 * 1024,
             horizon_millis: 90 * 24 * 3600 * 1000,
         }

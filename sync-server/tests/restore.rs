@@ -118,7 +118,9 @@ async fn after_a_server_restore_devices_keep_everything_and_put_back_what_it_los
     assert_eq!((r.reuploaded, r.discarded), (0, 0), "{r:?}");
     assert_eq!(b.snapshot("notes").await, expected);
 
-    // Back to ordinary rounds: no findings, nothing more to send, no conflicts.
+    // Back to ordinary rounds: no findings, nothing more to send, no conflicts, and the heads
+    // vouch for the state again (digests compared, and equal).
+    let mut compared = 0;
     for _ in 0..2 {
         for device in [&a, &b] {
             let r = device.engine.sync().await.expect("ordinary round");
@@ -127,8 +129,20 @@ async fn after_a_server_restore_devices_keep_everything_and_put_back_what_it_los
                 "{r:?}"
             );
             assert_eq!(r.conflicts_pending, 0, "{r:?}");
+            compared += r.digests_compared;
             assert_eq!(device.snapshot("notes").await, expected);
         }
+    }
+    assert!(
+        compared > 0,
+        "no head vouched for the state after the recovery"
+    );
+    for device in [&a, &b] {
+        device
+            .store
+            .check()
+            .await
+            .expect("kept digest and records agree");
     }
 
     // A new device gets everything from the server alone, deletions included.

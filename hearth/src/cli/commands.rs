@@ -292,6 +292,7 @@ struct BenchArgs<'a> {
     storage: &'a str,
     cipher: &'a str,
     memory_ratio: bool,
+    sync_page: usize,
 }
 
 async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
@@ -303,6 +304,7 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
         storage,
         cipher,
         memory_ratio,
+        sync_page,
     } = args;
     let want = |w: &str| workloads.iter().any(|x| x.eq_ignore_ascii_case(w));
     for w in workloads {
@@ -319,6 +321,7 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
     let opts = BenchOptions {
         n,
         value_size,
+        sync_page,
         ..BenchOptions::default()
     };
     let dir = tempfile_dir()?;
@@ -1187,6 +1190,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             storage,
             cipher,
             memory_ratio,
+            sync_page,
         } => {
             bench(
                 &cli,
@@ -1197,6 +1201,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     storage,
                     cipher,
                     memory_ratio: *memory_ratio,
+                    sync_page: *sync_page,
                 },
             )
             .await

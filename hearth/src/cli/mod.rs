@@ -151,6 +151,10 @@ pub enum Command {
         /// Also run W3 at 10 × N and report its peak memory against W3 at N (aim: flat).
         #[arg(long)]
         memory_ratio: bool,
+        /// Envelopes per pull page and per push in the sync workloads (`SyncConfig::pull_page`
+        /// and `push_batch`; the embedded server accepts up to 4000).
+        #[arg(long, default_value_t = 1000)]
+        sync_page: usize,
     },
     /// Create an account on a sync server for this store (prints the account token other
     /// devices join with).
