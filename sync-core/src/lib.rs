@@ -64,7 +64,7 @@ pub use privacy::{
     Anonymizer, AuditLog, ConsentPrompt, DestinationKey, DestinationKeyPair, GrantOptions, RuleSet,
     ShareOutcome, Sharer, StoreConsent,
 };
-pub use relay::{MemoryRelay, Relay, RelayConfig, RelayStats, SpaceRetired};
+pub use relay::{MemoryRelay, Relay, RelayBackup, RelayConfig, RelayStats, SpaceRetired};
 pub use storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
 pub use store::{OpenOptions, Page, Store, StoreBuilder, StoreInfo, WriteBatch, WriteSummary};
 pub use strategy::{

@@ -82,7 +82,7 @@ struct Entry {
     envelope: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Space {
     fingerprint: Option<[u8; 32]>,
     next_seq: u64,
@@ -98,6 +98,18 @@ struct Space {
     walking: HashMap<DeviceId, u64>,
     floor: u64,
     key_backup: Option<Vec<u8>>,
+}
+
+/// What [`MemoryRelay::backup`] copied.
+#[derive(Clone)]
+pub struct RelayBackup(HashMap<SpaceId, Space>);
+
+impl std::fmt::Debug for RelayBackup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBackup")
+            .field("spaces", &self.0.len())
+            .finish()
+    }
 }
 
 /// One stored entry as the server sees it.
@@ -256,6 +268,19 @@ impl MemoryRelay {
     /// The relay's limits.
     pub fn config(&self) -> RelayConfig {
         self.config
+    }
+
+    /// A copy of everything the relay holds now, for [`Self::restore`]: what a backup of a
+    /// server's database is, for tests of a server that loses data.
+    pub fn backup(&self) -> Result<RelayBackup> {
+        Ok(RelayBackup(self.lock()?.clone()))
+    }
+
+    /// Replaces everything the relay holds with `backup`: a server restored from an older
+    /// backup of its database (what it stored since is gone).
+    pub fn restore(&self, backup: &RelayBackup) -> Result<()> {
+        *self.lock()? = backup.0.clone();
+        Ok(())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<SpaceId, Space>>> {

@@ -1,0 +1,139 @@
+//! A relay restored from an older backup, with the device that wrote what it lost gone for
+//! good: the two devices left both put back that device's writes, each before seeing the
+//! other's, and they converge without asking the user (equal values are not a choice).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use common::{Device, World};
+use serde_json::json;
+use sync_core::{
+    Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, Result, SpaceId,
+    SyncConfig, SyncEngine, Transport,
+};
+use transport_mock::{Faults, MockTransport};
+
+/// Pulls go through; pushes fail while `closed` is set (a device that loses its connection
+/// between the pull and the push of a round).
+#[derive(Debug)]
+struct PushGate {
+    inner: Arc<MockTransport>,
+    closed: AtomicBool,
+}
+
+#[async_trait]
+impl Transport for PushGate {
+    fn name(&self) -> &'static str {
+        "push-gate"
+    }
+    async fn push(&self, request: PushRequest) -> Result<PushResponse> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::Unavailable, "connection lost").temporary());
+        }
+        self.inner.push(request).await
+    }
+    async fn pull(&self, request: PullRequest) -> Result<PullPage> {
+        self.inner.pull(request).await
+    }
+    async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>> {
+        self.inner.get_key_backup(space).await
+    }
+    async fn put_key_backup(&self, space: SpaceId, blob: Vec<u8>) -> Result<()> {
+        self.inner.put_key_backup(space, blob).await
+    }
+    async fn share(&self, destination: &str, sealed: Vec<u8>) -> Result<()> {
+        self.inner.share(destination, sealed).await
+    }
+}
+
+#[tokio::test]
+async fn devices_put_back_what_a_restored_relay_lost_and_converge_without_asking() {
+    let world = World::new();
+    let a = Device::first(&world, Faults::NONE, 1).await;
+    let b = Device::join(&world, &a.store, Faults::NONE, 2).await;
+    let c = Device::join(&world, &a.store, Faults::NONE, 3).await;
+    let gate = Arc::new(PushGate {
+        inner: c.transport.clone(),
+        closed: AtomicBool::new(false),
+    });
+    let c_engine = SyncEngine::new(c.store.clone(), gate.clone(), SyncConfig::default());
+    for engine in [&a.engine, &b.engine, &c_engine] {
+        engine
+            .set_strategy("tasks", "user-choice")
+            .await
+            .expect("strategy");
+    }
+    for i in 0..3 {
+        a.store
+            .put("tasks", &format!("t{i}"), &json!({"t": i}))
+            .await
+            .expect("put");
+        a.store
+            .put("notes", &format!("n{i}"), &json!({"n": i}))
+            .await
+            .expect("put");
+    }
+    a.engine.sync().await.expect("sync");
+    b.engine.sync().await.expect("sync");
+    c_engine.sync().await.expect("sync");
+    let backup = world.relay.backup().expect("backup");
+
+    // After the backup B edits, adds and deletes, and A and C get all of it.
+    b.store
+        .put("tasks", "t0", &json!({"t": 0, "by": "b"}))
+        .await
+        .expect("put");
+    b.store
+        .put("tasks", "t3", &json!({"t": 3}))
+        .await
+        .expect("put");
+    b.store
+        .put("notes", "n3", &json!({"n": 3}))
+        .await
+        .expect("put");
+    assert!(b.store.delete("notes", "n1").await.expect("delete"));
+    b.engine.sync().await.expect("sync");
+    a.engine.sync().await.expect("sync");
+    c_engine.sync().await.expect("sync");
+    let expected = a.snapshot().await;
+    assert_eq!(expected.len(), 3 + 3 + 2 - 1);
+
+    // The relay loses it all, and B is never heard from again.
+    world.relay.restore(&backup).expect("restore");
+    drop(b);
+    for engine in [&a.engine, &c_engine] {
+        engine.reupload_to_server().await.expect("reupload");
+    }
+    // C walks the restored log and queues B's four writes as its own, then loses its
+    // connection before pushing them.
+    gate.closed.store(true, Ordering::SeqCst);
+    let err = c_engine.sync().await.expect_err("push cut off");
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(c.store.info().await.expect("info").pending, 4);
+    // A, not having seen C's, puts back the same four.
+    let r = a.engine.sync().await.expect("a reuploads");
+    assert_eq!((r.reuploaded, r.discarded), (4, 0), "{r:?}");
+    // C's connection comes back: its four meet A's, concurrent and equal, and are settled
+    // without the user, in `tasks` (user-choice) as in `notes` (lww).
+    gate.closed.store(false, Ordering::SeqCst);
+    let r = c_engine.sync().await.expect("c syncs");
+    assert_eq!(r.conflicts_resolved, 4, "{r:?}");
+    assert_eq!(r.conflicts_pending, 0, "{r:?}");
+    for _ in 0..2 {
+        for engine in [&a.engine, &c_engine] {
+            let r = engine.sync().await.expect("sync");
+            assert_eq!(r.conflicts_pending, 0, "{r:?}");
+            assert!(r.withheld.is_empty() && !r.resynced, "{r:?}");
+        }
+    }
+    assert_eq!(a.snapshot().await, expected);
+    assert_eq!(c.snapshot().await, expected);
+
+    // What the relay holds now is the whole state again: a new device gets all of it.
+    let d = Device::join(&world, &a.store, Faults::NONE, 4).await;
+    d.engine.sync().await.expect("sync");
+    assert_eq!(d.snapshot().await, expected);
+}
