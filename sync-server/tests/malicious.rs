@@ -15,7 +15,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use common::{Device, PASS, sqlite_server};
+use common::{Device, PASS, server_and_two_devices};
 use serde_json::json;
 use sync_core::{
     DeviceId, Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, RecordId,
@@ -114,16 +114,8 @@ struct Rig {
 
 async fn rig() -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = sqlite_server(&dir.path().join("server.db")).await;
+    let (server, token, a, b) = server_and_two_devices(dir.path()).await;
     let url = server.url();
-    let token = HttpTransport::register_account(&url)
-        .await
-        .expect("account")
-        .token;
-    let a = Device::first(&dir.path().join("a.db"), &url, &token).await;
-    let b = Device::join(&dir.path().join("b.db"), &url, &token, PASS)
-        .await
-        .expect("join");
     let evil = Arc::new(Evil {
         inner: common::http(&url, &token),
         plan: Mutex::new(Plan::default()),

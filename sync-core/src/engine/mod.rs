@@ -88,7 +88,7 @@ pub struct SyncConfig {
     /// count and byte limits, 4000 and 4 MiB for the reference server). A pulled page is
     /// applied in one transaction, so larger pages pull faster (fewer index pages written per
     /// record) and hold more memory: 4000 instead of 1000, with `push_batch` alike, made an
-    /// initial sync of 300,000 ~1.3 KiB records pull ~30 % faster for ~16 MiB more heap in
+    /// initial sync of 300,000 ~1.3 KiB records pull ~27 % faster for ~18 MiB more heap in
     /// use (docs/performance.md).
     pub pull_page: usize,
     /// Strategy for collections without one set (default `lww`).
