@@ -150,6 +150,17 @@ pub fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes this process has caused to be written to storage so far (`write_bytes` of
+/// `/proc/self/io`: what reached the block layer, WAL and checkpoints included), or None where
+/// the kernel does not say. Differences of it give a workload's write amplification.
+pub fn disk_written_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/io").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    })
+}
+
 /// Samples how many bytes the C allocator has handed out and not taken back (glibc's
 /// `mallinfo2`: arena chunks in use plus mmapped chunks), every 20 ms on a thread of its own,
 /// and keeps the most seen. That is the heap the process holds (Rust's allocations and
@@ -525,6 +536,9 @@ pub struct SyncBytes {
     /// SQLite's allocations alike), without the free memory the allocator keeps, which peak RSS
     /// includes. None where the allocator cannot tell (off glibc).
     pub initial_heap_peak: Option<u64>,
+    /// W3: bytes written to disk by A's push (server and A) and by B's pull (server and B),
+    /// WAL and checkpoints included; None where the kernel does not say (off Linux).
+    pub initial_disk_written: Option<(u64, u64)>,
     /// Sum of A's sealed envelope sizes, twice (up once, down once): what any end-to-end
     /// encrypted sync through a server must move.
     pub sealed_lower_bound: u64,
@@ -714,11 +728,14 @@ pub async fn sync_workloads(
     crate::backend_sqlite::sqlite_memory_highwater(true);
     crate::backend_sqlite::sqlite_page_cache_highwater(true);
     let heap = HeapSampler::start();
+    let io0 = disk_written_bytes();
     let t = Instant::now();
     ea.sync().await?;
     let push_s = t.elapsed().as_secs_f64();
+    let io1 = disk_written_bytes();
     let pulled = eb.sync().await?;
     let initial = t.elapsed().as_secs_f64();
+    let io2 = disk_written_bytes();
     let rss = peak_rss_bytes();
     let sqlite_peak = crate::backend_sqlite::sqlite_memory_highwater(false);
     let sqlite_cache_peak = crate::backend_sqlite::sqlite_page_cache_highwater(false);
@@ -757,6 +774,10 @@ pub async fn sync_workloads(
     out.bytes.initial_sqlite_peak = sqlite_peak;
     out.bytes.initial_sqlite_cache_peak = sqlite_cache_peak;
     out.bytes.initial_heap_peak = heap_peak;
+    out.bytes.initial_disk_written = match (io0, io1, io2) {
+        (Some(a), Some(b), Some(c)) => Some((b.saturating_sub(a), c.saturating_sub(b))),
+        _ => None,
+    };
     out.bytes.sealed_lower_bound = 2 * sealed;
     out.results.push(BenchResult {
         workload: "W3 initial sync (http)".into(),

@@ -391,6 +391,16 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
                 b.initial_sqlite_peak as f64 / (1024.0 * 1024.0),
                 b.initial_sqlite_cache_peak as f64 / (1024.0 * 1024.0)
             ));
+            if let Some((push, pull)) = b.initial_disk_written {
+                let sealed = (b.sealed_lower_bound / 2).max(1) as f64;
+                notes.push(format!(
+                    "W3: wrote {:.0} MB to disk during A's push ({:.1} x the sealed bytes) and {:.0} MB during B's pull ({:.1} x), WAL and checkpoints included",
+                    push as f64 / 1e6,
+                    push as f64 / sealed,
+                    pull as f64 / 1e6,
+                    pull as f64 / sealed
+                ));
+            }
             if let Some(heap) = b.initial_heap_peak {
                 notes.push(format!(
                     "W3: the process had at most {:.1} MiB of heap in use (sampled; peak RSS adds what the allocator keeps free)",
