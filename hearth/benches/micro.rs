@@ -106,6 +106,7 @@ fn wire_format(c: &mut Criterion) {
         next_cursor: 100,
         more: true,
         gc_floor: 0,
+        log_id: Default::default(),
     };
     let push_bytes = wire::encode_push_request(&push).expect("encode");
     let page_bytes = wire::encode_pull_page(&page).expect("encode");

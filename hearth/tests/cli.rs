@@ -1301,3 +1301,58 @@ fn a_sqlcipher_sodium_store_is_used_without_naming_its_backends() {
     assert!(raw.len() > 16);
     assert!(!raw.starts_with(b"SQLite format 3\0"));
 }
+
+#[test]
+fn serve_mark_restored_gives_the_log_a_new_id_and_devices_walk_it_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let server = serve_on(dir.path(), port, "server.db");
+    let a = dir.path().join("a.db");
+    hearth(&a, "pw").arg("init").assert().success();
+    hearth(&a, "pw")
+        .args(["put", "notes", "n1", r#"{"t":"kept"}"#])
+        .assert()
+        .success();
+    hearth(&a, "pw")
+        .args(["register", "--server", &server.1])
+        .assert()
+        .success();
+    hearth(&a, "pw").arg("sync").assert().success();
+
+    // The operator declares the database restored (here it lost nothing), with the server down.
+    drop(server);
+    let marked = json_of(&stdout(
+        hearth(&a, "pw")
+            .args(["--json", "serve", "--db"])
+            .arg(dir.path().join("server.db"))
+            .arg("--mark-restored"),
+    ));
+    assert_eq!(marked["spaces_marked"], 1, "{marked}");
+    let _server = serve_on(dir.path(), port, "server.db");
+
+    // The next sync sees the new log id and walks the log again: nothing lost, nothing to put
+    // back; the one after is ordinary.
+    let r = json_of(&stdout(hearth(&a, "pw").args(["--json", "sync"])));
+    assert_eq!(
+        (
+            &r["log_replaced"],
+            &r["resynced"],
+            &r["reuploaded"],
+            &r["discarded"]
+        ),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(true),
+            &serde_json::json!(0),
+            &serde_json::json!(0)
+        ),
+        "{r}"
+    );
+    let text = stdout(hearth(&a, "pw").arg("sync"));
+    assert!(!text.contains("restored"), "{text}");
+    assert!(stdout(hearth(&a, "pw").args(["--json", "get", "notes", "n1"])).contains("kept"));
+}

@@ -58,7 +58,8 @@ pub use envelope::{Padding, Payload, RecordKeys};
 pub use error::{Error, ErrorKind, Result, Status};
 pub use memory::MemoryStorage;
 pub use model::{
-    Causality, CollectionId, DeviceId, Hlc, HlcClock, Record, RecordId, SpaceId, VersionVector,
+    Causality, CollectionId, DeviceId, Hlc, HlcClock, LogId, Record, RecordId, SpaceId,
+    VersionVector,
 };
 pub use privacy::{
     Anonymizer, AuditLog, ConsentPrompt, DestinationKey, DestinationKeyPair, GrantOptions, RuleSet,

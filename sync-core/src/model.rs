@@ -85,6 +85,22 @@ opaque_id!(
     CollectionId,
     32
 );
+opaque_id!(
+    /// The identity of a space's log on its server. The server picks it at random when the
+    /// space is registered and picks a new one when its database is declared restored from a
+    /// backup: the log's sequence numbers then mean other envelopes, so a device whose cursor
+    /// was taken under another log id walks the whole log again and puts back what the server
+    /// lost (`docs/protocol.md`). Not secret.
+    LogId,
+    16
+);
+
+impl Default for LogId {
+    /// All zeros: a placeholder (servers give every space a random log id).
+    fn default() -> Self {
+        Self([0; 16])
+    }
+}
 
 /// A hybrid logical clock timestamp: physical milliseconds, a logical counter, and the device
 /// that made it. Totally ordered; the device id breaks ties, so two devices never produce equal

@@ -30,6 +30,11 @@
 //! - A page's `next_cursor` is the last sequence looked at (returned, or skipped as the
 //!   device's own) while more remain; on the last page it is the log's last sequence number,
 //!   so a device that reached the end is never below the floor.
+//! - Every page names the space's log id ([`LogId`]): the same on every page until the
+//!   operator declares the server's data restored from a backup ([`MemoryRelay::mark_restored`];
+//!   `hearth-server mark-restored` for the real server), which gives every space a new one.
+//!   The sequence numbers of a restored log name other envelopes than before, so a device that
+//!   sees a new log id walks the log again from 0 and puts back what the server lost.
 //!
 //! [`Relay`] is this behaviour as a trait: `MemoryRelay` implements it, so do the real server's
 //! stores, and `testkit::relay_suite` checks every implementation against the rules above.
@@ -40,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{DeviceId, RecordId, SpaceId};
+use crate::model::{DeviceId, LogId, RecordId, SpaceId};
 use crate::store::{WallClock, system_millis};
 use crate::transport::{
     PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope, SpaceRef,
@@ -98,6 +103,8 @@ struct Space {
     walking: HashMap<DeviceId, u64>,
     floor: u64,
     key_backup: Option<Vec<u8>>,
+    /// The log's identity ([`LogId`]): replaced by [`MemoryRelay::mark_restored`].
+    log_id: LogId,
 }
 
 /// What [`MemoryRelay::backup`] copied.
@@ -280,6 +287,18 @@ impl MemoryRelay {
     /// backup of its database (what it stored since is gone).
     pub fn restore(&self, backup: &RelayBackup) -> Result<()> {
         *self.lock()? = backup.0.clone();
+        Ok(())
+    }
+
+    /// Declares the relay's data restored from a backup, as an operator does after
+    /// [`Self::restore`]: every space gets a new [`LogId`], so each device walks the log again
+    /// at its next pull and puts back what the relay lost. Deterministic (each log id goes up by
+    /// one), for simulations.
+    pub fn mark_restored(&self) -> Result<()> {
+        for space in self.lock()?.values_mut() {
+            let next = u128::from_be_bytes(space.log_id.0).wrapping_add(1);
+            space.log_id = LogId(next.to_be_bytes());
+        }
         Ok(())
     }
 
@@ -495,6 +514,7 @@ impl MemoryRelay {
             next_cursor,
             more,
             gc_floor: space.floor,
+            log_id: space.log_id,
         })
     }
 

@@ -10,7 +10,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::model::{DeviceId, RecordId, SpaceId};
+use crate::model::{DeviceId, LogId, RecordId, SpaceId};
 
 /// What a device proves about the space it syncs: the space id and the fingerprint of the root
 /// key it holds. The server records the fingerprint of the first device and refuses any other,
@@ -134,6 +134,11 @@ pub struct PullPage {
     /// Tombstones at or below this server sequence have been collected by the server: a device
     /// may forget its own (synced) tombstones of records last synced at or below it.
     pub gc_floor: u64,
+    /// The identity of the space's log: cursors and sequence numbers mean something only under
+    /// the log id they were taken under. A new one means the server's log was replaced (its
+    /// database restored from a backup); the engine then walks the log again from 0 and puts
+    /// back what the server lost.
+    pub log_id: LogId,
 }
 
 /// Moves sealed envelopes between a device and its sync server.

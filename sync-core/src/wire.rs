@@ -1,4 +1,5 @@
-//! The binary wire format of the sync protocol, version 1.
+//! The binary wire format of the sync protocol, version 2 (version 1 had no log id in a pull
+//! page; a version-1 message is refused as [`ErrorKind::Unsupported`]).
 //!
 //! Push and pull travel as these messages (no JSON, no base64: sealed envelopes go as raw
 //! bytes behind a length). Every message starts with the wire version and a message kind; all
@@ -6,15 +7,15 @@
 //! `docs/protocol.md` specifies the layout byte by byte.
 //!
 //! ```text
-//! header        version u8 (= 1) | kind u8
+//! header        version u8 (= 2) | kind u8
 //! space ref     space [16] | device [16] | fingerprint [32]
 //! push request  header(kind 1) | space ref | count u32 | count × push entry
 //! push entry    record [32] | seq u64 | flags u8 | n u16 | n × superseded server seq u64
 //!               | len u32 | envelope [len]
 //! push response header(kind 2) | count u32 | count × (seq u64 | server seq u64)
 //! pull request  header(kind 3) | space ref | cursor u64 | limit u32 | flags u8
-//! pull page     header(kind 4) | next cursor u64 | gc floor u64 | flags u8 | count u32
-//!               | count × pulled entry
+//! pull page     header(kind 4) | next cursor u64 | gc floor u64 | log id [16] | flags u8
+//!               | count u32 | count × pulled entry
 //! pulled entry  server seq u64 | record [32] | device [16] | seq u64 | flags u8 | len u32
 //!               | envelope [len]
 //! ```
@@ -27,15 +28,15 @@
 //! [`ErrorKind::Unsupported`].
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{DeviceId, RecordId, SpaceId};
+use crate::model::{DeviceId, LogId, RecordId, SpaceId};
 use crate::transport::{
     OutgoingEnvelope, PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope, SpaceRef,
 };
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Media type of wire messages.
-pub const CONTENT_TYPE: &str = "application/vnd.hearth.sync.v1";
+pub const CONTENT_TYPE: &str = "application/vnd.hearth.sync.v2";
 /// Most superseded sequence numbers one pushed envelope may name.
 pub const MAX_SUPERSEDES: usize = 1024;
 
@@ -296,9 +297,10 @@ pub fn encode_pull_page(p: &PullPage) -> Result<Vec<u8>> {
         .iter()
         .map(|e| PULL_ENTRY_MIN + e.envelope.len())
         .sum();
-    let mut w = Writer::new(kind::PULL_PAGE, 21 + size);
+    let mut w = Writer::new(kind::PULL_PAGE, 37 + size);
     w.u64(p.next_cursor);
     w.u64(p.gc_floor);
+    w.bytes(p.log_id.as_bytes());
     w.u8(if p.more { FLAG_MORE } else { 0 });
     w.len_u32(p.envelopes.len(), "too many envelopes in one page")?;
     for e in &p.envelopes {
@@ -318,6 +320,7 @@ pub fn decode_pull_page(buf: &[u8]) -> Result<PullPage> {
     let mut r = Reader::open(buf, kind::PULL_PAGE)?;
     let next_cursor = r.u64()?;
     let gc_floor = r.u64()?;
+    let log_id = LogId(r.array()?);
     let more = r.flags(FLAG_MORE)? & FLAG_MORE != 0;
     let n = r.count(PULL_ENTRY_MIN)?;
     let mut envelopes = Vec::with_capacity(n);
@@ -344,6 +347,7 @@ pub fn decode_pull_page(buf: &[u8]) -> Result<PullPage> {
         next_cursor,
         more,
         gc_floor,
+        log_id,
     })
 }
 
@@ -389,7 +393,7 @@ mod tests {
         let p = push();
         let bytes = encode_push_request(&p).expect("encode");
         assert_eq!(bytes.len(), 2 + 64 + 4 + (47 + 16 + 40) + 47);
-        assert_eq!(&bytes[..2], &[1, kind::PUSH_REQUEST]);
+        assert_eq!(&bytes[..2], &[2, kind::PUSH_REQUEST]);
         assert_eq!(decode_push_request(&bytes).expect("decode"), p);
 
         let r = PushResponse {
@@ -421,9 +425,10 @@ mod tests {
             next_cursor: 3,
             more: true,
             gc_floor: 2,
+            log_id: LogId([9; 16]),
         };
         let bytes = encode_pull_page(&page).expect("encode");
-        assert_eq!(bytes.len(), 2 + 21 + PULLED_ENTRY_OVERHEAD + 3);
+        assert_eq!(bytes.len(), 2 + 37 + PULLED_ENTRY_OVERHEAD + 3);
         assert_eq!(decode_pull_page(&bytes).expect("decode"), page);
     }
 
@@ -441,9 +446,16 @@ mod tests {
             Err(ErrorKind::Corrupt)
         );
         let mut future = bytes.clone();
-        future[0] = 2;
+        future[0] = 3;
         assert_eq!(
             decode_push_request(&future).map_err(|e| e.kind()),
+            Err(ErrorKind::Unsupported)
+        );
+        // Version 1 (before pull pages carried a log id) is refused the same way.
+        let mut old = bytes.clone();
+        old[0] = 1;
+        assert_eq!(
+            decode_push_request(&old).map_err(|e| e.kind()),
             Err(ErrorKind::Unsupported)
         );
         let mut wrong_kind = bytes.clone();
@@ -460,7 +472,7 @@ mod tests {
     #[test]
     fn a_huge_count_does_not_allocate() {
         let mut bytes = vec![WIRE_VERSION, kind::PULL_PAGE];
-        bytes.extend_from_slice(&[0; 17]);
+        bytes.extend_from_slice(&[0; 33]);
         bytes.extend_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(
             decode_pull_page(&bytes).map_err(|e| e.kind()),

@@ -18,7 +18,7 @@ pub struct Issued {
     pub hash: [u8; 32],
 }
 
-fn random<const N: usize>() -> Result<[u8; N]> {
+pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|_| {
         Error::new(

@@ -534,10 +534,26 @@ async fn v2_check(store: &dyn ServerStore) {
         .map(|e| (e.record, e.envelope[0]))
         .collect();
     assert_eq!(held, vec![(v2_twin(), 0xB1), (V2_RECORD, 0xA2)]);
+    // The migration gave the space a log id (version 4), and it holds from page to page.
+    assert_ne!(page.log_id, sync_core::LogId::default());
+    let again = store
+        .pull(
+            ME,
+            &PullRequest {
+                from: V2_FROM,
+                cursor: 0,
+                limit: 1,
+                include_own: true,
+            },
+        )
+        .await
+        .expect("pull");
+    assert_eq!(again.log_id, page.log_id);
 }
 
-/// Version 2's index, in place of version 3's.
-const DOWNGRADE_TO_V2: [&str; 3] = [
+/// Version 2's index, in place of version 3's, and no log ids (version 4).
+const DOWNGRADE_TO_V2: [&str; 4] = [
+    "ALTER TABLE spaces DROP COLUMN log_id",
     "DROP INDEX envelopes_by_record_prefix",
     "CREATE INDEX envelopes_by_record ON envelopes (space, record, device)",
     "UPDATE hearth_schema SET version = 2",
@@ -592,7 +608,7 @@ async fn a_version_2_database_is_migrated() {
         )
         .await
         .expect("version");
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
 }
 
 /// The same migration on PostgreSQL.
@@ -643,6 +659,6 @@ async fn a_version_2_database_is_migrated_on_postgres() {
         .fetch_one(&pool)
         .await
         .expect("version");
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
     pool.close().await;
 }

@@ -1,18 +1,20 @@
 //! A relay restored from an older backup, with the device that wrote what it lost gone for
 //! good: the two devices left both put back that device's writes, each before seeing the
-//! other's, and they converge without asking the user (equal values are not a choice).
+//! other's, and they converge without asking the user (equal values are not a choice). And a
+//! restore declared (a new log id) in the middle of a device's first walk: the walk starts over
+//! on the new log, and every device puts back what the relay lost by itself.
 
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use common::{Device, World};
 use serde_json::json;
 use sync_core::{
-    Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, Result, SpaceId,
-    SyncConfig, SyncEngine, Transport,
+    Error, ErrorKind, MemoryRelay, PullPage, PullRequest, PushRequest, PushResponse, RelayBackup,
+    Result, SpaceId, SyncConfig, SyncEngine, Transport,
 };
 use transport_mock::{Faults, MockTransport};
 
@@ -136,4 +138,126 @@ async fn devices_put_back_what_a_restored_relay_lost_and_converge_without_asking
     let d = Device::join(&world, &a.store, Faults::NONE, 4).await;
     d.engine.sync().await.expect("sync");
     assert_eq!(d.snapshot().await, expected);
+}
+
+/// Passes everything through; just before its `at`-th pull (counting from 1) restores the relay
+/// from `backup` and declares it restored (a new log id), as an operator would while this device
+/// is in the middle of a walk.
+#[derive(Debug)]
+struct RestoreOnPull {
+    inner: Arc<MockTransport>,
+    relay: MemoryRelay,
+    backup: RelayBackup,
+    pulls: AtomicUsize,
+    at: usize,
+}
+
+#[async_trait]
+impl Transport for RestoreOnPull {
+    fn name(&self) -> &'static str {
+        "restore-on-pull"
+    }
+    async fn push(&self, request: PushRequest) -> Result<PushResponse> {
+        self.inner.push(request).await
+    }
+    async fn pull(&self, request: PullRequest) -> Result<PullPage> {
+        if self.pulls.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+            self.relay.restore(&self.backup)?;
+            self.relay.mark_restored()?;
+        }
+        self.inner.pull(request).await
+    }
+    async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>> {
+        self.inner.get_key_backup(space).await
+    }
+    async fn put_key_backup(&self, space: SpaceId, blob: Vec<u8>) -> Result<()> {
+        self.inner.put_key_backup(space, blob).await
+    }
+    async fn share(&self, destination: &str, sealed: Vec<u8>) -> Result<()> {
+        self.inner.share(destination, sealed).await
+    }
+}
+
+#[tokio::test]
+async fn a_restore_declared_mid_walk_restarts_the_walk_and_every_device_puts_back_its_share() {
+    let world = World::new();
+    let a = Device::first(&world, Faults::NONE, 1).await;
+    for i in 0..10 {
+        a.store
+            .put("notes", &format!("n{i:02}"), &json!({"n": i}))
+            .await
+            .expect("put");
+    }
+    a.engine.sync().await.expect("sync");
+    let backup = world.relay.backup().expect("backup");
+    // After the backup: 20 more records and 2 edits, synced.
+    for i in 10..30 {
+        a.store
+            .put("notes", &format!("n{i:02}"), &json!({"n": i}))
+            .await
+            .expect("put");
+    }
+    for i in 0..2 {
+        a.store
+            .put(
+                "notes",
+                &format!("n{i:02}"),
+                &json!({"n": i, "edited": true}),
+            )
+            .await
+            .expect("put");
+    }
+    a.engine.sync().await.expect("sync");
+    let expected = a.snapshot().await;
+    assert_eq!(expected.len(), 30);
+
+    // B's first walk, in pages of 5: the relay is restored and the restore declared just
+    // before its third pull, when B holds what the first two pages of the old log brought.
+    let b = Device::join(&world, &a.store, Faults::NONE, 2).await;
+    let restoring = Arc::new(RestoreOnPull {
+        inner: b.transport.clone(),
+        relay: world.relay.clone(),
+        backup,
+        pulls: AtomicUsize::new(0),
+        at: 3,
+    });
+    let config = SyncConfig {
+        pull_page: 5,
+        push_batch: 5,
+        ..SyncConfig::default()
+    };
+    let b_engine = SyncEngine::new(b.store.clone(), restoring.clone(), config);
+    let r = b_engine.sync().await.expect("b's first sync");
+    assert!(r.log_replaced && r.resynced, "{r:?}");
+    assert!(r.withheld.is_empty() && r.discarded == 0, "{r:?}");
+    // The two pages of the old log B applied reached past the backup's records (the edits
+    // replaced two of them, so the new records came sooner): B puts back those it got, and
+    // holds the backup's ten besides, nothing more.
+    let from_b = r.reuploaded;
+    assert!(
+        from_b > 0,
+        "the restore came too late to test a walk cut short: {r:?}"
+    );
+    assert_eq!(b.snapshot().await.len() as u64, 10 + from_b);
+
+    // A notices the new log on its own and puts back the rest of its 20 records and 2 edits
+    // (what B put back reaches it as newer versions of the same values).
+    let r = a.engine.sync().await.expect("a syncs");
+    assert!(r.log_replaced && r.resynced, "{r:?}");
+    assert_eq!((r.reuploaded, r.discarded), (22 - from_b, 0), "{r:?}");
+    for _ in 0..2 {
+        for engine in [&a.engine, &b_engine] {
+            let r = engine.sync().await.expect("sync");
+            assert!(
+                !r.log_replaced && !r.resynced && r.withheld.is_empty() && r.reuploaded == 0,
+                "{r:?}"
+            );
+            assert_eq!(r.conflicts_pending, 0, "{r:?}");
+        }
+    }
+    assert_eq!(a.snapshot().await, expected);
+    assert_eq!(b.snapshot().await, expected);
+    let c = Device::join(&world, &a.store, Faults::NONE, 3).await;
+    c.engine.sync().await.expect("sync");
+    assert_eq!(c.snapshot().await, expected);
 }

@@ -44,6 +44,7 @@ fn page(next_cursor: u64, more: bool) -> PullPage {
         next_cursor,
         more,
         gc_floor: 0,
+        log_id: Default::default(),
     }
 }
 

@@ -1149,6 +1149,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                         report["conflicts_pending"]
                     ),
                 );
+                if report["log_replaced"].as_bool() == Some(true) {
+                    say(
+                        cli.quiet,
+                        "the server's data was restored from a backup (its log id changed): walked its log again",
+                    );
+                }
                 if report["reuploaded"].as_u64().unwrap_or(0) > 0 {
                     say(
                         cli.quiet,
@@ -1162,8 +1168,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                     // Not quiet: this needs a decision.
                     eprintln!(
                         "warning: the server did not serve writes this device expected ({} finding(s)); \
-                         nothing was removed{}. If the server was restored from an older backup, run \
-                         `hearth sync --reupload` on every device; see docs/security.md",
+                         nothing was removed{}. If the server was restored from an older backup, its operator \
+                         should run `hearth-server mark-restored` (or else run `hearth sync --reupload` \
+                         on every device); see docs/security.md",
                         findings.len(),
                         if report["resynced"].as_bool() == Some(true) {
                             " and nothing was pushed"
@@ -1181,11 +1188,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             postgres,
             request_timeout,
             drain_timeout,
+            mark_restored,
         } => {
             let database = match postgres {
                 Some(url) => url.clone(),
                 None => format!("sqlite:{}", db.display()),
             };
+            if *mark_restored {
+                let n = super::remote::mark_restored(&database).await?;
+                if cli.json {
+                    outln!("{}", json!({"spaces_marked": n}));
+                } else {
+                    say(
+                        cli.quiet,
+                        format!(
+                            "marked restored: {n} spaces have a new log id; their devices put back what the restore lost at their next sync"
+                        ),
+                    );
+                }
+                return Ok(());
+            }
             let server = hearth::sync_server::Server::builder()
                 .listen(*addr)
                 .database(database)

@@ -182,7 +182,9 @@ pub enum Command {
     Sync {
         /// The server lost data (it was restored from an older backup): walk its whole log
         /// again and upload what this device holds that it lacks, instead of waiting for it.
-        /// Only once the server's operator has confirmed the loss; see docs/security.md.
+        /// Only once the server's operator has confirmed the loss, and only for a restore the
+        /// operator did not declare with `hearth-server mark-restored` (a declared one is
+        /// handled at the next sync by itself); see docs/security.md.
         #[arg(long)]
         reupload: bool,
     },
@@ -204,6 +206,11 @@ pub enum Command {
         /// On Ctrl-C, how long requests in flight may finish before their connections drop.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
         drain_timeout: std::time::Duration,
+        /// Do not serve: declare the database restored from a backup and exit. Every space gets
+        /// a new log id, so each device walks its log again at its next sync and puts back what
+        /// the restore lost. Run once after a restore, before serving again.
+        #[arg(long)]
+        mark_restored: bool,
     },
     /// Consent for data leaving this device for other purposes (default deny).
     Consent {

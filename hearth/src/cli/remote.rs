@@ -220,7 +220,7 @@ pub async fn sync(store: &Store, show_progress: bool, reupload: bool) -> Result<
         "pushed": r.pushed, "pulled": r.pulled, "applied": r.applied,
         "conflicts_resolved": r.conflicts_resolved, "conflicts_pending": r.conflicts_pending,
         "rejected": r.rejected.len(), "resynced": r.resynced, "duration_ms": r.duration_ms,
-        "discarded": r.discarded, "reuploaded": r.reuploaded,
+        "discarded": r.discarded, "reuploaded": r.reuploaded, "log_replaced": r.log_replaced,
         "withheld": r.withheld.iter().map(|w| json!({
             "device": w.device.to_hex(), "witness": w.witness.to_hex(), "reason": w.reason,
         })).collect::<Vec<_>>(),
@@ -251,4 +251,18 @@ pub async fn serve(
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
+}
+
+/// Declares the server database at `database` restored from a backup
+/// (`hearth serve --mark-restored`): every space gets a new log id. Returns how many spaces.
+pub async fn mark_restored(database: &str) -> Result<u64> {
+    let store = hearth::sync_server::open_store(
+        database,
+        hearth::RelayConfig::default(),
+        Arc::new(hearth::store::system_millis),
+    )
+    .await?;
+    let marked = store.mark_restored().await;
+    store.close().await;
+    marked
 }

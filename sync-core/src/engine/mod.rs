@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Causality, DeviceId, Hlc, RecordId, VersionVector};
+use crate::model::{Causality, DeviceId, Hlc, LogId, RecordId, VersionVector};
 use crate::registry;
 use crate::storage::{Batch, StoredRecord};
 use crate::store::{Opened, Store, WriteBatch, record_from_payload};
@@ -60,6 +60,8 @@ const META_RESYNC: &str = "hearth.sync.resync";
 /// Set (to a re-sync's epoch) by [`SyncEngine::reupload_to_server`]: that re-sync uploads what
 /// the server lacks instead of removing it.
 const META_REUPLOAD: &str = "hearth.sync.reupload";
+/// The server log id ([`LogId`]) the cursor was taken under.
+const META_LOG_ID: &str = "hearth.sync.log-id";
 /// Metadata keys of the engine's per-space sync state (reset when a store moves to a new space).
 pub(crate) const SYNC_META_KEYS: &[&str] = &[
     META_CURSOR,
@@ -69,6 +71,7 @@ pub(crate) const SYNC_META_KEYS: &[&str] = &[
     META_GC_FLOOR,
     META_RESYNC,
     META_REUPLOAD,
+    META_LOG_ID,
     META_DIGEST,
     META_HEADS,
     META_OWN_HEAD,
@@ -211,8 +214,11 @@ pub struct SyncReport {
     /// while this device was away), including local edits to them.
     pub discarded: u64,
     /// Records queued to be pushed again because the server lost them (only in the re-sync
-    /// that [`SyncEngine::reupload_to_server`] asks for).
+    /// that [`SyncEngine::reupload_to_server`] or a new log id asks for).
     pub reuploaded: u64,
+    /// True when the server's log had a new [`LogId`] (its data declared
+    /// restored from a backup): the round walked it again from 0 and put back what it lost.
+    pub log_replaced: bool,
     /// Local tombstones forgotten after the server collected them.
     pub tombstones_collected: u64,
     /// Wall time of the round.
@@ -555,29 +561,82 @@ impl SyncEngine {
     /// with equal values, and resolve like any other conflict (`user-choice` does not ask
     /// about equal values). The cost: a record deleted elsewhere, and collected by the server
     /// while this device was away, comes back; nothing the server lost is lost.
+    ///
+    /// A server whose operator declared the restore (`hearth-server mark-restored`) serves a
+    /// new [`LogId`], and every device does this by itself at its next round
+    /// ([`SyncReport::log_replaced`]); this call is for a restore that was not declared.
     pub async fn reupload_to_server(&self) -> Result<()> {
         let _round = self.round.lock().await;
-        let epoch = self.meta_u64(META_EPOCH).await? + 1;
-        let epoch_bytes = encode(&epoch)?;
-        self.store
-            .storage()
-            .commit(Batch {
-                meta: vec![
-                    (META_RESYNC.to_owned(), Some(epoch_bytes.clone())),
-                    (META_REUPLOAD.to_owned(), Some(epoch_bytes.clone())),
-                    (META_EPOCH.to_owned(), Some(epoch_bytes)),
-                    (META_CURSOR.to_owned(), Some(encode(&0u64)?)),
-                    (META_SEEN.to_owned(), None),
-                    (META_HEADS.to_owned(), None),
-                ],
-                ..Batch::default()
-            })
-            .await?;
+        let epoch = self.start_reupload(None).await?;
         tracing::info!(
             epoch,
             "the next round re-syncs and uploads what the server lost"
         );
         Ok(())
+    }
+
+    /// Sets up a re-sync from 0 that puts back what the server lost (see
+    /// [`Self::reupload_to_server`]), recording `log_id` as the log the new cursor belongs to.
+    /// Returns the re-sync's epoch.
+    async fn start_reupload(&self, log_id: Option<LogId>) -> Result<u32> {
+        let epoch = self.meta_u64(META_EPOCH).await? + 1;
+        let epoch_bytes = encode(&epoch)?;
+        let mut meta = vec![
+            (META_RESYNC.to_owned(), Some(epoch_bytes.clone())),
+            (META_REUPLOAD.to_owned(), Some(epoch_bytes.clone())),
+            (META_EPOCH.to_owned(), Some(epoch_bytes)),
+            (META_CURSOR.to_owned(), Some(encode(&0u64)?)),
+            (META_SEEN.to_owned(), None),
+            (META_HEADS.to_owned(), None),
+        ];
+        if let Some(id) = log_id {
+            meta.push((META_LOG_ID.to_owned(), Some(encode(&id)?)));
+        }
+        self.store
+            .storage()
+            .commit(Batch {
+                meta,
+                ..Batch::default()
+            })
+            .await?;
+        u32::try_from(epoch).map_err(|_| Error::corrupt("re-sync epoch out of range"))
+    }
+
+    /// Compares the log id a page names with the one this device's cursor was taken under.
+    /// The first page a device sees records it. A different one means the server's log was
+    /// replaced (its data declared restored from a backup): the cursor, the sequences seen and
+    /// the heads describe a log that no longer exists, so a re-sync that puts back what the
+    /// server lost is set up, and its epoch returned. The page must then not be applied: it
+    /// answers a cursor of the old log.
+    async fn log_replaced(&self, page: &PullPage, report: &mut SyncReport) -> Result<Option<u32>> {
+        let stored: Option<LogId> = match self.store.storage().meta_get(META_LOG_ID).await? {
+            Some(b) => Some(postcard::from_bytes(&b)?),
+            None => None,
+        };
+        match stored {
+            Some(id) if id == page.log_id => Ok(None),
+            None => {
+                self.store
+                    .storage()
+                    .commit(Batch {
+                        meta: vec![(META_LOG_ID.to_owned(), Some(encode(&page.log_id)?))],
+                        ..Batch::default()
+                    })
+                    .await?;
+                Ok(None)
+            }
+            Some(old) => {
+                let epoch = self.start_reupload(Some(page.log_id)).await?;
+                report.log_replaced = true;
+                tracing::warn!(
+                    old = %old,
+                    new = %page.log_id,
+                    epoch,
+                    "the server's log was replaced (restored from a backup): walking it again and putting back what it lost"
+                );
+                Ok(Some(epoch))
+            }
+        }
     }
 
     /// The outcome of the last round, if any.
@@ -806,6 +865,13 @@ impl SyncEngine {
             .await
             .map_err(|_| page_err("a pull"))??;
         loop {
+            if self.log_replaced(&page, report).await?.is_some() {
+                // A new log: the re-sync set up above walks it (the round's caller runs it).
+                return Err(Error::new(
+                    ErrorKind::ResyncRequired,
+                    "the server's log was replaced; re-syncing from 0",
+                ));
+            }
             check_page(cursor, &page)?;
             let more = page.more;
             let floor = page.gc_floor;
@@ -1551,7 +1617,7 @@ impl SyncEngine {
     /// next round walks again.
     async fn resync(&self, report: &mut SyncReport, pending: u64) -> Result<bool> {
         report.resynced = true;
-        let epoch = match self.store.storage().meta_get(META_RESYNC).await? {
+        let mut epoch = match self.store.storage().meta_get(META_RESYNC).await? {
             Some(b) => postcard::from_bytes::<u64>(&b)? as u32,
             None => {
                 let epoch = self.meta_u64(META_EPOCH).await? as u32 + 1;
@@ -1571,11 +1637,11 @@ impl SyncEngine {
                 epoch
             }
         };
-        let reupload = match self.store.storage().meta_get(META_REUPLOAD).await? {
+        let mut reupload = match self.store.storage().meta_get(META_REUPLOAD).await? {
             Some(b) => postcard::from_bytes::<u64>(&b)? == u64::from(epoch),
             None => false,
         };
-        let walk = if reupload {
+        let mut walk = if reupload {
             Walk::Reupload(epoch)
         } else {
             Walk::Resync(epoch)
@@ -1613,6 +1679,21 @@ impl SyncEngine {
                 }
                 other => other?,
             };
+            if let Some(new) = self.log_replaced(&page, report).await? {
+                // The log was replaced under this walk: start over on the new one, putting
+                // back what the server lost (a re-sync of a log that lost data must not sweep).
+                (epoch, reupload, walk) = (new, true, Walk::Reupload(new));
+                (cursor, floor) = (0, 0);
+                restarts += 1;
+                if restarts > MAX_RESYNC_RESTARTS {
+                    return Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "no progress: the server's log id changed too many times during one re-sync",
+                    )
+                    .temporary());
+                }
+                continue;
+            }
             check_page(cursor, &page)?;
             floor = floor.max(page.gc_floor);
             let more = page.more;

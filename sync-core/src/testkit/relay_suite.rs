@@ -467,6 +467,10 @@ async fn paging(c: Case) {
     .expect("push");
     let p = c.pull(2, end, 1000, false).await.expect("pull");
     assert_eq!((p.envelopes.len(), p.more), (4, true), "{name}: page limit");
+    // One log, one log id: every page of the space names the same one (it changes only when
+    // the server's data is declared restored from a backup).
+    let first = c.pull(2, 0, 1000, false).await.expect("pull");
+    assert_eq!(first.log_id, p.log_id, "{name}: the log id is stable");
     // An envelope larger than the page's byte budget comes alone.
     c.push(4, vec![env(90, 1, vec![], false, 250)])
         .await

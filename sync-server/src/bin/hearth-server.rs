@@ -3,7 +3,12 @@
 //! ```text
 //! hearth-server [--listen ADDR] [--database URL] [--max-body BYTES] [--no-registration]
 //!               [--request-timeout DURATION] [--drain-timeout DURATION]
+//! hearth-server [--database URL] mark-restored
 //! ```
+//!
+//! `mark-restored` is run once after the database was restored from a backup, before the
+//! servers start again: it gives every space a new log id, so every device walks its space's
+//! log again at its next sync and puts back what the restore lost (docs/security.md).
 //!
 //! `--database` is `sqlite:PATH` (default `sqlite:hearth-server.db`) or `postgres://…`; prefer
 //! the `HEARTH_DATABASE` environment variable for URLs with passwords (arguments are visible in
@@ -17,7 +22,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use sync_server::{Server, ServerBuilder, ServerConfig};
 
 /// hearth's zero-knowledge sync server.
@@ -47,6 +52,16 @@ struct Args {
     /// On shutdown, how long requests in flight may finish before their connections drop.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Declares the database restored from a backup (run once, before serving again): every
+    /// space gets a new log id, so each device walks its log again at its next sync and puts
+    /// back what the restore lost.
+    MarkRestored,
 }
 
 impl Args {
@@ -101,7 +116,11 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let config = Args::parse().config();
+    let mut args = Args::parse();
+    if let Some(Command::MarkRestored) = args.command.take() {
+        return mark_restored(&args.database).await;
+    }
+    let config = args.config();
     let server: Server = match ServerBuilder::from_config(config).build().await {
         Ok(s) => s,
         Err(e) => {
@@ -112,6 +131,34 @@ async fn main() -> ExitCode {
     println!("listening on {}", server.local_addr());
     match server.run(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hearth-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn mark_restored(database: &str) -> ExitCode {
+    let clock: sync_core::store::WallClock = std::sync::Arc::new(sync_core::store::system_millis);
+    let store =
+        match sync_server::store::open_store(database, sync_core::RelayConfig::default(), clock)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("hearth-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let marked = store.mark_restored().await;
+    store.close().await;
+    match marked {
+        Ok(n) => {
+            println!(
+                "marked restored: {n} spaces have a new log id; their devices put back what the restore lost at their next sync"
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("hearth-server: {e}");
             ExitCode::FAILURE

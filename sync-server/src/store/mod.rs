@@ -138,6 +138,12 @@ pub trait ServerStore: Send + Sync + fmt::Debug + 'static {
     /// What is stored for one space.
     async fn space_stats(&self, space: SpaceId) -> Result<RelayStats>;
 
+    /// Declares the database restored from a backup: gives every space a new log id
+    /// ([`LogId`](sync_core::LogId)), so each device walks its space's log again at its next
+    /// pull and puts back what the restore lost. Run once after a restore, before devices
+    /// sync (`hearth-server mark-restored`). Returns how many spaces got a new log id.
+    async fn mark_restored(&self) -> Result<u64>;
+
     /// Closes connections (after the last request).
     async fn close(&self);
 }

@@ -2,15 +2,17 @@
 //! and for PostgreSQL; only connecting, beginning a transaction, the row lock and column types
 //! differ.
 //!
-//! Schema (version 3; `BLOB` is `BYTEA` on PostgreSQL; version 1 lacked `spaces.retired` and
+//! Schema (version 4; `BLOB` is `BYTEA` on PostgreSQL; version 1 lacked `spaces.retired` and
 //! `spaces.successor`, which the migration adds; versions 1 and 2 indexed envelopes by
-//! `(space, record, device)` as `envelopes_by_record`, which the migration to 3 drops):
+//! `(space, record, device)` as `envelopes_by_record`, which the migration to 3 drops; versions
+//! 1 to 3 lacked `spaces.log_id`, which the migration adds, one random log id for the existing
+//! spaces):
 //!
 //! ```sql
 //! CREATE TABLE accounts  (id BLOB PRIMARY KEY, token_hash BLOB NOT NULL, created BIGINT NOT NULL);
 //! CREATE TABLE spaces    (id BLOB PRIMARY KEY, account BLOB NOT NULL, fingerprint BLOB,
 //!                         next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB,
-//!                         retired BIGINT, successor BLOB);
+//!                         retired BIGINT, successor BLOB, log_id BLOB);
 //! CREATE TABLE envelopes (space BLOB, server_seq BIGINT, record BLOB NOT NULL, device BLOB NOT NULL,
 //!                         seq BIGINT NOT NULL, tombstone BOOLEAN NOT NULL, size BIGINT NOT NULL,
 //!                         envelope BLOB NOT NULL, PRIMARY KEY (space, server_seq));
@@ -43,7 +45,7 @@ use sqlx::sqlite::{
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite, Transaction};
 use sync_core::relay::RelayStats;
 use sync_core::store::WallClock;
-use sync_core::{DeviceId, RecordId};
+use sync_core::{DeviceId, LogId, RecordId};
 use sync_core::{
     Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, RelayConfig,
     RemoteEnvelope, Result, SpaceId, SpaceRef,
@@ -52,13 +54,13 @@ use sync_core::{
 use super::{AccountId, ServerStore, SpaceInfo, SpaceRetired, db_seq, seq_from_db, validate_push};
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 fn schema(blob: &str) -> Vec<String> {
     [
         "CREATE TABLE IF NOT EXISTS hearth_schema (version BIGINT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS accounts (id BLOB PRIMARY KEY NOT NULL, token_hash BLOB NOT NULL, created BIGINT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS spaces (id BLOB PRIMARY KEY NOT NULL, account BLOB NOT NULL, fingerprint BLOB, next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB, retired BIGINT, successor BLOB)",
+        "CREATE TABLE IF NOT EXISTS spaces (id BLOB PRIMARY KEY NOT NULL, account BLOB NOT NULL, fingerprint BLOB, next_seq BIGINT NOT NULL, gc_floor BIGINT NOT NULL, key_backup BLOB, retired BIGINT, successor BLOB, log_id BLOB)",
         "CREATE INDEX IF NOT EXISTS spaces_by_account ON spaces (account)",
         "CREATE TABLE IF NOT EXISTS envelopes (space BLOB NOT NULL, server_seq BIGINT NOT NULL, record BLOB NOT NULL, device BLOB NOT NULL, seq BIGINT NOT NULL, tombstone BOOLEAN NOT NULL, size BIGINT NOT NULL, envelope BLOB NOT NULL, PRIMARY KEY (space, server_seq))",
         "CREATE UNIQUE INDEX IF NOT EXISTS envelopes_by_device ON envelopes (space, device, seq)",
@@ -108,6 +110,7 @@ fn arr<const N: usize>(v: &[u8], what: &'static str) -> Result<[u8; N]> {
 }
 
 struct SpaceRow {
+    log_id: Option<Vec<u8>>,
     fingerprint: Option<Vec<u8>>,
     next_seq: i64,
     floor: i64,
@@ -116,6 +119,15 @@ struct SpaceRow {
 }
 
 impl SpaceRow {
+    /// The space's log id (a space without one, which only a failed migration could leave,
+    /// is corrupt).
+    fn log_id(&self) -> Result<LogId> {
+        match &self.log_id {
+            Some(id) => Ok(LogId(arr(id, "stored log id has the wrong length")?)),
+            None => Err(Error::corrupt("the space has no log id")),
+        }
+    }
+
     /// [`SpaceRetired`] when the space was retired.
     fn refuse_retired(&self) -> Result<()> {
         if self.retired.is_none() {
@@ -185,16 +197,17 @@ macro_rules! sql_store {
             ) -> Result<Option<SpaceRow>> {
                 if bind {
                     sqlx::query(
-                        "INSERT INTO spaces (id, account, fingerprint, next_seq, gc_floor, key_backup) VALUES ($1, $2, NULL, 0, 0, NULL) ON CONFLICT (id) DO NOTHING",
+                        "INSERT INTO spaces (id, account, fingerprint, next_seq, gc_floor, key_backup, log_id) VALUES ($1, $2, NULL, 0, 0, NULL, $3) ON CONFLICT (id) DO NOTHING",
                     )
                     .bind(&space.0[..])
                     .bind(&account.0[..])
+                    .bind(&crate::auth::random::<16>()?[..])
                     .execute(&mut **tx)
                     .await
                     .map_err(|e| map_sqlx(e, "bind space"))?;
                 }
                 let row = sqlx::query(concat!(
-                    "SELECT account, fingerprint, next_seq, gc_floor, retired, successor FROM spaces WHERE id = $1",
+                    "SELECT account, fingerprint, next_seq, gc_floor, retired, successor, log_id FROM spaces WHERE id = $1",
                     $for_update
                 ))
                 .bind(&space.0[..])
@@ -215,6 +228,7 @@ macro_rules! sql_store {
                     floor: row.try_get(3).map_err(|e| map_sqlx(e, "read space"))?,
                     retired: row.try_get(4).map_err(|e| map_sqlx(e, "read space"))?,
                     successor: row.try_get(5).map_err(|e| map_sqlx(e, "read space"))?,
+                    log_id: row.try_get(6).map_err(|e| map_sqlx(e, "read space"))?,
                 }))
             }
 
@@ -637,6 +651,7 @@ macro_rules! sql_store {
                     next_cursor: seq_from_db(next_cursor)?,
                     more,
                     gc_floor: seq_from_db(floor)?,
+                    log_id: row.log_id()?,
                 })
             }
         }
@@ -839,6 +854,16 @@ macro_rules! sql_store {
                     .map_err(|e| map_sqlx(e, "store key backup"))?;
                 tx.commit().await.map_err(|e| map_sqlx(e, "commit key backup"))?;
                 Ok(())
+            }
+
+            async fn mark_restored(&self) -> Result<u64> {
+                // One new id for all: a device compares it only with the one it held.
+                let done = sqlx::query("UPDATE spaces SET log_id = $1")
+                    .bind(&crate::auth::random::<16>()?[..])
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx(e, "mark the database restored"))?;
+                Ok(done.rows_affected())
             }
 
             async fn space_stats(&self, space: SpaceId) -> Result<RelayStats> {
@@ -1088,19 +1113,28 @@ macro_rules! check_version {
                             concat!("ALTER TABLE spaces ADD COLUMN successor ", $blob),
                         ]);
                     }
-                    // Version 3: envelopes are found by a prefix of the record id (module
-                    // docs); the schema above created `envelopes_by_record_prefix` already.
+                    if v < 3 {
+                        // Version 3: envelopes are found by a prefix of the record id (module
+                        // docs); the schema above created `envelopes_by_record_prefix` already.
+                        steps.push("DROP INDEX IF EXISTS envelopes_by_record");
+                        steps.extend($refresh);
+                    }
+                    // Version 4: every space has a log id (`sync_core::LogId`).
                     steps.extend([
-                        "DROP INDEX IF EXISTS envelopes_by_record",
-                        "UPDATE hearth_schema SET version = 3",
+                        concat!("ALTER TABLE spaces ADD COLUMN log_id ", $blob),
+                        "UPDATE hearth_schema SET version = 4",
                     ]);
-                    steps.extend($refresh);
                     for stmt in steps {
                         sqlx::query(stmt)
                             .execute(&mut **tx)
                             .await
                             .map_err(|e| map_sqlx(e, "migrate the schema"))?;
                     }
+                    sqlx::query("UPDATE spaces SET log_id = $1 WHERE log_id IS NULL")
+                        .bind(&crate::auth::random::<16>()?[..])
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "migrate the schema"))?;
                     Ok(())
                 }
                 Some(_) => Ok(()),
