@@ -17,17 +17,30 @@
 //! a deleted flag, the pending device sequence, and metadata whose secret parts are sealed.
 //! No collection name, record key or value is ever written in plaintext.
 //!
-//! Schema (version 1, `PRAGMA user_version`; the file is marked with `PRAGMA application_id`
+//! Schema (version 2, `PRAGMA user_version`; the file is marked with `PRAGMA application_id`
 //! so a database that is not a hearth store is refused rather than modified):
 //!
 //! ```sql
-//! CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL,
+//! CREATE TABLE records (id BLOB NOT NULL, collection BLOB NOT NULL,
 //!                       deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL,
 //!                       sync BLOB NOT NULL);
-//! CREATE INDEX records_by_collection ON records (collection, id);
+//! CREATE INDEX records_by_id ON records (substr(id, 1, 8));
+//! CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8));
 //! CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
 //! ```
+//!
+//! Blind ids are uniformly random, so every new record lands on a random page of each index
+//! over them, and once the indexes outgrow the page cache each commit of a page of records
+//! dirties about one index page per record per index, written to the WAL and again at the
+//! checkpoint. The indexes therefore hold short prefixes: the first 8 bytes of the record id
+//! and the first 4 of the collection id (~12 and ~17 bytes an entry, against ~42 and ~75 for
+//! the full ids of version 1), so they stay several times smaller and more of them stays
+//! cached. A prefix is not unique: every lookup re-checks the full id on the row, a write
+//! finds the rows it replaces by prefix and compares full ids, and scans order by
+//! `(prefix, id)`, which is the order of the full ids. Version 1 (full-id `UNIQUE` on `id`,
+//! `records_by_collection (collection, id)`) is rebuilt into version 2 in one transaction when
+//! the store is opened (`a_version_1_store_is_migrated_in_place`).
 //!
 //! Registered as `"sqlite"`.
 #![deny(missing_docs)]
@@ -50,14 +63,40 @@ use sync_core::{
 /// `PRAGMA application_id` of hearth stores: "HRTH".
 pub const APPLICATION_ID: i64 = 0x4852_5448;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
-    "CREATE INDEX records_by_collection ON records (collection, id)",
+const RECORDS_TABLE: &str = "CREATE TABLE records (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)";
+const RECORDS_INDEXES: &[&str] = &[
+    "CREATE INDEX records_by_id ON records (substr(id, 1, 8))",
+    "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8))",
     "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
-    "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
 ];
+const META_TABLE: &str = "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)";
+
+/// Version 1 to 2: the records table without `UNIQUE (id)` (a table constraint SQLite cannot
+/// drop in place), rows and row ids copied, the prefix indexes built once, sorted.
+const MIGRATE_1_TO_2: &[&str] = &[
+    "CREATE TABLE records_v2 (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
+    "INSERT INTO records_v2 (rowid, id, collection, deleted, pending_seq, envelope, sync) SELECT rowid, id, collection, deleted, pending_seq, envelope, sync FROM records ORDER BY rowid",
+    "DROP TABLE records",
+    "ALTER TABLE records_v2 RENAME TO records",
+];
+
+/// Bytes of a record id in the key of `records_by_id` and `records_by_collection`.
+const ID_PREFIX: usize = 8;
+
+fn id_prefix(id: &RecordId) -> &[u8] {
+    &id.0[..ID_PREFIX]
+}
+
+/// Where a scan starts: after `after` in the order `(substr(id, 1, 8), id)`, which is the
+/// order of the full ids; from the start without one (the empty blob sorts first).
+fn scan_start(after: Option<&RecordId>) -> (&[u8], &[u8]) {
+    match after {
+        Some(a) => (id_prefix(a), &a.0[..]),
+        None => (&[], &[]),
+    }
+}
 
 /// Page cache of the writer connection, KiB (`PRAGMA cache_size` takes negative KiB).
 const WRITER_CACHE_KIB: u32 = 32 * 1024;
@@ -146,8 +185,25 @@ fn seq_from_sql(seq: i64) -> Result<u64> {
     u64::try_from(seq).map_err(|_| Error::corrupt("negative sequence number in store"))
 }
 
-/// Rows per multi-row INSERT (6 parameters each; SQLite allows 32,766).
+/// Rows per chunk of puts (at most 6 parameters a row in one statement; SQLite allows 32,766).
 const PUT_CHUNK: usize = 128;
+
+/// The puts of a batch with only the last of several puts of one id kept, in the order of
+/// those last puts: what applying them one after the other would leave.
+fn last_put_per_id(puts: Vec<StoredRecord>) -> Vec<StoredRecord> {
+    let mut last = std::collections::HashMap::with_capacity(puts.len());
+    for (i, r) in puts.iter().enumerate() {
+        last.insert(r.id, i);
+    }
+    if last.len() == puts.len() {
+        return puts;
+    }
+    puts.into_iter()
+        .enumerate()
+        .filter(|(i, r)| last.get(&r.id) == Some(i))
+        .map(|(_, r)| r)
+        .collect()
+}
 
 const COLUMNS: &str = "id, collection, deleted, pending_seq, envelope, sync";
 
@@ -255,7 +311,29 @@ impl SqliteStorage {
             .await
             .map_err(|e| map_sqlx(e, "open store"))?;
         match schema_state(&mut tx).await? {
-            SchemaState::Ours => return Ok(()),
+            SchemaState::Ours(v) if v == SCHEMA_VERSION => return Ok(()),
+            SchemaState::Ours(v) => {
+                tracing::info!(
+                    from = v,
+                    to = SCHEMA_VERSION,
+                    "migrating the store's schema"
+                );
+                let steps = MIGRATE_1_TO_2
+                    .iter()
+                    .chain(RECORDS_INDEXES)
+                    .copied()
+                    .chain(["PRAGMA user_version = 2"]);
+                for stmt in steps {
+                    sqlx::query(stmt)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "migrate the store's schema"))?;
+                }
+                return tx
+                    .commit()
+                    .await
+                    .map_err(|e| map_sqlx(e, "migrate the store's schema"));
+            }
             SchemaState::Empty if create => {}
             SchemaState::Empty => {
                 return Err(Error::new(
@@ -264,8 +342,11 @@ impl SqliteStorage {
                 ));
             }
         }
-        for stmt in SCHEMA {
-            sqlx::query(*stmt)
+        let schema = std::iter::once(RECORDS_TABLE)
+            .chain(RECORDS_INDEXES.iter().copied())
+            .chain([META_TABLE]);
+        for stmt in schema {
+            sqlx::query(stmt)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| map_sqlx(e, "create schema"))?;
@@ -301,48 +382,96 @@ impl SqliteStorage {
                 ));
             }
         }
-        // Multi-row upserts: one statement per 128 rows amortises the per-statement cost (sqlx
-        // runs SQLite on a worker thread; every statement is a round trip to it). Within one
-        // statement, a later row with the same id updates the earlier one, as separate
-        // statements would. The collection is left out of the update: a blind id is derived
-        // from its collection, so it never changes, and an update that names an indexed column
-        // rewrites that index's entry, at a random page of `records_by_collection` for every
-        // acknowledged or re-pulled row (docs/performance.md).
-        for chunk in batch.puts.chunks(PUT_CHUNK) {
-            let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        // Puts: each chunk of up to 128 rows is one SELECT of the rows it replaces (by id
+        // prefix, matched on the full id here), one multi-row UPDATE of those by row id and one
+        // multi-row INSERT of the rest: three statements per 128 rows at most, since sqlx runs
+        // SQLite on a worker thread and every statement is a round trip to it. Within a batch a
+        // later put of the same id replaces the earlier one. The collection is left out of the
+        // update: a blind id is derived from its collection, so it never changes, and an
+        // update that names an indexed column rewrites that index's entry.
+        let puts = last_put_per_id(batch.puts);
+        for chunk in puts.chunks(PUT_CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
             let sql = format!(
-                "INSERT INTO records (id, collection, deleted, pending_seq, envelope, sync) VALUES {values} \
-                 ON CONFLICT (id) DO UPDATE SET deleted = excluded.deleted, \
-                 pending_seq = excluded.pending_seq, envelope = excluded.envelope, sync = excluded.sync"
+                "SELECT rowid, id FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) IN ({placeholders})"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
-                q = q
-                    .bind(&r.id.0[..])
-                    .bind(&r.collection.0[..])
-                    .bind(i64::from(r.deleted))
-                    .bind(r.pending_seq.map(seq_to_sql).transpose()?)
-                    .bind(&r.envelope[..])
-                    .bind(&r.sync[..]);
+                q = q.bind(id_prefix(&r.id));
             }
-            q.execute(&mut **tx)
+            let found = q
+                .fetch_all(&mut **tx)
                 .await
                 .map_err(|e| map_sqlx(e, "write records"))?;
+            let mut existing = std::collections::HashMap::with_capacity(found.len());
+            for row in &found {
+                let rowid: i64 = row.try_get(0).map_err(|e| map_sqlx(e, "read row id"))?;
+                let id: Vec<u8> = row.try_get(1).map_err(|e| map_sqlx(e, "read id"))?;
+                existing.insert(RecordId::from_slice(&id)?, rowid);
+            }
+            let (updates, inserts): (Vec<&StoredRecord>, Vec<&StoredRecord>) =
+                chunk.iter().partition(|r| existing.contains_key(&r.id));
+            if !updates.is_empty() {
+                let values = vec!["(?, ?, ?, ?, ?)"; updates.len()].join(", ");
+                let sql = format!(
+                    "UPDATE records SET deleted = v.column2, pending_seq = v.column3, \
+                     envelope = v.column4, sync = v.column5 FROM (VALUES {values}) AS v \
+                     WHERE records.rowid = v.column1"
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for r in &updates {
+                    q = q
+                        .bind(existing.get(&r.id).copied())
+                        .bind(i64::from(r.deleted))
+                        .bind(r.pending_seq.map(seq_to_sql).transpose()?)
+                        .bind(&r.envelope[..])
+                        .bind(&r.sync[..]);
+                }
+                q.execute(&mut **tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "write records"))?;
+            }
+            if !inserts.is_empty() {
+                let values = vec!["(?, ?, ?, ?, ?, ?)"; inserts.len()].join(", ");
+                let sql = format!(
+                    "INSERT INTO records (id, collection, deleted, pending_seq, envelope, sync) VALUES {values}"
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for r in &inserts {
+                    q = q
+                        .bind(&r.id.0[..])
+                        .bind(&r.collection.0[..])
+                        .bind(i64::from(r.deleted))
+                        .bind(r.pending_seq.map(seq_to_sql).transpose()?)
+                        .bind(&r.envelope[..])
+                        .bind(&r.sync[..]);
+                }
+                q.execute(&mut **tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "write records"))?;
+            }
         }
         for id in &batch.removes {
-            sqlx::query("DELETE FROM records WHERE id = ?")
-                .bind(&id.0[..])
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| map_sqlx(e, "remove record"))?;
+            sqlx::query(
+                "DELETE FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) = ? AND id = ?",
+            )
+            .bind(id_prefix(id))
+            .bind(&id.0[..])
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| map_sqlx(e, "remove record"))?;
         }
         for (id, seq) in &batch.acks {
-            sqlx::query("UPDATE records SET pending_seq = NULL WHERE id = ? AND pending_seq = ?")
-                .bind(&id.0[..])
-                .bind(seq_to_sql(*seq)?)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| map_sqlx(e, "acknowledge write"))?;
+            sqlx::query(
+                "UPDATE records INDEXED BY records_by_id SET pending_seq = NULL \
+                 WHERE substr(id, 1, 8) = ? AND id = ? AND pending_seq = ?",
+            )
+            .bind(id_prefix(id))
+            .bind(&id.0[..])
+            .bind(seq_to_sql(*seq)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| map_sqlx(e, "acknowledge write"))?;
         }
         for (key, value) in &batch.meta {
             match value {
@@ -365,7 +494,8 @@ impl SqliteStorage {
 }
 
 enum SchemaState {
-    Ours,
+    /// A hearth store of this schema version (at most [`SCHEMA_VERSION`]).
+    Ours(i64),
     Empty,
 }
 
@@ -393,7 +523,12 @@ async fn schema_state(conn: &mut sqlx::SqliteConnection) -> Result<SchemaState> 
                 ),
             ));
         }
-        return Ok(SchemaState::Ours);
+        if version < 1 {
+            return Err(Error::corrupt(format!(
+                "the store has schema version {version}, which no hearth build wrote"
+            )));
+        }
+        return Ok(SchemaState::Ours(version));
     }
     if app_id != 0 || objects != 0 {
         return Err(Error::corrupt(
@@ -470,8 +605,9 @@ impl Storage for SqliteStorage {
 
     async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM records WHERE id = ?"
+            "SELECT {COLUMNS} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) = ? AND id = ?"
         )))
+        .bind(id_prefix(id))
         .bind(&id.0[..])
         .fetch_optional(&self.readers)
         .await
@@ -485,15 +621,18 @@ impl Storage for SqliteStorage {
         let mut found = std::collections::HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let placeholders = vec!["?"; chunk.len()].join(", ");
-            let sql = format!("SELECT {COLUMNS} FROM records WHERE id IN ({placeholders})");
+            let sql = format!(
+                "SELECT {COLUMNS} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) IN ({placeholders})"
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
-                q = q.bind(&id.0[..]);
+                q = q.bind(id_prefix(id));
             }
             let rows = q
                 .fetch_all(&self.readers)
                 .await
                 .map_err(|e| map_sqlx(e, "read records"))?;
+            // A prefix may match other records too; only the ids asked for count.
             for row in &rows {
                 let r = row_to_record(row)?;
                 found.insert(r.id, r);
@@ -511,16 +650,22 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<StoredRecord>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!(
-            "SELECT {COLUMNS} FROM records WHERE collection = ? AND id > ? {} ORDER BY collection, id LIMIT ?",
+            "SELECT {COLUMNS} FROM records INDEXED BY records_by_collection \
+             WHERE substr(collection, 1, 4) = ? AND collection = ? \
+             AND substr(id, 1, 8) >= ? AND (substr(id, 1, 8) > ? OR id > ?) {} \
+             ORDER BY substr(id, 1, 8), id LIMIT ?",
             if include_deleted {
                 ""
             } else {
                 "AND deleted = 0"
             }
         );
-        let after: &[u8] = after.map(|a| &a.0[..]).unwrap_or(&[]);
+        let (prefix, after) = scan_start(after);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&collection.0[..4])
             .bind(&collection.0[..])
+            .bind(prefix)
+            .bind(prefix)
             .bind(after)
             .bind(limit)
             .fetch_all(&self.readers)
@@ -531,10 +676,14 @@ impl Storage for SqliteStorage {
 
     async fn scan_all(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<StoredRecord>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let after: &[u8] = after.map(|a| &a.0[..]).unwrap_or(&[]);
+        let (prefix, after) = scan_start(after);
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM records WHERE id > ? ORDER BY id LIMIT ?"
+            "SELECT {COLUMNS} FROM records INDEXED BY records_by_id \
+             WHERE substr(id, 1, 8) >= ? AND (substr(id, 1, 8) > ? OR id > ?) \
+             ORDER BY substr(id, 1, 8), id LIMIT ?"
         )))
+        .bind(prefix)
+        .bind(prefix)
         .bind(after)
         .bind(limit)
         .fetch_all(&self.readers)

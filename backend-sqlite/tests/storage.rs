@@ -180,3 +180,120 @@ async fn sqlite_reports_its_heap_and_its_page_caches_share_of_it() {
     );
     assert!(backend_sqlite::sqlite_memory_used() > 0);
 }
+
+/// A store written with schema version 1 (a `UNIQUE` full id, `records_by_collection` on the
+/// full ids) is rebuilt into version 2 (prefix indexes) when opened: every row, pending write
+/// and metadata value is kept, and reads, scans and writes behave as on a new store.
+#[tokio::test]
+async fn a_version_1_store_is_migrated_in_place() {
+    use sync_core::{Batch, CollectionId, RecordId, StoredRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v1.db");
+    let id = |n: u32| {
+        // Spread over the id space like blind ids, with pairs sharing their first 8 bytes.
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&(n / 2).wrapping_mul(2_654_435_761).to_be_bytes());
+        b[31] = n as u8;
+        RecordId(b)
+    };
+    let notes = CollectionId([1; 32]);
+    let rows: Vec<StoredRecord> = (0..300u32)
+        .map(|n| StoredRecord {
+            id: id(n),
+            collection: notes,
+            envelope: format!("envelope {n}").into_bytes(),
+            deleted: n % 7 == 0,
+            pending_seq: (n % 5 == 0).then_some(u64::from(n) + 1),
+            sync: vec![n as u8; 3],
+        })
+        .collect();
+    {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.expect("connect");
+        for stmt in [
+            "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
+            "CREATE INDEX records_by_collection ON records (collection, id)",
+            "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
+            "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
+            "PRAGMA application_id = 1213355080",
+            "PRAGMA user_version = 1",
+            "INSERT INTO meta VALUES ('hearth.device', x'0102')",
+        ] {
+            sqlx::query(stmt).execute(&pool).await.expect("v1 schema");
+        }
+        for r in &rows {
+            sqlx::query("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(&r.id.0[..])
+                .bind(&r.collection.0[..])
+                .bind(i64::from(r.deleted))
+                .bind(r.pending_seq.map(|s| s as i64))
+                .bind(&r.envelope[..])
+                .bind(&r.sync[..])
+                .execute(&pool)
+                .await
+                .expect("v1 row");
+        }
+        pool.close().await;
+    }
+
+    let s = SqliteStorage::open(&path, false).await.expect("migrate");
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(s.pool())
+        .await
+        .expect("version");
+    assert_eq!(version, backend_sqlite::SCHEMA_VERSION);
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' ORDER BY name",
+    )
+    .fetch_all(s.pool())
+    .await
+    .expect("indexes");
+    assert_eq!(
+        indexes,
+        ["records_by_collection", "records_by_id", "records_pending"],
+        "the full-id indexes are gone"
+    );
+    for r in &rows {
+        assert_eq!(s.get(&r.id).await.expect("get").as_ref(), Some(r));
+    }
+    let mut sorted: Vec<RecordId> = rows.iter().map(|r| r.id).collect();
+    sorted.sort();
+    let scanned: Vec<RecordId> = s
+        .scan_all(None, 1000)
+        .await
+        .expect("scan")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(scanned, sorted, "whole-id order");
+    assert_eq!(s.outbox_len().await.expect("outbox"), 60);
+    assert_eq!(
+        s.meta_get("hearth.device").await.expect("meta"),
+        Some(vec![1, 2])
+    );
+    // Writes after the migration: a replacement and a new row.
+    let mut b = Batch::default();
+    b.puts.push(StoredRecord {
+        envelope: b"replaced".to_vec(),
+        pending_seq: None,
+        ..rows[3].clone()
+    });
+    b.puts.push(StoredRecord {
+        id: RecordId([9; 32]),
+        ..rows[4].clone()
+    });
+    s.commit(b).await.expect("write");
+    assert_eq!(
+        s.get(&rows[3].id).await.expect("get").map(|r| r.envelope),
+        Some(b"replaced".to_vec())
+    );
+    assert_eq!(s.scan_all(None, 1000).await.expect("scan").len(), 301);
+    s.check().await.expect("integrity");
+    s.close().await.expect("close");
+    // Opening again finds version 2 and changes nothing.
+    let s = SqliteStorage::open(&path, false).await.expect("reopen");
+    assert_eq!(s.scan_all(None, 1000).await.expect("scan").len(), 301);
+    s.close().await.expect("close");
+}

@@ -162,8 +162,10 @@ pub fn disk_written_bytes() -> Option<u64> {
 }
 
 /// Samples how many bytes the C allocator has handed out and not taken back (glibc's
-/// `mallinfo2`: arena chunks in use plus mmapped chunks), every 20 ms on a thread of its own,
-/// and keeps the most seen. That is the heap the process holds (Rust's allocations and
+/// `mallinfo2`: arena chunks in use plus mmapped chunks), every 250 ms on a thread of its own,
+/// and keeps the most seen. (`mallinfo2` walks every arena's free lists holding the arena's
+/// lock: sampled every 20 ms it took ~5 % of W3's CPU time in a profile and made the
+/// allocations it measures wait.) That is the heap the process holds (Rust's allocations and
 /// SQLite's alike go through `malloc`), without the free memory the allocator keeps mapped in
 /// its per-thread arenas, which peak RSS counts too. None off glibc.
 struct HeapSampler {
@@ -180,7 +182,7 @@ impl HeapSampler {
                 let mut peak = 0;
                 while !stop.load(Ordering::Relaxed) {
                     peak = peak.max(heap_in_use().unwrap_or(0));
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    std::thread::sleep(std::time::Duration::from_millis(250));
                 }
                 peak
             })
@@ -532,7 +534,7 @@ pub struct SyncBytes {
     /// W3: the most of that heap SQLite's page caches held at once (bounded by the caches'
     /// configured sizes; the rest of SQLite's heap is statements, schemas and scratch).
     pub initial_sqlite_cache_peak: u64,
-    /// W3: the most heap the process had in use at once (sampled every 20 ms; Rust's and
+    /// W3: the most heap the process had in use at once (sampled every 250 ms; Rust's and
     /// SQLite's allocations alike), without the free memory the allocator keeps, which peak RSS
     /// includes. None where the allocator cannot tell (off glibc).
     pub initial_heap_peak: Option<u64>,
