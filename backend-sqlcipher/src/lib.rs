@@ -43,17 +43,23 @@
 //!
 //! WAL journal, `synchronous = NORMAL`, a 16 MiB page cache, checkpoints every 8192 pages, every
 //! [`Batch`] in one `BEGIN IMMEDIATE` transaction with its guards checked first, multi-row
-//! upserts. Schema (version 1, `PRAGMA user_version`, `PRAGMA application_id` "HRTH"), identical to
-//! `backend-sqlite`:
+//! puts as an update of the row the id names, else an insert. Schema (version 2,
+//! `PRAGMA user_version`, `PRAGMA application_id` "HRTH"), identical to `backend-sqlite`'s,
+//! whose documentation says why the indexes hold prefixes of the blind ids (every lookup
+//! re-checks the full id on the row; scans order by `(prefix, id)`, the order of the full ids):
 //!
 //! ```sql
-//! CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL,
+//! CREATE TABLE records (id BLOB NOT NULL, collection BLOB NOT NULL,
 //!                       deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL,
 //!                       sync BLOB NOT NULL);
-//! CREATE INDEX records_by_collection ON records (collection, id);
+//! CREATE INDEX records_by_id ON records (substr(id, 1, 8));
+//! CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8));
 //! CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
 //! ```
+//!
+//! A version-1 store (a `UNIQUE` full id, `records_by_collection (collection, id)`) is rebuilt
+//! into version 2 in one transaction when it is opened.
 //!
 //! [`Storage::check`] runs `PRAGMA cipher_integrity_check` (every page's HMAC) and
 //! `PRAGMA integrity_check` (the b-trees).
@@ -86,7 +92,7 @@ use crate::worker::Worker;
 /// `PRAGMA application_id` of hearth stores: "HRTH".
 pub const APPLICATION_ID: i64 = 0x4852_5448;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// SQLCipher page size of hearth stores, in bytes. Part of the file format: SQLCipher cannot read
 /// it from the (encrypted) header, so every open sets it. SQLCipher reserves 80 bytes of every
 /// page for its IV and HMAC; with its default 4 KiB pages, three rows of a ~1 KiB record no
@@ -94,15 +100,38 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// 8 KiB pages it is the same size (docs/performance.md).
 pub const CIPHER_PAGE_SIZE: u32 = 8192;
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
-    "CREATE INDEX records_by_collection ON records (collection, id)",
+const RECORDS_TABLE: &str = "CREATE TABLE records (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)";
+const RECORDS_INDEXES: &[&str] = &[
+    "CREATE INDEX records_by_id ON records (substr(id, 1, 8))",
+    "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8))",
     "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
-    "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
+];
+const META_TABLE: &str = "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)";
+
+/// Version 1 to 2: the records table without `UNIQUE (id)` (a table constraint SQLite cannot
+/// drop in place), rows and row ids copied, then the prefix indexes built once, sorted.
+const MIGRATE_1_TO_2: &[&str] = &[
+    "CREATE TABLE records_v2 (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
+    "INSERT INTO records_v2 (rowid, id, collection, deleted, pending_seq, envelope, sync) SELECT rowid, id, collection, deleted, pending_seq, envelope, sync FROM records ORDER BY rowid",
+    "DROP TABLE records",
+    "ALTER TABLE records_v2 RENAME TO records",
 ];
 
-/// Rows per multi-row INSERT (6 parameters each; SQLite allows 32,766).
-const PUT_CHUNK: usize = 128;
+/// Bytes of a record id in the key of `records_by_id` and `records_by_collection`.
+const ID_PREFIX: usize = 8;
+
+fn id_prefix(id: &RecordId) -> &[u8] {
+    &id.0[..ID_PREFIX]
+}
+
+/// Where a scan starts: after `after` in the order `(substr(id, 1, 8), id)`, which is the
+/// order of the full ids; from the start without one (the empty blob sorts first).
+fn scan_start(after: Option<&RecordId>) -> (&[u8], &[u8]) {
+    match after {
+        Some(a) => (id_prefix(a), &a.0[..]),
+        None => (&[], &[]),
+    }
+}
 /// Ids per `WHERE id IN (…)` of `get_many`.
 const GET_CHUNK: usize = 500;
 
@@ -172,7 +201,8 @@ fn seq_from_sql(seq: i64) -> Result<u64> {
 }
 
 enum SchemaState {
-    Ours,
+    /// A hearth store of this schema version (at most [`SCHEMA_VERSION`]).
+    Ours(i64),
     Empty,
 }
 
@@ -197,7 +227,12 @@ fn schema_state(conn: &Connection) -> Result<SchemaState> {
                 ),
             ));
         }
-        return Ok(SchemaState::Ours);
+        if version < 1 {
+            return Err(Error::corrupt(format!(
+                "the store has schema version {version}, which no hearth build wrote"
+            )));
+        }
+        return Ok(SchemaState::Ours(version));
     }
     if app_id != 0 || objects != 0 {
         return Err(Error::corrupt(
@@ -416,7 +451,23 @@ fn prepare_schema(conn: &mut Connection, create: bool) -> Result<()> {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| map_sql(e, "open store"))?;
     match schema_state(&tx)? {
-        SchemaState::Ours => return Ok(()),
+        SchemaState::Ours(v) if v == SCHEMA_VERSION => return Ok(()),
+        SchemaState::Ours(v) => {
+            tracing::info!(
+                from = v,
+                to = SCHEMA_VERSION,
+                "migrating the store's schema"
+            );
+            for stmt in MIGRATE_1_TO_2.iter().chain(RECORDS_INDEXES) {
+                tx.execute(stmt, [])
+                    .map_err(|e| map_sql(e, "migrate the store's schema"))?;
+            }
+            tx.execute_batch("PRAGMA user_version = 2;")
+                .map_err(|e| map_sql(e, "migrate the store's schema"))?;
+            return tx
+                .commit()
+                .map_err(|e| map_sql(e, "migrate the store's schema"));
+        }
         SchemaState::Empty if create => {}
         SchemaState::Empty => {
             return Err(Error::new(
@@ -425,7 +476,10 @@ fn prepare_schema(conn: &mut Connection, create: bool) -> Result<()> {
             ));
         }
     }
-    for stmt in SCHEMA {
+    let schema = std::iter::once(RECORDS_TABLE)
+        .chain(RECORDS_INDEXES.iter().copied())
+        .chain([META_TABLE]);
+    for stmt in schema {
         tx.execute(stmt, [])
             .map_err(|e| map_sql(e, "create schema"))?;
     }
@@ -450,51 +504,74 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
             ));
         }
     }
-    // Multi-row upserts: one statement per 128 rows. Within one statement, a later row with the
-    // same id updates the earlier one, as separate statements would. The collection is not
-    // updated: a blind id is derived from its collection, so it never changes, and naming an
-    // indexed column in the update would rewrite its `records_by_collection` entry.
-    for chunk in batch.puts.chunks(PUT_CHUNK) {
-        let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-        let sql = format!(
-            "INSERT INTO records ({COLUMNS}) VALUES {values} \
-             ON CONFLICT (id) DO UPDATE SET deleted = excluded.deleted, \
-             pending_seq = excluded.pending_seq, envelope = excluded.envelope, sync = excluded.sync"
-        );
-        let mut params: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 6);
-        for r in chunk {
-            params.push(rusqlite::types::Value::Blob(r.id.0.to_vec()));
-            params.push(rusqlite::types::Value::Blob(r.collection.0.to_vec()));
-            params.push(rusqlite::types::Value::Integer(i64::from(r.deleted)));
-            params.push(match r.pending_seq {
-                Some(seq) => rusqlite::types::Value::Integer(seq_to_sql(seq)?),
-                None => rusqlite::types::Value::Null,
-            });
-            params.push(rusqlite::types::Value::Blob(r.envelope.clone()));
-            params.push(rusqlite::types::Value::Blob(r.sync.clone()));
-        }
-        tx.prepare_cached(&sql)
-            .and_then(|mut s| s.execute(rusqlite::params_from_iter(params.iter())))
+    // Puts, one after the other (statements are prepared once and run in-process, so a row a
+    // statement costs little here): an update of the row with that id, found by its prefix
+    // and the full id, else an insert. A later put of the same id in the batch replaces the
+    // earlier one. The collection is not updated: a blind id is derived from its collection,
+    // so it never changes, and naming an indexed column would rewrite its index entry.
+    if !batch.puts.is_empty() {
+        let mut update = tx
+            .prepare_cached(
+                "UPDATE records INDEXED BY records_by_id SET deleted = ?3, pending_seq = ?4, \
+                 envelope = ?5, sync = ?6 WHERE substr(id, 1, 8) = ?1 AND id = ?2",
+            )
             .map_err(|e| map_sql(e, "write records"))?;
+        let mut insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ))
+            .map_err(|e| map_sql(e, "write records"))?;
+        for r in &batch.puts {
+            let pending = r.pending_seq.map(seq_to_sql).transpose()?;
+            let updated = update
+                .execute(rusqlite::params![
+                    id_prefix(&r.id),
+                    &r.id.0[..],
+                    i64::from(r.deleted),
+                    pending,
+                    &r.envelope[..],
+                    &r.sync[..],
+                ])
+                .map_err(|e| map_sql(e, "write records"))?;
+            if updated == 0 {
+                insert
+                    .execute(rusqlite::params![
+                        &r.id.0[..],
+                        &r.collection.0[..],
+                        i64::from(r.deleted),
+                        pending,
+                        &r.envelope[..],
+                        &r.sync[..],
+                    ])
+                    .map_err(|e| map_sql(e, "write records"))?;
+            }
+        }
     }
     if !batch.removes.is_empty() {
         let mut s = tx
-            .prepare_cached("DELETE FROM records WHERE id = ?1")
+            .prepare_cached(
+                "DELETE FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) = ?1 AND id = ?2",
+            )
             .map_err(|e| map_sql(e, "remove record"))?;
         for id in &batch.removes {
-            s.execute([&id.0[..]])
+            s.execute(rusqlite::params![id_prefix(id), &id.0[..]])
                 .map_err(|e| map_sql(e, "remove record"))?;
         }
     }
     if !batch.acks.is_empty() {
         let mut s = tx
             .prepare_cached(
-                "UPDATE records SET pending_seq = NULL WHERE id = ?1 AND pending_seq = ?2",
+                "UPDATE records INDEXED BY records_by_id SET pending_seq = NULL \
+                 WHERE substr(id, 1, 8) = ?1 AND id = ?2 AND pending_seq = ?3",
             )
             .map_err(|e| map_sql(e, "acknowledge write"))?;
         for (id, seq) in &batch.acks {
-            s.execute(rusqlite::params![&id.0[..], seq_to_sql(*seq)?])
-                .map_err(|e| map_sql(e, "acknowledge write"))?;
+            s.execute(rusqlite::params![
+                id_prefix(id),
+                &id.0[..],
+                seq_to_sql(*seq)?
+            ])
+            .map_err(|e| map_sql(e, "acknowledge write"))?;
         }
     }
     for (key, value) in &batch.meta {
@@ -618,8 +695,15 @@ impl Storage for SqlcipherStorage {
         let id = *id;
         self.worker
             .call(move |conn| {
-                let sql = format!("SELECT {COLUMNS} FROM records WHERE id = ?1");
-                Ok(query_records(conn, &sql, [&id.0[..]], "read record")?
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) = ?1 AND id = ?2"
+                );
+                Ok(query_records(
+                    conn,
+                    &sql,
+                    rusqlite::params![id_prefix(&id), &id.0[..]],
+                    "read record",
+                )?
                     .into_iter()
                     .next())
             })
@@ -633,8 +717,11 @@ impl Storage for SqlcipherStorage {
                 let mut found = HashMap::with_capacity(ids.len());
                 for chunk in ids.chunks(GET_CHUNK) {
                     let placeholders = vec!["?"; chunk.len()].join(", ");
-                    let sql = format!("SELECT {COLUMNS} FROM records WHERE id IN ({placeholders})");
-                    let params = chunk.iter().map(|id| &id.0[..]);
+                    let sql = format!(
+                        "SELECT {COLUMNS} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) IN ({placeholders})"
+                    );
+                    // A prefix may match other records too; only the ids asked for count.
+                    let params = chunk.iter().map(id_prefix);
                     for r in query_records(
                         conn,
                         &sql,
@@ -662,14 +749,21 @@ impl Storage for SqlcipherStorage {
         self.worker
             .call(move |conn| {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM records WHERE collection = ?1 AND id > ?2 {} ORDER BY collection, id LIMIT ?3",
-                    if include_deleted { "" } else { "AND deleted = 0" }
+                    "SELECT {COLUMNS} FROM records INDEXED BY records_by_collection \
+                     WHERE substr(collection, 1, 4) = ?1 AND collection = ?2 \
+                     AND substr(id, 1, 8) >= ?3 AND (substr(id, 1, 8) > ?3 OR id > ?4) {} \
+                     ORDER BY substr(id, 1, 8), id LIMIT ?5",
+                    if include_deleted {
+                        ""
+                    } else {
+                        "AND deleted = 0"
+                    }
                 );
-                let after: &[u8] = after.as_ref().map(|a| &a.0[..]).unwrap_or(&[]);
+                let (prefix, after) = scan_start(after.as_ref());
                 query_records(
                     conn,
                     &sql,
-                    rusqlite::params![&collection.0[..], after, limit],
+                    rusqlite::params![&collection.0[..4], &collection.0[..], prefix, after, limit],
                     "scan records",
                 )
             })
@@ -681,10 +775,18 @@ impl Storage for SqlcipherStorage {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.worker
             .call(move |conn| {
-                let sql =
-                    format!("SELECT {COLUMNS} FROM records WHERE id > ?1 ORDER BY id LIMIT ?2");
-                let after: &[u8] = after.as_ref().map(|a| &a.0[..]).unwrap_or(&[]);
-                query_records(conn, &sql, rusqlite::params![after, limit], "scan records")
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM records INDEXED BY records_by_id \
+                     WHERE substr(id, 1, 8) >= ?1 AND (substr(id, 1, 8) > ?1 OR id > ?2) \
+                     ORDER BY substr(id, 1, 8), id LIMIT ?3"
+                );
+                let (prefix, after) = scan_start(after.as_ref());
+                query_records(
+                    conn,
+                    &sql,
+                    rusqlite::params![prefix, after, limit],
+                    "scan records",
+                )
             })
             .await
     }

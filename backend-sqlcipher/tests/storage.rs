@@ -334,3 +334,88 @@ async fn a_closed_store_refuses_calls_and_concurrent_calls_are_served() {
             .contains("closed")
     );
 }
+
+/// A version-1 store (a `UNIQUE` full id, `records_by_collection (collection, id)`; made here by
+/// rebuilding a new store's table the old way under the same key) is rebuilt into version 2
+/// when opened: every row and pending write kept, the full-id indexes gone.
+#[tokio::test]
+async fn a_version_1_store_is_migrated_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v1.db");
+    let s = SqlcipherStorage::open(&path, true, &key(7))
+        .await
+        .expect("create");
+    s.commit(rows(200, |i| format!("envelope {i}").into_bytes()))
+        .await
+        .expect("fill");
+    s.close().await.expect("close");
+    drop(s);
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_compatibility = 4; PRAGMA cipher_page_size = {};",
+            "07".repeat(32),
+            backend_sqlcipher::CIPHER_PAGE_SIZE
+        ))
+        .expect("key");
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE records_v1 (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL);
+             INSERT INTO records_v1 SELECT id, collection, deleted, pending_seq, envelope, sync FROM records;
+             DROP TABLE records;
+             ALTER TABLE records_v1 RENAME TO records;
+             CREATE INDEX records_by_collection ON records (collection, id);
+             CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL;
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )
+        .expect("downgrade to version 1");
+    }
+
+    let s = SqlcipherStorage::open(&path, false, &key(7))
+        .await
+        .expect("open and migrate");
+    for i in 0..200u32 {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        let r = s.get(&RecordId(id)).await.expect("get").expect("kept");
+        assert_eq!(r.envelope, format!("envelope {i}").into_bytes());
+    }
+    let scanned = s.scan_all(None, 1000).await.expect("scan");
+    assert_eq!(scanned.len(), 200);
+    assert!(
+        scanned.windows(2).all(|w| w[0].id < w[1].id),
+        "whole-id order"
+    );
+    assert_eq!(s.outbox_len().await.expect("outbox"), 200);
+    s.commit(rows(201, |_| b"again".to_vec()))
+        .await
+        .expect("write after the migration");
+    assert_eq!(s.scan_all(None, 1000).await.expect("scan").len(), 201);
+    s.check().await.expect("integrity");
+    s.close().await.expect("close");
+    drop(s);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_compatibility = 4; PRAGMA cipher_page_size = {};",
+        "07".repeat(32),
+        backend_sqlcipher::CIPHER_PAGE_SIZE
+    ))
+    .expect("key");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, backend_sqlcipher::SCHEMA_VERSION);
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' ORDER BY name")
+        .expect("prepare");
+    let names: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .expect("indexes")
+        .collect::<rusqlite::Result<_>>()
+        .expect("indexes");
+    assert_eq!(
+        names,
+        ["records_by_collection", "records_by_id", "records_pending"]
+    );
+}
