@@ -42,7 +42,14 @@ async fn sync_workloads_run_through_the_server_and_verify() {
     .await
     .expect("every workload verifies");
     let names: Vec<&str> = out.results.iter().map(|r| &r.workload[..2]).collect();
-    assert_eq!(names, ["W3", "W4", "W5", "W6"]);
+    assert_eq!(names, ["W3", "W3", "W4", "W5", "W6"]);
+    // W3 against both raw baselines: per-row and multi-row inserts of the same plaintext.
+    assert_eq!(
+        out.results[1].workload,
+        "W3 initial sync vs multi-row (http)"
+    );
+    assert_eq!(out.results[1].seconds, out.results[0].seconds);
+    assert!(out.results[1].baseline_seconds > 0.0 && out.results[0].baseline_seconds > 0.0);
     // Bytes went over real HTTP: at least the sealed envelopes, up and down.
     assert!(out.bytes.initial >= out.bytes.sealed_lower_bound);
     assert!(out.bytes.sealed_lower_bound > 2 * 300 * 1000);
