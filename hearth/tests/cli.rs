@@ -382,13 +382,17 @@ impl Drop for ServeProcess {
     }
 }
 
-fn serve(dir: &Path) -> ServeProcess {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback port free a moment ago (for a server that must come back on the same port).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
         .expect("addr")
-        .port();
-    serve_on(dir, port, "server.db")
+        .port()
+}
+
+fn serve(dir: &Path) -> ServeProcess {
+    serve_on(dir, free_port(), "server.db")
 }
 
 fn serve_on(dir: &Path, port: u16, db: &str) -> ServeProcess {
@@ -807,11 +811,7 @@ fn consent_check_denies_without_a_grant_and_never_prompts_off_a_terminal() {
 #[test]
 fn a_token_the_server_does_not_know_is_exit_7_with_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let server = serve_on(dir.path(), port, "first.db");
     let a = dir.path().join("a.db");
     hearth(&a, "pw").arg("init").assert().success();
@@ -843,11 +843,7 @@ fn serve_logs_requests_on_stderr_without_secrets_and_quiet_silences_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bin = assert_cmd::cargo::cargo_bin("hearth");
     for quiet in [false, true] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         let log_path = dir.path().join(format!("serve-{quiet}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = std::process::Command::new(&bin);
@@ -1305,11 +1301,7 @@ fn a_sqlcipher_sodium_store_is_used_without_naming_its_backends() {
 #[test]
 fn serve_mark_restored_gives_the_log_a_new_id_and_devices_walk_it_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let server = serve_on(dir.path(), port, "server.db");
     let a = dir.path().join("a.db");
     hearth(&a, "pw").arg("init").assert().success();

@@ -18,18 +18,40 @@ use sync_core::{
 };
 use transport_mock::{Faults, MockTransport};
 
-/// Pulls go through; pushes fail while `closed` is set (a device that loses its connection
-/// between the pull and the push of a round).
+/// The device's mock transport, with two interventions: pushes fail while `closed` is set (a
+/// device that loses its connection between the pull and the push of a round); and, with
+/// `restore`, just before its `at`-th pull (counting from 1) the relay is restored from the
+/// backup and declared restored (a new log id), as an operator would while this device is in
+/// the middle of a walk.
 #[derive(Debug)]
-struct PushGate {
+struct Wrapped {
     inner: Arc<MockTransport>,
     closed: AtomicBool,
+    restore: Option<RestoreOnPull>,
+}
+
+#[derive(Debug)]
+struct RestoreOnPull {
+    relay: MemoryRelay,
+    backup: RelayBackup,
+    pulls: AtomicUsize,
+    at: usize,
+}
+
+impl Wrapped {
+    fn new(inner: Arc<MockTransport>, restore: Option<RestoreOnPull>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            closed: AtomicBool::new(false),
+            restore,
+        })
+    }
 }
 
 #[async_trait]
-impl Transport for PushGate {
+impl Transport for Wrapped {
     fn name(&self) -> &'static str {
-        "push-gate"
+        "wrapped"
     }
     async fn push(&self, request: PushRequest) -> Result<PushResponse> {
         if self.closed.load(Ordering::SeqCst) {
@@ -38,6 +60,12 @@ impl Transport for PushGate {
         self.inner.push(request).await
     }
     async fn pull(&self, request: PullRequest) -> Result<PullPage> {
+        if let Some(r) = &self.restore
+            && r.pulls.fetch_add(1, Ordering::SeqCst) + 1 == r.at
+        {
+            r.relay.restore(&r.backup)?;
+            r.relay.mark_restored()?;
+        }
         self.inner.pull(request).await
     }
     async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>> {
@@ -57,10 +85,7 @@ async fn devices_put_back_what_a_restored_relay_lost_and_converge_without_asking
     let a = Device::first(&world, Faults::NONE, 1).await;
     let b = Device::join(&world, &a.store, Faults::NONE, 2).await;
     let c = Device::join(&world, &a.store, Faults::NONE, 3).await;
-    let gate = Arc::new(PushGate {
-        inner: c.transport.clone(),
-        closed: AtomicBool::new(false),
-    });
+    let gate = Wrapped::new(c.transport.clone(), None);
     let c_engine = SyncEngine::new(c.store.clone(), gate.clone(), SyncConfig::default());
     for engine in [&a.engine, &b.engine, &c_engine] {
         engine
@@ -140,44 +165,6 @@ async fn devices_put_back_what_a_restored_relay_lost_and_converge_without_asking
     assert_eq!(d.snapshot().await, expected);
 }
 
-/// Passes everything through; just before its `at`-th pull (counting from 1) restores the relay
-/// from `backup` and declares it restored (a new log id), as an operator would while this device
-/// is in the middle of a walk.
-#[derive(Debug)]
-struct RestoreOnPull {
-    inner: Arc<MockTransport>,
-    relay: MemoryRelay,
-    backup: RelayBackup,
-    pulls: AtomicUsize,
-    at: usize,
-}
-
-#[async_trait]
-impl Transport for RestoreOnPull {
-    fn name(&self) -> &'static str {
-        "restore-on-pull"
-    }
-    async fn push(&self, request: PushRequest) -> Result<PushResponse> {
-        self.inner.push(request).await
-    }
-    async fn pull(&self, request: PullRequest) -> Result<PullPage> {
-        if self.pulls.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
-            self.relay.restore(&self.backup)?;
-            self.relay.mark_restored()?;
-        }
-        self.inner.pull(request).await
-    }
-    async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>> {
-        self.inner.get_key_backup(space).await
-    }
-    async fn put_key_backup(&self, space: SpaceId, blob: Vec<u8>) -> Result<()> {
-        self.inner.put_key_backup(space, blob).await
-    }
-    async fn share(&self, destination: &str, sealed: Vec<u8>) -> Result<()> {
-        self.inner.share(destination, sealed).await
-    }
-}
-
 #[tokio::test]
 async fn a_restore_declared_mid_walk_restarts_the_walk_and_every_device_puts_back_its_share() {
     let world = World::new();
@@ -214,13 +201,15 @@ async fn a_restore_declared_mid_walk_restarts_the_walk_and_every_device_puts_bac
     // B's first walk, in pages of 5: the relay is restored and the restore declared just
     // before its third pull, when B holds what the first two pages of the old log brought.
     let b = Device::join(&world, &a.store, Faults::NONE, 2).await;
-    let restoring = Arc::new(RestoreOnPull {
-        inner: b.transport.clone(),
-        relay: world.relay.clone(),
-        backup,
-        pulls: AtomicUsize::new(0),
-        at: 3,
-    });
+    let restoring = Wrapped::new(
+        b.transport.clone(),
+        Some(RestoreOnPull {
+            relay: world.relay.clone(),
+            backup,
+            pulls: AtomicUsize::new(0),
+            at: 3,
+        }),
+    );
     let config = SyncConfig {
         pull_page: 5,
         push_batch: 5,
