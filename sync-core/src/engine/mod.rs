@@ -356,6 +356,21 @@ const MAX_RESYNC_RESTARTS: u32 = 3;
 /// next pull would serve them again) is refused before anything of the page is applied or
 /// saved. Envelopes at or below the cursor are not a page error: each goes through the
 /// per-envelope checks, where an old one served again is a `rollback` in the report.
+/// Counts one more restart of a re-sync walk from 0 (the server no longer recognised the
+/// walk, or named a new log id); too many in one round is a temporary error, so a server that
+/// keeps doing it cannot hold a device in a walk for ever.
+fn restart(restarts: &mut u32) -> Result<()> {
+    *restarts += 1;
+    if *restarts > MAX_RESYNC_RESTARTS {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            "no progress: the server restarted the full re-sync too many times",
+        )
+        .temporary());
+    }
+    Ok(())
+}
+
 fn check_page(cursor: u64, page: &PullPage) -> Result<()> {
     let stuck = page.next_cursor == cursor && page.more;
     let ahead = page
@@ -1666,14 +1681,7 @@ impl SyncEngine {
                 // The server no longer recognises this walk (it restarted, or collected more
                 // in between): start it over from 0. Records already confirmed stay confirmed.
                 Err(e) if e.kind() == ErrorKind::ResyncRequired && cursor != 0 => {
-                    restarts += 1;
-                    if restarts > MAX_RESYNC_RESTARTS {
-                        return Err(Error::new(
-                            ErrorKind::Unavailable,
-                            "no progress: the server restarted the full re-sync too many times",
-                        )
-                        .temporary());
-                    }
+                    restart(&mut restarts)?;
                     cursor = 0;
                     continue;
                 }
@@ -1684,14 +1692,7 @@ impl SyncEngine {
                 // back what the server lost (a re-sync of a log that lost data must not sweep).
                 (epoch, reupload, walk) = (new, true, Walk::Reupload(new));
                 (cursor, floor) = (0, 0);
-                restarts += 1;
-                if restarts > MAX_RESYNC_RESTARTS {
-                    return Err(Error::new(
-                        ErrorKind::Unavailable,
-                        "no progress: the server's log id changed too many times during one re-sync",
-                    )
-                    .temporary());
-                }
+                restart(&mut restarts)?;
                 continue;
             }
             check_page(cursor, &page)?;
