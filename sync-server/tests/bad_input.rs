@@ -150,6 +150,9 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
     truncated.truncate(truncated.len() - 7);
     let mut future = good_push.clone();
     future[0] = 9;
+    // A client of wire version 1 (before pull pages carried the log id).
+    let mut v1 = good_push.clone();
+    v1[0] = 1;
     let mut trailing = good_push.clone();
     trailing.push(0);
     let mut elsewhere = a.from();
@@ -170,6 +173,7 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
             StatusCode::BAD_REQUEST,
             "unsupported",
         ),
+        ("wire version 1", v1, StatusCode::BAD_REQUEST, "unsupported"),
         (
             "another space in the body",
             wire::encode_push_request(&push_of(elsewhere, 1, 10)).expect("encode"),
