@@ -348,14 +348,10 @@ fn unconfirmed_by(row: &StoredRecord, epoch: u32) -> Result<bool> {
     Ok(sync.synced && sync.epoch != epoch)
 }
 
-/// Times a full re-sync may be restarted from cursor 0 by the server within one round.
+/// Times a full re-sync may be restarted from cursor 0 within one round (by the server, or by a
+/// new log id).
 const MAX_RESYNC_RESTARTS: u32 = 3;
 
-/// A page must not send the engine round in circles: a server that answers `more` without
-/// advancing the cursor, moves it back, or serves envelopes past the cursor it names (so the
-/// next pull would serve them again) is refused before anything of the page is applied or
-/// saved. Envelopes at or below the cursor are not a page error: each goes through the
-/// per-envelope checks, where an old one served again is a `rollback` in the report.
 /// Counts one more restart of a re-sync walk from 0 (the server no longer recognised the
 /// walk, or named a new log id); too many in one round is a temporary error, so a server that
 /// keeps doing it cannot hold a device in a walk for ever.
@@ -371,6 +367,11 @@ fn restart(restarts: &mut u32) -> Result<()> {
     Ok(())
 }
 
+/// A page must not send the engine round in circles: a server that answers `more` without
+/// advancing the cursor, moves it back, or serves envelopes past the cursor it names (so the
+/// next pull would serve them again) is refused before anything of the page is applied or
+/// saved. Envelopes at or below the cursor are not a page error: each goes through the
+/// per-envelope checks, where an old one served again is a `rollback` in the report.
 fn check_page(cursor: u64, page: &PullPage) -> Result<()> {
     let stuck = page.next_cursor == cursor && page.more;
     let ahead = page
