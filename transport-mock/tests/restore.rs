@@ -250,3 +250,61 @@ async fn a_restore_declared_mid_walk_restarts_the_walk_and_every_device_puts_bac
     c.engine.sync().await.expect("sync");
     assert_eq!(c.snapshot().await, expected);
 }
+
+/// A record written after the backup, edited on Z after X last pulled it: when the relay is
+/// restored, X holds the older value and Y the newer one, and the relay has neither. Each puts
+/// back what it holds; the two versions are concurrent, and `lww` must keep the newer write,
+/// whichever device puts back last (a version put back keeps the time of the write it carries).
+#[tokio::test]
+async fn a_stale_copy_put_back_after_a_restore_does_not_beat_the_newer_write() {
+    let world = World::new();
+    let z = Device::first(&world, Faults::NONE, 1).await;
+    let x = Device::join(&world, &z.store, Faults::NONE, 2).await;
+    let y = Device::join(&world, &z.store, Faults::NONE, 3).await;
+    for d in [&z, &x, &y] {
+        d.engine.sync().await.expect("sync");
+    }
+    let backup = world.relay.backup().expect("backup");
+    z.store
+        .put("notes", "k", &json!({"v": 1}))
+        .await
+        .expect("put");
+    z.engine.sync().await.expect("sync");
+    x.engine.sync().await.expect("x gets v1");
+    world.advance(1000);
+    z.store
+        .put("notes", "k", &json!({"v": 2}))
+        .await
+        .expect("put");
+    z.engine.sync().await.expect("sync");
+    y.engine.sync().await.expect("y gets v2");
+    assert_eq!(
+        x.store.get("notes", "k").await.expect("get"),
+        Some(json!({"v": 1}))
+    );
+
+    // The relay loses both, the restore is declared, and Z is gone. X puts back its older
+    // value first; Y then finds it on the relay, concurrent with the newer value it holds.
+    world.relay.restore(&backup).expect("restore");
+    world.relay.mark_restored().expect("mark");
+    drop(z);
+    world.advance(1000);
+    let r = x.engine.sync().await.expect("x");
+    assert!(r.log_replaced && r.reuploaded == 1, "{r:?}");
+    world.advance(1000);
+    let r = y.engine.sync().await.expect("y");
+    assert!(r.log_replaced, "{r:?}");
+    for _ in 0..3 {
+        for d in [&y, &x] {
+            let r = d.engine.sync().await.expect("sync");
+            assert_eq!(r.conflicts_pending, 0, "{r:?}");
+        }
+    }
+    for d in [&x, &y] {
+        assert_eq!(
+            d.store.get("notes", "k").await.expect("get"),
+            Some(json!({"v": 2})),
+            "the newer write must win"
+        );
+    }
+}

@@ -1824,7 +1824,11 @@ impl SyncEngine {
     /// how something the server lost goes back up. A fresh sequence, not the envelope as it
     /// was, because the server takes any sequence at or below the highest it holds from this
     /// device for a retry. The version dominates every version this row has seen, so devices
-    /// that hold one of those take it without a conflict.
+    /// that hold one of those take it without a conflict. It keeps the time (HLC) of the write
+    /// it carries: another device may put back a newer write of the same record, concurrent
+    /// with this one, and last-writer-wins must then pick the newer write, not whichever
+    /// device happened to put back last
+    /// (`transport-mock/tests/restore.rs::a_stale_copy_put_back_…`).
     fn requeued(
         &self,
         w: &mut crate::store::WriterGuard<'_>,
@@ -1832,9 +1836,8 @@ impl SyncEngine {
     ) -> Result<StoredRecord> {
         let me = self.store.device();
         let mut payload = self.store.open_envelope(&row.id, &row.envelope)?;
-        let (seq, hlc) = w.next_write();
+        let (seq, _) = w.next_write();
         payload.version.set(me, seq);
-        payload.hlc = hlc;
         payload.origin = me;
         payload.seq = seq;
         let envelope = self.seal(&row.id, &payload)?;
