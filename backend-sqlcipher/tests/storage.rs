@@ -335,6 +335,18 @@ async fn a_closed_store_refuses_calls_and_concurrent_calls_are_served() {
     );
 }
 
+/// A raw SQLCipher connection to `path` under `key(7)`, in hearth's file format.
+fn keyed_connection(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_compatibility = 4; PRAGMA cipher_page_size = {};",
+        "07".repeat(32),
+        backend_sqlcipher::CIPHER_PAGE_SIZE
+    ))
+    .expect("key");
+    conn
+}
+
 /// A version-1 store (a `UNIQUE` full id, `records_by_collection (collection, id)`; made here by
 /// rebuilding a new store's table the old way under the same key) is rebuilt into version 2
 /// when opened: every row and pending write kept, the full-id indexes gone.
@@ -351,13 +363,7 @@ async fn a_version_1_store_is_migrated_in_place() {
     s.close().await.expect("close");
     drop(s);
     {
-        let conn = rusqlite::Connection::open(&path).expect("open");
-        conn.execute_batch(&format!(
-            "PRAGMA key = \"x'{}'\"; PRAGMA cipher_compatibility = 4; PRAGMA cipher_page_size = {};",
-            "07".repeat(32),
-            backend_sqlcipher::CIPHER_PAGE_SIZE
-        ))
-        .expect("key");
+        let conn = keyed_connection(&path);
         conn.execute_batch(
             "BEGIN;
              CREATE TABLE records_v1 (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL);
@@ -395,13 +401,7 @@ async fn a_version_1_store_is_migrated_in_place() {
     s.check().await.expect("integrity");
     s.close().await.expect("close");
     drop(s);
-    let conn = rusqlite::Connection::open(&path).expect("open");
-    conn.execute_batch(&format!(
-        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_compatibility = 4; PRAGMA cipher_page_size = {};",
-        "07".repeat(32),
-        backend_sqlcipher::CIPHER_PAGE_SIZE
-    ))
-    .expect("key");
+    let conn = keyed_connection(&path);
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");

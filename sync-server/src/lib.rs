@@ -42,7 +42,7 @@ pub use http::{MAX_KEY_BACKUP, status_of};
 pub use metrics::Metrics;
 pub use store::{
     AccountId, AccountRelay, PostgresStore, SCHEMA_VERSION, ServerStore, SpaceInfo, SpaceRetired,
-    SqliteStore, open_store,
+    SqliteStore, mark_restored, open_store,
 };
 
 /// Everything a server needs to start.

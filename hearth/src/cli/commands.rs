@@ -1195,7 +1195,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 None => format!("sqlite:{}", db.display()),
             };
             if *mark_restored {
-                let n = super::remote::mark_restored(&database).await?;
+                let n = hearth::sync_server::mark_restored(&database).await?;
                 if cli.json {
                     outln!("{}", json!({"spaces_marked": n}));
                 } else {

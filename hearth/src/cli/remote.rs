@@ -252,17 +252,3 @@ pub async fn serve(
         })
         .await
 }
-
-/// Declares the server database at `database` restored from a backup
-/// (`hearth serve --mark-restored`): every space gets a new log id. Returns how many spaces.
-pub async fn mark_restored(database: &str) -> Result<u64> {
-    let store = hearth::sync_server::open_store(
-        database,
-        hearth::RelayConfig::default(),
-        Arc::new(hearth::store::system_millis),
-    )
-    .await?;
-    let marked = store.mark_restored().await;
-    store.close().await;
-    marked
-}

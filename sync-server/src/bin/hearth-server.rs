@@ -139,20 +139,7 @@ async fn main() -> ExitCode {
 }
 
 async fn mark_restored(database: &str) -> ExitCode {
-    let clock: sync_core::store::WallClock = std::sync::Arc::new(sync_core::store::system_millis);
-    let store =
-        match sync_server::store::open_store(database, sync_core::RelayConfig::default(), clock)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("hearth-server: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-    let marked = store.mark_restored().await;
-    store.close().await;
-    match marked {
+    match sync_server::mark_restored(database).await {
         Ok(n) => {
             println!(
                 "marked restored: {n} spaces have a new log id; their devices put back what the restore lost at their next sync"

@@ -30,7 +30,7 @@ use sync_core::{
 
 mod sql;
 
-pub use sql::{PostgresStore, SCHEMA_VERSION, SqliteStore, open_store};
+pub use sql::{PostgresStore, SCHEMA_VERSION, SqliteStore, mark_restored, open_store};
 pub use sync_core::SpaceRetired;
 
 /// An account: the owner of spaces, authenticated by a bearer token.

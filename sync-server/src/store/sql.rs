@@ -1178,3 +1178,14 @@ pub async fn open_store(
         ))
     }
 }
+
+/// Declares the database at `url` restored from a backup ([`ServerStore::mark_restored`]):
+/// opens it (migrating it if needed), gives every space a new log id, closes it. Returns how
+/// many spaces. What `hearth-server mark-restored` and `hearth serve --mark-restored` run.
+pub async fn mark_restored(url: &str) -> Result<u64> {
+    let clock: WallClock = Arc::new(sync_core::store::system_millis);
+    let store = open_store(url, RelayConfig::default(), clock).await?;
+    let marked = store.mark_restored().await;
+    store.close().await;
+    marked
+}
