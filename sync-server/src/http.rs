@@ -510,8 +510,9 @@ async fn track(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .into_response(),
     };
     let status = response.status();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    app.metrics.request(&route, status.as_u16());
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = seconds * 1000.0;
+    app.metrics.request(&route, status.as_u16(), seconds);
     match response.extensions().get::<Failure>() {
         Some(f) => {
             app.metrics.error(f.kind.as_str());

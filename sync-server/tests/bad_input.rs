@@ -291,6 +291,13 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
     );
     assert!(metrics.contains("hearth_errors_total{class=\"unauthorized\"}"));
     assert!(metrics.contains("hearth_envelopes_pulled_total"));
+    // How long requests took, by route: refused ones count too.
+    assert!(
+        metrics.contains(
+            "hearth_request_duration_seconds_bucket{route=\"/v1/spaces/{space}/pull\",le=\"+Inf\"}"
+        ),
+        "{metrics}"
+    );
     let health = raw
         .get(format!("{url}/healthz"))
         .send()

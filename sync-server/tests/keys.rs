@@ -24,7 +24,7 @@ fn push_route_requests(server: &sync_server::RunningServer) -> u64 {
         .metrics()
         .render()
         .lines()
-        .filter(|l| l.contains("route=\"/v1/spaces/{space}/push\""))
+        .filter(|l| l.starts_with("hearth_requests_total{route=\"/v1/spaces/{space}/push\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }

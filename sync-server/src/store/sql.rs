@@ -421,6 +421,10 @@ macro_rules! sql_store {
                 let mut next = row.next_seq;
                 let mut assigned = Vec::with_capacity(request.envelopes.len());
                 let mut pending: Vec<NewEntry<'_>> = Vec::new();
+                // The records in `pending`, so a record pushed twice is found without walking
+                // the whole list for every envelope.
+                let mut in_pending: std::collections::HashSet<&[u8]> =
+                    std::collections::HashSet::new();
                 for e in &request.envelopes {
                     let seq = db_seq(e.seq)?;
                     if seq <= max {
@@ -439,6 +443,7 @@ macro_rules! sql_store {
                     if !e.supersedes.is_empty() {
                         // Earlier entries of this push must be visible to the delete.
                         flushed.extend(pending.iter().map(|p| p.record));
+                        in_pending.clear();
                         Self::insert_entries(&mut tx, from.space, from.device, &mut pending)
                             .await?;
                         let mut qb = QueryBuilder::<$db>::new("DELETE FROM envelopes WHERE space = ");
@@ -457,7 +462,9 @@ macro_rules! sql_store {
                             .map_err(|e| map_sqlx(e, "drop superseded envelopes"))?;
                     }
                     // The same record twice in one push: the later replaces the earlier.
-                    pending.retain(|p| p.record != &e.record.0[..]);
+                    if !in_pending.insert(&e.record.0[..]) {
+                        pending.retain(|p| p.record != &e.record.0[..]);
+                    }
                     if flushed.contains(&e.record.0[..]) {
                         sqlx::query(concat!(
                             "DELETE FROM envelopes",
