@@ -82,8 +82,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use sync_core::{
-    Batch, Capabilities, CollectionId, Error, ErrorKind, OutboxEntry, RecordId, Result, SecretKey,
-    Storage, StorageOptions, StoredRecord,
+    Batch, Capabilities, CollectionId, Error, ErrorKind, OutboxEntry, RecordId, Result, RowState,
+    SecretKey, Storage, StorageOptions, StoredRecord,
 };
 use zeroize::Zeroizing;
 
@@ -574,6 +574,18 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
             .map_err(|e| map_sql(e, "acknowledge write"))?;
         }
     }
+    if !batch.syncs.is_empty() {
+        let mut s = tx
+            .prepare_cached(
+                "UPDATE records INDEXED BY records_by_id SET sync = ?3 \
+                 WHERE substr(id, 1, 8) = ?1 AND id = ?2",
+            )
+            .map_err(|e| map_sql(e, "write sync state"))?;
+        for (id, sync) in &batch.syncs {
+            s.execute(rusqlite::params![id_prefix(id), &id.0[..], &sync[..]])
+                .map_err(|e| map_sql(e, "write sync state"))?;
+        }
+    }
     for (key, value) in &batch.meta {
         match value {
             Some(v) => tx
@@ -729,6 +741,44 @@ impl Storage for SqlcipherStorage {
                         "read records",
                     )? {
                         found.insert(r.id, r);
+                    }
+                }
+                Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+            })
+            .await
+    }
+
+    async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<RowState>>> {
+        let ids = ids.to_vec();
+        self.worker
+            .call(move |conn| {
+                let mut found = HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks(GET_CHUNK) {
+                    let placeholders = vec!["?"; chunk.len()].join(", ");
+                    let sql = format!(
+                        "SELECT id, deleted, pending_seq, sync FROM records INDEXED BY records_by_id \
+                         WHERE substr(id, 1, 8) IN ({placeholders})"
+                    );
+                    let mut stmt = conn
+                        .prepare_cached(&sql)
+                        .map_err(|e| map_sql(e, "read records"))?;
+                    let mut rows = stmt
+                        .query(rusqlite::params_from_iter(chunk.iter().map(id_prefix)))
+                        .map_err(|e| map_sql(e, "read records"))?;
+                    // A prefix may match other records too; only the ids asked for count.
+                    while let Some(row) = rows.next().map_err(|e| map_sql(e, "read records"))? {
+                        let get = |e| map_sql(e, "read record state");
+                        let id: Vec<u8> = row.get(0).map_err(get)?;
+                        let deleted: i64 = row.get(1).map_err(get)?;
+                        let pending: Option<i64> = row.get(2).map_err(get)?;
+                        found.insert(
+                            RecordId::from_slice(&id)?,
+                            RowState {
+                                deleted: deleted != 0,
+                                pending_seq: pending.map(seq_from_sql).transpose()?,
+                                sync: row.get(3).map_err(get)?,
+                            },
+                        );
                     }
                 }
                 Ok(ids.iter().map(|id| found.get(id).cloned()).collect())

@@ -66,7 +66,9 @@ pub use privacy::{
     ShareOutcome, Sharer, StoreConsent,
 };
 pub use relay::{MemoryRelay, Relay, RelayBackup, RelayConfig, RelayStats, SpaceRetired};
-pub use storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
+pub use storage::{
+    Batch, Capabilities, OutboxEntry, RowState, Storage, StorageOptions, StoredRecord,
+};
 pub use store::{OpenOptions, Page, Store, StoreBuilder, StoreInfo, WriteBatch, WriteSummary};
 pub use strategy::{
     Conflict, ConflictStrategy, LastWriterWins, Merge, Priority, Resolution, UserChoice, Version,

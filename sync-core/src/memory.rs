@@ -167,6 +167,11 @@ impl Storage for MemoryStorage {
                 g.outbox.remove(seq);
             }
         }
+        for (id, sync) in batch.syncs {
+            if let Some(r) = g.records.get_mut(&id) {
+                r.sync = sync;
+            }
+        }
         for (k, v) in batch.meta {
             match v {
                 Some(v) => g.meta.insert(k, v),

@@ -66,6 +66,28 @@ impl fmt::Debug for StoredRecord {
     }
 }
 
+/// A stored row without its envelope: what an outbox acknowledgement reads
+/// ([`Storage::get_states`]) before it rewrites the row's bookkeeping ([`Batch::syncs`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RowState {
+    /// True when the current version is a tombstone.
+    pub deleted: bool,
+    /// The device sequence of a local write not yet acknowledged by the server, if any.
+    pub pending_seq: Option<u64>,
+    /// The sync engine's bookkeeping ([`StoredRecord::sync`]).
+    pub sync: Vec<u8>,
+}
+
+impl From<StoredRecord> for RowState {
+    fn from(r: StoredRecord) -> Self {
+        Self {
+            deleted: r.deleted,
+            pending_seq: r.pending_seq,
+            sync: r.sync,
+        }
+    }
+}
+
 /// One local write waiting to be pushed: the record's current envelope and the device sequence
 /// of the write that produced it. A record rewritten before it was pushed has one entry, the newest.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -90,6 +112,10 @@ pub struct Batch {
     pub removes: Vec<RecordId>,
     /// Outbox acknowledgements: clears `pending_seq` of a record if it still equals `seq`.
     pub acks: Vec<(RecordId, u64)>,
+    /// Bookkeeping to set on rows that exist ([`StoredRecord::sync`]), leaving their envelope
+    /// and everything else as stored; a row that does not exist is left alone. Applied after
+    /// `puts` and `removes`: what acknowledging a push changes, without moving the envelopes.
+    pub syncs: Vec<(RecordId, Vec<u8>)>,
     /// Metadata to set (`Some`) or delete (`None`).
     pub meta: Vec<(String, Option<Vec<u8>>)>,
 }
@@ -100,6 +126,7 @@ impl Batch {
         self.puts.is_empty()
             && self.removes.is_empty()
             && self.acks.is_empty()
+            && self.syncs.is_empty()
             && self.meta.is_empty()
     }
 }
@@ -164,6 +191,18 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
             out.push(self.get(id).await?);
         }
         Ok(out)
+    }
+
+    /// The state of the rows with the given ids without their envelopes, in the same order
+    /// (`None` where absent). Storages that keep rows whole may read less than
+    /// [`Storage::get_many`] here; the default is `get_many`.
+    async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<RowState>>> {
+        Ok(self
+            .get_many(ids)
+            .await?
+            .into_iter()
+            .map(|r| r.map(RowState::from))
+            .collect())
     }
 
     /// Up to `limit` records of `collection` with ids strictly after `after`, ordered by id.

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use crate::error::{ErrorKind, Result};
 use crate::model::{CollectionId, RecordId};
-use crate::storage::{Batch, Storage, StoredRecord};
+use crate::storage::{Batch, RowState, Storage, StoredRecord};
 
 fn rid(n: u32) -> RecordId {
     let mut b = [0u8; 32];
@@ -201,6 +201,46 @@ where
         None
     );
 
+    // Bookkeeping: set on rows that exist, leaving the envelope and the pending write; the last
+    // of several for one id wins; an id that is not stored is left out. `get_states` answers
+    // what `get_many` does, without envelopes.
+    let before = s.get(&rid(0)).await.expect("get").expect("row 0");
+    let mut b = Batch::default();
+    b.syncs.push((rid(0), b"first".to_vec()));
+    b.syncs.push((rid(1), b"one".to_vec()));
+    b.syncs.push((rid(0), b"second".to_vec()));
+    b.syncs.push((rid(9999), b"nobody".to_vec()));
+    s.commit(b).await.expect("syncs");
+    assert_eq!(
+        s.get(&rid(0)).await.expect("get"),
+        Some(StoredRecord {
+            sync: b"second".to_vec(),
+            ..before
+        }),
+        "{name}: bookkeeping replaced, the rest kept, the last one wins"
+    );
+    assert!(
+        s.get(&rid(9999)).await.expect("get").is_none(),
+        "{name}: bookkeeping for an absent id creates nothing"
+    );
+    let ids = [rid(1), rid(9999), rid(0), rid(7), rid(1)];
+    let states = s.get_states(&ids).await.expect("get_states");
+    assert_eq!(
+        states,
+        s.get_many(&ids)
+            .await
+            .expect("get_many")
+            .into_iter()
+            .map(|r| r.map(RowState::from))
+            .collect::<Vec<_>>(),
+        "{name}: get_states against get_many"
+    );
+    assert_eq!(
+        states[0].as_ref().map(|r| (r.sync.clone(), r.pending_seq)),
+        Some((b"one".to_vec(), None)),
+        "{name}: get_states of an acknowledged row"
+    );
+
     // Atomicity: a batch whose guard fails changes nothing at all.
     let mut b = Batch::default();
     b.puts.push(row(&notes, 500, Some(500), false));
@@ -394,8 +434,23 @@ async fn twins(s: &dyn Storage, name: &str) {
     b.puts.push(put(twin(3), &c1, "t3-new", None));
     b.acks.push((twin(4), 901));
     b.acks.push((twin(1), 900));
+    b.syncs.push((twin(4), b"s4".to_vec()));
     b.removes.push(twin(2));
     s.commit(b).await.expect("twins again");
+    assert_eq!(
+        s.get_states(&[twin(1), twin(4), twin(2)])
+            .await
+            .expect("get_states")
+            .into_iter()
+            .map(|r| r.map(|r| (r.sync, r.pending_seq)))
+            .collect::<Vec<_>>(),
+        vec![
+            Some((Vec::new(), Some(902))),
+            Some((b"s4".to_vec(), None)),
+            None
+        ],
+        "{name}: bookkeeping and states of twins"
+    );
     let state = s
         .get_many(&[twin(1), twin(2), twin(3), twin(4)])
         .await
