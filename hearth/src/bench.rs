@@ -46,6 +46,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// The sync workloads' `SyncConfig::pull_page` and `push_batch`.
     pub sync_page: usize,
+    /// The sync workloads' `SyncConfig::apply_bytes`.
+    pub sync_apply_bytes: usize,
 }
 
 impl Default for BenchOptions {
@@ -56,6 +58,7 @@ impl Default for BenchOptions {
             batch: 1000,
             seed: 42,
             sync_page: SyncConfig::default().pull_page,
+            sync_apply_bytes: SyncConfig::default().apply_bytes,
         }
     }
 }
@@ -471,13 +474,14 @@ impl Rig {
         HttpTransport::new(&self.server.url(), self.token.clone())
     }
 
-    fn engine(&self, store: &Store, page: usize) -> Result<SyncEngine> {
+    fn engine(&self, store: &Store, opts: &BenchOptions) -> Result<SyncEngine> {
         Ok(SyncEngine::new(
             store.clone(),
             Arc::new(self.http()?.retrying()),
             SyncConfig {
-                pull_page: page.max(1),
-                push_batch: page.max(2),
+                pull_page: opts.sync_page.max(1),
+                push_batch: opts.sync_page.max(2),
+                apply_bytes: opts.sync_apply_bytes,
                 ..SyncConfig::default()
             },
         ))
@@ -530,6 +534,9 @@ pub struct SyncBytes {
     pub initial_requests: u64,
     /// W3: seconds of device A's push (the rest of W3's time is device B's pull).
     pub initial_push_seconds: f64,
+    /// W3: seconds the server spent answering pushes and pulls (from each request's arrival
+    /// to its response, body included), against which the devices' own share can be told.
+    pub initial_server_seconds: (f64, f64),
     /// W3: the most heap SQLite held at once (page caches and statements of the server's and
     /// both devices' databases), for telling the caches apart from the rest of the peak RSS.
     pub initial_sqlite_peak: u64,
@@ -646,6 +653,10 @@ async fn sqlite_at(path: std::path::PathBuf) -> Result<Arc<dyn crate::Storage>> 
     (crate::registry::storage("sqlite")?.open)(crate::StorageOptions::at(path).create(true)).await
 }
 
+/// The server's push and pull routes, as its metrics name them.
+const PUSH_ROUTE: &str = "/v1/spaces/{space}/push";
+const PULL_ROUTE: &str = "/v1/spaces/{space}/pull";
+
 /// W3 to W6 through the real server over HTTP on loopback.
 ///
 /// - W3: device A (SQLite, orion) holding N records pushes to the server; a fresh device B
@@ -716,8 +727,8 @@ pub async fn sync_workloads(
         fingerprint: b.key_fingerprint(),
     })
     .await?;
-    let ea = rig.engine(&a, opts.sync_page)?;
-    let eb = rig.engine(&b, opts.sync_page)?;
+    let ea = rig.engine(&a, opts)?;
+    let eb = rig.engine(&b, opts)?;
 
     // Baseline for W3: the receiving side's floor.
     // Each baseline into a file of its own, so neither pays for the other's pages.
@@ -734,6 +745,8 @@ pub async fn sync_workloads(
 
     // W3.
     let w0 = rig.traffic();
+    let handled = |route: &str| rig.server.metrics().request_seconds(route).0;
+    let (push0, pull0) = (handled(PUSH_ROUTE), handled(PULL_ROUTE));
     reset_peak_rss();
     crate::backend_sqlite::sqlite_memory_highwater(true);
     crate::backend_sqlite::sqlite_page_cache_highwater(true);
@@ -781,6 +794,7 @@ pub async fn sync_workloads(
     out.bytes.initial = w3.bytes();
     out.bytes.initial_requests = w3.requests;
     out.bytes.initial_push_seconds = push_s;
+    out.bytes.initial_server_seconds = (handled(PUSH_ROUTE) - push0, handled(PULL_ROUTE) - pull0);
     out.bytes.initial_sqlite_peak = sqlite_peak;
     out.bytes.initial_sqlite_cache_peak = sqlite_cache_peak;
     out.bytes.initial_heap_peak = heap_peak;

@@ -1262,9 +1262,18 @@ enum Digest<'a> {
 }
 
 /// Versions a caller has already decrypted, by record and envelope: the digest upkeep takes a
-/// row's current version from here when the row's envelope is byte for byte the one opened.
+/// row's current version from here when the row's envelope is the one opened.
+///
+/// An envelope is known by its length and a 64-bit SipHash under a key drawn for this map
+/// alone, not by a copy of its bytes (a page's worth of copies was as much memory again as the
+/// page): nobody, not even a device holding the space's key, can aim two envelopes of one
+/// record at the same fingerprint without knowing that key, and a chance collision between the
+/// few envelopes of one record a page holds is ~2^-64.
 #[derive(Default)]
-pub(crate) struct Opened(HashMap<RecordId, Vec<(Vec<u8>, VersionVector, bool)>>);
+pub(crate) struct Opened {
+    fingerprint: std::hash::RandomState,
+    versions: HashMap<RecordId, Vec<(usize, u64, VersionVector, bool)>>,
+}
 
 impl Opened {
     /// Remembers that `envelope` of record `id` holds `version`, deleted or not.
@@ -1275,18 +1284,25 @@ impl Opened {
         version: &VersionVector,
         deleted: bool,
     ) {
-        let versions = self.0.entry(id).or_default();
-        if !versions.iter().any(|(e, _, _)| e == envelope) {
-            versions.push((envelope.to_vec(), version.clone(), deleted));
+        use std::hash::BuildHasher;
+        let hash = self.fingerprint.hash_one(envelope);
+        let versions = self.versions.entry(id).or_default();
+        if !versions
+            .iter()
+            .any(|(len, h, _, _)| *len == envelope.len() && *h == hash)
+        {
+            versions.push((envelope.len(), hash, version.clone(), deleted));
         }
     }
 
     fn get(&self, id: &RecordId, envelope: &[u8]) -> Option<(&VersionVector, bool)> {
-        self.0
-            .get(id)?
+        use std::hash::BuildHasher;
+        let versions = self.versions.get(id)?;
+        let hash = self.fingerprint.hash_one(envelope);
+        versions
             .iter()
-            .find(|(e, _, _)| e == envelope)
-            .map(|(_, v, d)| (v, *d))
+            .find(|(len, h, _, _)| *len == envelope.len() && *h == hash)
+            .map(|(_, _, v, d)| (v, *d))
     }
 }
 

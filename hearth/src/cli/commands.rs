@@ -293,6 +293,7 @@ struct BenchArgs<'a> {
     cipher: &'a str,
     memory_ratio: bool,
     sync_page: usize,
+    sync_apply_mib: usize,
 }
 
 async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
@@ -305,6 +306,7 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
         cipher,
         memory_ratio,
         sync_page,
+        sync_apply_mib,
     } = args;
     let want = |w: &str| workloads.iter().any(|x| x.eq_ignore_ascii_case(w));
     for w in workloads {
@@ -322,6 +324,7 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
         n,
         value_size,
         sync_page,
+        sync_apply_bytes: sync_apply_mib.saturating_mul(1024 * 1024),
         ..BenchOptions::default()
     };
     let dir = tempfile_dir()?;
@@ -383,8 +386,8 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
                 b.initial as f64 / b.sealed_lower_bound.max(1) as f64
             ));
             notes.push(format!(
-                "W3: A's push took {:.2} s, B's pull the rest",
-                b.initial_push_seconds
+                "W3: A's push took {:.2} s, B's pull the rest; the server spent {:.2} s answering pushes and {:.2} s answering pulls",
+                b.initial_push_seconds, b.initial_server_seconds.0, b.initial_server_seconds.1
             ));
             notes.push(format!(
                 "W3: SQLite held at most {:.1} MiB of heap (all three databases), its page caches at most {:.1} MiB",
@@ -1223,6 +1226,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             cipher,
             memory_ratio,
             sync_page,
+            sync_apply_mib,
         } => {
             bench(
                 &cli,
@@ -1234,6 +1238,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     cipher,
                     memory_ratio: *memory_ratio,
                     sync_page: *sync_page,
+                    sync_apply_mib: *sync_apply_mib,
                 },
             )
             .await

@@ -155,6 +155,10 @@ pub enum Command {
         /// and `push_batch`; the embedded server accepts up to 4000).
         #[arg(long, default_value_t = 1000)]
         sync_page: usize,
+        /// MiB of pulled envelopes applied in one transaction in the sync workloads
+        /// (`SyncConfig::apply_bytes`).
+        #[arg(long, default_value_t = 8)]
+        sync_apply_mib: usize,
     },
     /// Create an account on a sync server for this store (prints the account token other
     /// devices join with).

@@ -94,6 +94,15 @@ pub struct SyncConfig {
     /// initial sync of 300,000 ~1.3 KiB records pull ~27 % faster for ~18 MiB more heap in
     /// use (docs/performance.md).
     pub pull_page: usize,
+    /// Most envelope bytes applied in one transaction when pulling (default 8 MiB).
+    /// Consecutive pull pages are joined up to this before they are applied: every commit
+    /// writes each index page it dirtied, and blind record ids land on random index pages, so
+    /// the fewer and larger the commits, the fewer index pages written per record (an initial
+    /// pull of a million ~1.3 KiB records wrote 9.8 GB with one page of ~4 MiB a commit,
+    /// 6.6 GB with runs of 8 MiB, 5.3 GB with 16 and 3.8 GB with 48; docs/performance.md). Two such runs are held at once
+    /// (one applied, the next fetched and opened): memory grows with this, not with the number
+    /// of records.
+    pub apply_bytes: usize,
     /// Strategy for collections without one set (default `lww`).
     pub default_strategy: String,
     /// How long a `user-choice` conflict waits for the user (default 24 h).
@@ -122,6 +131,7 @@ impl Default for SyncConfig {
         Self {
             push_batch: 1000,
             pull_page: 1000,
+            apply_bytes: 8 * 1024 * 1024,
             default_strategy: "lww".into(),
             user_choice_deadline: Duration::from_secs(24 * 3600),
             fallback_strategy: "lww".into(),
@@ -391,6 +401,38 @@ fn check_page(cursor: u64, page: &PullPage) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The payload of `envelope`, its value checked to be JSON without being parsed into a tree:
+/// what a pulled version needs until a merge or a strategy looks at its value ([`version_of`]).
+fn open_checked(store: &Store, id: &RecordId, envelope: &[u8]) -> Result<Payload> {
+    let p = store.open_envelope(id, envelope)?;
+    if let Some(json) = &p.value {
+        serde_json::from_slice::<serde::de::IgnoredAny>(json)
+            .map_err(|e| Error::corrupt("record value is not valid JSON").with_source(e))?;
+    }
+    Ok(p)
+}
+
+/// A pulled run ([`SyncEngine::pull_run`]), the error that ended it early if one did, and its
+/// envelopes opened ahead of the apply (`None` where opening failed: the apply opens those
+/// again, and rejects them with the reason).
+type OpenedRun = (PullPage, Option<Error>, Vec<Option<Payload>>);
+
+/// The version a payload holds, its value parsed.
+fn version_of(p: &Payload) -> Result<Version> {
+    let value = match &p.value {
+        Some(json) => Some(
+            serde_json::from_slice(json)
+                .map_err(|e| Error::corrupt("record value is not valid JSON").with_source(e))?,
+        ),
+        None => None,
+    };
+    Ok(Version {
+        value,
+        version: p.version.clone(),
+        hlc: p.hlc,
+    })
 }
 
 fn decode_or_default<T: for<'de> Deserialize<'de> + Default>(bytes: Option<Vec<u8>>) -> Result<T> {
@@ -864,22 +906,11 @@ impl SyncEngine {
     /// Pulls and applies pages up to the end of the log: from the stored cursor
     /// ([`Walk::Cursor`]), or from 0 ([`Walk::Refetch`]).
     async fn pull_all(&self, report: &mut SyncReport, pending: u64, walk: Walk) -> Result<()> {
-        let from = self.from();
         let mut cursor = match walk {
             Walk::Refetch => 0,
             _ => self.meta_u64(META_CURSOR).await?,
         };
-        let pull = |cursor: u64| {
-            self.transport.pull(PullRequest {
-                from,
-                cursor,
-                limit: self.config.pull_page,
-                include_own: false,
-            })
-        };
-        let mut page = tokio::time::timeout(self.config.stall_timeout, pull(cursor))
-            .await
-            .map_err(|_| page_err("a pull"))??;
+        let (mut page, mut failed, mut ahead) = self.pull_opened(cursor).await?;
         loop {
             if self.log_replaced(&page, report).await?.is_some() {
                 // A new log: the re-sync set up above walks it (the round's caller runs it).
@@ -905,31 +936,35 @@ impl SyncEngine {
                         .await?;
                 }
                 if !page.envelopes.is_empty() {
-                    self.apply_page(page, report, walk).await?;
+                    self.apply_page(page, ahead, report, walk).await?;
                     self.progress(report, pending);
                 }
                 Ok::<_, Error>(())
             };
+            if let Some(e) = failed.take() {
+                // The run ended early on an error: what arrived before it is applied (the
+                // next round starts after it), then the round fails with it.
+                apply.await?;
+                return Err(e);
+            }
             if !more {
                 apply.await?;
                 self.collect_tombstones(floor, report).await?;
                 return self.check_heads(report).await;
             }
-            // Pipelined: the next page is fetched while this one is applied (at most one page
-            // ahead, so memory stays bounded by two pages), so the server's work and this
-            // device's overlap. The next request names this page's end as its cursor before
-            // this page is committed; should the commit fail, the round fails, and the next
+            // Pipelined: the next run is fetched while this one is applied (at most one run
+            // ahead, so memory stays bounded by two runs), so the server's work and this
+            // device's overlap. The next request names this run's end as its cursor before
+            // this run is committed; should the commit fail, the round fails, and the next
             // round starts again from the stored cursor (a server that collected tombstones
             // in between answers ResyncRequired, and the re-sync handles it). The stall
-            // watchdog counts from the end of the apply.
-            let fetch = std::pin::pin!(pull(next_cursor));
+            // watchdog times each request.
+            let fetch = std::pin::pin!(self.pull_opened(next_cursor));
             let apply = std::pin::pin!(apply);
-            page = match futures::future::select(apply, fetch).await {
+            (page, failed, ahead) = match futures::future::select(apply, fetch).await {
                 futures::future::Either::Left((applied, fetch)) => {
                     applied?;
-                    tokio::time::timeout(self.config.stall_timeout, fetch)
-                        .await
-                        .map_err(|_| page_err("a pull"))??
+                    fetch.await?
                 }
                 futures::future::Either::Right((fetched, apply)) => {
                     apply.await?;
@@ -938,6 +973,75 @@ impl SyncEngine {
             };
             cursor = next_cursor;
         }
+    }
+
+    /// [`Self::pull_run`], with the run's envelopes then opened (decrypted, authenticated,
+    /// decoded) on a blocking thread: while one run is applied and committed, the next is
+    /// fetched and opened beside it instead of after it. Opening is the same whenever it is
+    /// done (a store's keys do not change while it is open), and an envelope that fails here is
+    /// opened again by the apply, which rejects it with the reason.
+    async fn pull_opened(&self, cursor: u64) -> Result<OpenedRun> {
+        let (page, failed) = self.pull_run(cursor).await?;
+        let store = self.store.clone();
+        let (page, ahead) = tokio::task::spawn_blocking(move || {
+            let ahead = page
+                .envelopes
+                .iter()
+                .map(|e| open_checked(&store, &e.record, &e.envelope).ok())
+                .collect();
+            (page, ahead)
+        })
+        .await
+        .map_err(|e| Error::internal("opening pulled envelopes failed").with_source(e))?;
+        Ok((page, failed, ahead))
+    }
+
+    /// Pulls from `cursor` the pages to apply in one transaction, joined into one: pages
+    /// follow while the server has more, their envelopes stay under
+    /// [`SyncConfig::apply_bytes`] and they name the log the first one names (a page of
+    /// another log is left for the next call, whose first page it then is, and where the
+    /// caller sees the log replaced). The first page is returned unchecked, for the caller to
+    /// check the log and then the page (nothing is joined to a first page that fails that
+    /// check); each later one is checked against the cursor it answers before it is joined. An error after the first page ends the run: it comes back
+    /// beside the pages that arrived, so those are applied before the round fails.
+    async fn pull_run(&self, cursor: u64) -> Result<(PullPage, Option<Error>)> {
+        let pull = |cursor: u64| async move {
+            tokio::time::timeout(
+                self.config.stall_timeout,
+                self.transport.pull(PullRequest {
+                    from: self.from(),
+                    cursor,
+                    limit: self.config.pull_page,
+                    include_own: false,
+                }),
+            )
+            .await
+            .map_err(|_| page_err("a pull"))?
+        };
+        let mut run = pull(cursor).await?;
+        let mut bytes: usize = run.envelopes.iter().map(|e| e.envelope.len()).sum();
+        // Nothing is asked after a first page the caller will refuse.
+        let joinable = check_page(cursor, &run).is_ok();
+        while joinable && run.more && bytes < self.config.apply_bytes {
+            let next = match pull(run.next_cursor).await {
+                Ok(next) if next.log_id != run.log_id => break,
+                Ok(next) => match check_page(run.next_cursor, &next) {
+                    Ok(()) => next,
+                    Err(e) => return Ok((run, Some(e))),
+                },
+                Err(e) => return Ok((run, Some(e))),
+            };
+            bytes += next
+                .envelopes
+                .iter()
+                .map(|e| e.envelope.len())
+                .sum::<usize>();
+            run.envelopes.extend(next.envelopes);
+            run.next_cursor = next.next_cursor;
+            run.more = next.more;
+            run.gc_floor = run.gc_floor.max(next.gc_floor);
+        }
+        Ok((run, None))
     }
 
     async fn conflict_ids(&self) -> Result<Vec<RecordId>> {
@@ -956,23 +1060,20 @@ impl SyncEngine {
 
     fn open_version(&self, id: &RecordId, envelope: &[u8]) -> Result<(Payload, Version)> {
         let p = self.store.open_envelope(id, envelope)?;
-        let value = match &p.value {
-            Some(json) => Some(
-                serde_json::from_slice(json)
-                    .map_err(|e| Error::corrupt("record value is not valid JSON").with_source(e))?,
-            ),
-            None => None,
-        };
-        let v = Version {
-            value,
-            version: p.version.clone(),
-            hlc: p.hlc,
-        };
+        let v = version_of(&p)?;
         Ok((p, v))
     }
 
     /// Applies one pulled page and advances the cursor, in one transaction, as `mode` says.
-    async fn apply_page(&self, page: PullPage, report: &mut SyncReport, mode: Walk) -> Result<()> {
+    /// `ahead` holds the page's envelopes opened already, in order, if they were (see
+    /// [`Self::pull_opened`]); the rest are opened here.
+    async fn apply_page(
+        &self,
+        page: PullPage,
+        ahead: Vec<Option<Payload>>,
+        report: &mut SyncReport,
+        mode: Walk,
+    ) -> Result<()> {
         let mut w = self.store.writer().await;
         let ids: Vec<RecordId> = page.envelopes.iter().map(|e| e.record).collect();
         let existing = self.store.storage().get_many(&ids).await?;
@@ -1000,14 +1101,20 @@ impl SyncEngine {
         // Heads are the protocol's, not records: not counted as pulled.
         let mut heads_pulled = 0u64;
 
-        for e in &page.envelopes {
+        let served = page.envelopes.len() as u64;
+        let mut ahead = ahead.into_iter();
+        // Taken by value: a new row takes its envelope over instead of copying it.
+        for mut e in page.envelopes {
             let reject = |report: &mut SyncReport, reason: &str| {
                 report.rejected.push(Rejection {
                     server_seq: e.server_seq,
                     reason: reason.to_owned(),
                 });
             };
-            let (payload, remote) = match self.open_version(&e.record, &e.envelope) {
+            let opened_ahead = ahead.next().flatten();
+            let payload = match opened_ahead
+                .map_or_else(|| open_checked(&self.store, &e.record, &e.envelope), Ok)
+            {
                 Ok(x) => x,
                 Err(err) => {
                     tracing::warn!(server_seq = e.server_seq, kind = %err.kind(), "rejected a remote envelope");
@@ -1050,9 +1157,9 @@ impl SyncEngine {
                 // entry lower, or the whole vector before the origin's version held here) is a
                 // forged or rolled-back history. Never applied.
                 let origin = payload.origin;
-                if remote.version.get(&origin) < local.version.get(&origin)
+                if payload.version.get(&origin) < local.version.get(&origin)
                     || (local_payload.origin == origin
-                        && remote.version.compare(&local.version) == Causality::Before)
+                        && payload.version.compare(&local.version) == Causality::Before)
                 {
                     tracing::warn!(
                         server_seq = e.server_seq,
@@ -1105,7 +1212,7 @@ impl SyncEngine {
             opened.insert(
                 e.record,
                 &e.envelope,
-                &remote.version,
+                &payload.version,
                 payload.value.is_none(),
             );
 
@@ -1115,7 +1222,7 @@ impl SyncEngine {
                     StoredRecord {
                         id: e.record,
                         collection: self.store.collection_id(&payload.collection)?,
-                        envelope: e.envelope.clone(),
+                        envelope: std::mem::take(&mut e.envelope),
                         deleted: payload.value.is_none(),
                         pending_seq: None,
                         sync: RowSync {
@@ -1134,7 +1241,7 @@ impl SyncEngine {
             let mut sync = RowSync::decode(&local_row.sync)?;
             sync.epoch = ctx.epoch;
             sync.synced = true;
-            let causality = remote.version.compare(&local.version);
+            let causality = payload.version.compare(&local.version);
             let remote_wins = match causality {
                 Causality::After => true,
                 Causality::Equal => {
@@ -1143,6 +1250,7 @@ impl SyncEngine {
                 }
                 Causality::Before => false,
                 Causality::Concurrent => {
+                    let remote = version_of(&payload)?;
                     self.resolve_concurrent(
                         &mut w,
                         &mut ctx,
@@ -1166,7 +1274,7 @@ impl SyncEngine {
                     .iter()
                     .filter(|s| {
                         self.open_version(&e.record, s)
-                            .map(|(_, v)| !remote.version.dominates(&v.version))
+                            .map(|(_, v)| !payload.version.dominates(&v.version))
                             .unwrap_or(false)
                     })
                     .cloned()
@@ -1181,7 +1289,7 @@ impl SyncEngine {
                 }
                 report.applied += 1;
                 StoredRecord {
-                    envelope: e.envelope.clone(),
+                    envelope: std::mem::take(&mut e.envelope),
                     deleted: payload.value.is_none(),
                     pending_seq: None,
                     sync: RowSync {
@@ -1217,7 +1325,7 @@ impl SyncEngine {
             touched.push(e.record);
         }
 
-        report.pulled += page.envelopes.len() as u64 - heads_pulled;
+        report.pulled += served - heads_pulled;
         touched.sort_unstable();
         touched.dedup();
         let puts = touched
@@ -1565,8 +1673,11 @@ impl SyncEngine {
     ) -> Result<()> {
         let mut w = self.store.writer().await;
         let ids: Vec<RecordId> = entries.iter().map(|e| e.record.id).collect();
-        let rows = self.store.storage().get_many(&ids).await?;
-        let mut puts = Vec::with_capacity(rows.len());
+        // The rows' state without their envelopes: an acknowledgement changes no version, so
+        // the envelopes are neither read nor written again.
+        let rows = self.store.storage().get_states(&ids).await?;
+        let mut acks = Vec::with_capacity(rows.len());
+        let mut syncs = Vec::with_capacity(rows.len());
         let mut removes = Vec::new();
         for ((entry, (seq, server_seq)), row) in entries.iter().zip(assigned).zip(rows) {
             if *seq != entry.seq {
@@ -1576,13 +1687,14 @@ impl SyncEngine {
                 ));
             }
             let Some(row) = row else { continue };
+            let id = entry.record.id;
             let mut sync = RowSync::decode(&row.sync)?;
             sync.synced = true;
             if row.pending_seq == Some(*seq) && *server_seq == 0 && row.deleted {
                 // A retried push of a tombstone the server already stored and has since
                 // collected (every device pulled past it): nothing left to sync, and no later
                 // floor would name it, so it is forgotten now.
-                removes.push(row.id);
+                removes.push(id);
                 continue;
             }
             if row.pending_seq == Some(*seq) {
@@ -1592,19 +1704,12 @@ impl SyncEngine {
                     vec![*server_seq]
                 };
                 sync.ancestor = None;
-                puts.push(StoredRecord {
-                    pending_seq: None,
-                    sync: sync.encode(),
-                    ..row
-                });
+                acks.push((id, *seq));
             } else {
                 // Rewritten since: the newer local version replaces the pushed one too.
                 sync.add_base(*server_seq);
-                puts.push(StoredRecord {
-                    sync: sync.encode(),
-                    ..row
-                });
             }
+            syncs.push((id, sync.encode()));
         }
         let mut meta = Vec::new();
         if let Some(head) = head {
@@ -1615,7 +1720,8 @@ impl SyncEngine {
         // stay synced. (A removed tombstone may still have had siblings: then the digest is
         // updated the usual way.)
         let batch = Batch {
-            puts,
+            acks,
+            syncs,
             meta,
             ..Batch::default()
         };
@@ -1701,7 +1807,7 @@ impl SyncEngine {
             let more = page.more;
             if !page.envelopes.is_empty() {
                 cursor = page.next_cursor;
-                self.apply_page(page, report, walk).await?;
+                self.apply_page(page, Vec::new(), report, walk).await?;
                 self.progress(report, pending);
             }
             if !more {

@@ -123,7 +123,7 @@ pub struct Device {
     file: Option<PathBuf>,
 }
 
-fn options(world: &World, skew: &Arc<AtomicU64>) -> OpenOptions {
+pub fn options(world: &World, skew: &Arc<AtomicU64>) -> OpenOptions {
     let now = world.now.clone();
     let skew = skew.clone();
     OpenOptions::new(PASS)
