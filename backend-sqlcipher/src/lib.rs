@@ -662,6 +662,44 @@ fn integrity(conn: &Connection) -> Result<()> {
 }
 
 impl SqlcipherStorage {
+    /// `columns` of the rows with the given ids, in the same order (`None` where absent), read
+    /// by `read` into (id, value) on the worker: one statement per chunk of ids, by id prefix.
+    async fn by_ids<T, F>(
+        &self,
+        ids: &[RecordId],
+        columns: &'static str,
+        read: F,
+    ) -> Result<Vec<Option<T>>>
+    where
+        T: Clone + Send + 'static,
+        F: Fn(&rusqlite::Row<'_>) -> Result<(RecordId, T)> + Send + 'static,
+    {
+        let ids = ids.to_vec();
+        self.worker
+            .call(move |conn| {
+                let mut found = HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks(GET_CHUNK) {
+                    let placeholders = vec!["?"; chunk.len()].join(", ");
+                    let sql = format!(
+                        "SELECT {columns} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) IN ({placeholders})"
+                    );
+                    let mut stmt = conn
+                        .prepare_cached(&sql)
+                        .map_err(|e| map_sql(e, "read records"))?;
+                    let mut rows = stmt
+                        .query(rusqlite::params_from_iter(chunk.iter().map(id_prefix)))
+                        .map_err(|e| map_sql(e, "read records"))?;
+                    // A prefix may match other records too; only the ids asked for count.
+                    while let Some(row) = rows.next().map_err(|e| map_sql(e, "read records"))? {
+                        let (id, value) = read(row)?;
+                        found.insert(id, value);
+                    }
+                }
+                Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+            })
+            .await
+    }
+
     /// Registry name.
     pub const NAME: &'static str = "sqlcipher";
 
@@ -723,67 +761,27 @@ impl Storage for SqlcipherStorage {
     }
 
     async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
-        let ids = ids.to_vec();
-        self.worker
-            .call(move |conn| {
-                let mut found = HashMap::with_capacity(ids.len());
-                for chunk in ids.chunks(GET_CHUNK) {
-                    let placeholders = vec!["?"; chunk.len()].join(", ");
-                    let sql = format!(
-                        "SELECT {COLUMNS} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) IN ({placeholders})"
-                    );
-                    // A prefix may match other records too; only the ids asked for count.
-                    let params = chunk.iter().map(id_prefix);
-                    for r in query_records(
-                        conn,
-                        &sql,
-                        rusqlite::params_from_iter(params),
-                        "read records",
-                    )? {
-                        found.insert(r.id, r);
-                    }
-                }
-                Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
-            })
-            .await
+        self.by_ids(ids, COLUMNS, |row| {
+            let r = row_to_record(row)?;
+            Ok((r.id, r))
+        })
+        .await
     }
 
     async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<RowState>>> {
-        let ids = ids.to_vec();
-        self.worker
-            .call(move |conn| {
-                let mut found = HashMap::with_capacity(ids.len());
-                for chunk in ids.chunks(GET_CHUNK) {
-                    let placeholders = vec!["?"; chunk.len()].join(", ");
-                    let sql = format!(
-                        "SELECT id, deleted, pending_seq, sync FROM records INDEXED BY records_by_id \
-                         WHERE substr(id, 1, 8) IN ({placeholders})"
-                    );
-                    let mut stmt = conn
-                        .prepare_cached(&sql)
-                        .map_err(|e| map_sql(e, "read records"))?;
-                    let mut rows = stmt
-                        .query(rusqlite::params_from_iter(chunk.iter().map(id_prefix)))
-                        .map_err(|e| map_sql(e, "read records"))?;
-                    // A prefix may match other records too; only the ids asked for count.
-                    while let Some(row) = rows.next().map_err(|e| map_sql(e, "read records"))? {
-                        let get = |e| map_sql(e, "read record state");
-                        let id: Vec<u8> = row.get(0).map_err(get)?;
-                        let deleted: i64 = row.get(1).map_err(get)?;
-                        let pending: Option<i64> = row.get(2).map_err(get)?;
-                        found.insert(
-                            RecordId::from_slice(&id)?,
-                            RowState {
-                                deleted: deleted != 0,
-                                pending_seq: pending.map(seq_from_sql).transpose()?,
-                                sync: row.get(3).map_err(get)?,
-                            },
-                        );
-                    }
-                }
-                Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
-            })
-            .await
+        self.by_ids(ids, "id, deleted, pending_seq, sync", |row| {
+            let get = |e| map_sql(e, "read record state");
+            let id: Vec<u8> = row.get(0).map_err(get)?;
+            let deleted: i64 = row.get(1).map_err(get)?;
+            let pending: Option<i64> = row.get(2).map_err(get)?;
+            let state = RowState {
+                deleted: deleted != 0,
+                pending_seq: pending.map(seq_from_sql).transpose()?,
+                sync: row.get(3).map_err(get)?,
+            };
+            Ok((RecordId::from_slice(&id)?, state))
+        })
+        .await
     }
 
     async fn scan(

@@ -281,6 +281,39 @@ impl SqliteStorage {
     /// Registry name.
     pub const NAME: &'static str = "sqlite";
 
+    /// `columns` of the rows with the given ids, in the same order (`None` where absent), read
+    /// by `read` into (id, value): one statement per 500 ids, by id prefix.
+    async fn by_ids<T: Clone>(
+        &self,
+        ids: &[RecordId],
+        columns: &str,
+        read: impl Fn(&SqliteRow) -> Result<(RecordId, T)>,
+    ) -> Result<Vec<Option<T>>> {
+        // SQLite allows 32,766 bound parameters; stay well below in one statement.
+        const CHUNK: usize = 500;
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT {columns} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) IN ({placeholders})"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id_prefix(id));
+            }
+            let rows = q
+                .fetch_all(&self.readers)
+                .await
+                .map_err(|e| map_sqlx(e, "read records"))?;
+            // A prefix may match other records too; only the ids asked for count.
+            for row in &rows {
+                let (id, value) = read(row)?;
+                found.insert(id, value);
+            }
+        }
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+    }
+
     /// Opens the store file at `path`, creating it when `create` is true.
     ///
     /// Errors: a missing file without `create` is [`ErrorKind::NotFound`]; a missing or
@@ -685,65 +718,27 @@ impl Storage for SqliteStorage {
     }
 
     async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
-        // SQLite allows 32,766 bound parameters; stay well below in one statement.
-        const CHUNK: usize = 500;
-        let mut found = std::collections::HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(CHUNK) {
-            let placeholders = vec!["?"; chunk.len()].join(", ");
-            let sql = format!(
-                "SELECT {COLUMNS} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) IN ({placeholders})"
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(id_prefix(id));
-            }
-            let rows = q
-                .fetch_all(&self.readers)
-                .await
-                .map_err(|e| map_sqlx(e, "read records"))?;
-            // A prefix may match other records too; only the ids asked for count.
-            for row in &rows {
-                let r = row_to_record(row)?;
-                found.insert(r.id, r);
-            }
-        }
-        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+        self.by_ids(ids, COLUMNS, |row| {
+            let r = row_to_record(row)?;
+            Ok((r.id, r))
+        })
+        .await
     }
 
     async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<RowState>>> {
-        const CHUNK: usize = 500;
-        let mut found = std::collections::HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(CHUNK) {
-            let placeholders = vec!["?"; chunk.len()].join(", ");
-            let sql = format!(
-                "SELECT id, deleted, pending_seq, sync FROM records INDEXED BY records_by_id \
-                 WHERE substr(id, 1, 8) IN ({placeholders})"
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(id_prefix(id));
-            }
-            let rows = q
-                .fetch_all(&self.readers)
-                .await
-                .map_err(|e| map_sqlx(e, "read records"))?;
-            // A prefix may match other records too; only the ids asked for count.
-            for row in &rows {
-                let get = |e| map_sqlx(e, "read record state");
-                let id: Vec<u8> = row.try_get(0).map_err(get)?;
-                let deleted: i64 = row.try_get(1).map_err(get)?;
-                let pending: Option<i64> = row.try_get(2).map_err(get)?;
-                found.insert(
-                    RecordId::from_slice(&id)?,
-                    RowState {
-                        deleted: deleted != 0,
-                        pending_seq: pending.map(seq_from_sql).transpose()?,
-                        sync: row.try_get(3).map_err(get)?,
-                    },
-                );
-            }
-        }
-        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+        self.by_ids(ids, "id, deleted, pending_seq, sync", |row| {
+            let get = |e| map_sqlx(e, "read record state");
+            let id: Vec<u8> = row.try_get(0).map_err(get)?;
+            let deleted: i64 = row.try_get(1).map_err(get)?;
+            let pending: Option<i64> = row.try_get(2).map_err(get)?;
+            let state = RowState {
+                deleted: deleted != 0,
+                pending_seq: pending.map(seq_from_sql).transpose()?,
+                sync: row.try_get(3).map_err(get)?,
+            };
+            Ok((RecordId::from_slice(&id)?, state))
+        })
+        .await
     }
 
     async fn scan(

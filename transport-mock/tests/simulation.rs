@@ -21,7 +21,10 @@
 //! A seed replays exactly: the faults, the clocks and (through a seeded cipher) the device ids,
 //! keys and nonces all come from it; `a_seed_replays_exactly` checks it. Replay one with
 //! `HEARTH_SIM_SEED=1234`. Every 25th seed keeps its devices in real SQLite files, reopened from
-//! disk after each crash; the others keep them in memory. CI runs 200 seeds; the long run is
+//! disk after each crash; the others keep them in memory. Pulled pages are applied one by one
+//! in a third of the seeds, in runs of about two pages in another third and in runs of the
+//! whole pull in the rest (`SyncConfig::apply_bytes`), so a fault can cut a run short
+//! anywhere. CI runs 200 seeds; the long run is
 //! `HEARTH_SIM_SEEDS=10000 cargo test --release -p transport-mock --test simulation -- --nocapture`.
 
 mod common;
@@ -151,6 +154,8 @@ async fn run(seed: u64) -> Result<Outcome, String> {
     let config = SyncConfig {
         push_batch: 5,
         pull_page: 7,
+        // Pages are at most 4096 bytes: one page a run, about two, or all of them.
+        apply_bytes: [1, 6000, 8 << 20][(seed % 3) as usize],
         ..SyncConfig::default()
     };
     let on_disk = seed.is_multiple_of(25);
