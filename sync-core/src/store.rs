@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::cipher::{Cipher, KdfCost, Passphrase};
 use crate::engine::head::{DIGEST_LEN, META_DIGEST, xor_into};
 use crate::engine::row::RowSync;
-use crate::envelope::{MAX_VALUE_LEN, Padding, Payload, RecordKeys};
+use crate::cipher::TAG_LEN;
+use crate::envelope::{ENVELOPE_HEADER_LEN, MAX_VALUE_LEN, Padding, Payload, RecordKeys};
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyring::Keyring;
 use crate::model::{CollectionId, DeviceId, HlcClock, Record, RecordId, SpaceId, VersionVector};
@@ -1264,15 +1265,41 @@ enum Digest<'a> {
 /// Versions a caller has already decrypted, by record and envelope: the digest upkeep takes a
 /// row's current version from here when the row's envelope is the one opened.
 ///
-/// An envelope is known by its length and a 64-bit SipHash under a key drawn for this map
-/// alone, not by a copy of its bytes (a page's worth of copies was as much memory again as the
-/// page): nobody, not even a device holding the space's key, can aim two envelopes of one
-/// record at the same fingerprint without knowing that key, and a chance collision between the
-/// few envelopes of one record a page holds is ~2^-64.
+/// An envelope is known by its [`EnvelopeIdentity`], not by a copy of its bytes (a page's worth
+/// of copies was as much memory again as the page, and hashing whole envelopes instead cost
+/// the pull's critical thread ~18 % of its time).
 #[derive(Default)]
-pub(crate) struct Opened {
-    fingerprint: std::hash::RandomState,
-    versions: HashMap<RecordId, Vec<(usize, u64, VersionVector, bool)>>,
+pub(crate) struct Opened(HashMap<RecordId, Vec<(EnvelopeIdentity, VersionVector, bool)>>);
+
+/// What tells two envelopes of one record apart here: the length, the header (format, key id
+/// and the random nonce) and the authentication tag. Two different envelopes that agree on
+/// all of it cannot both be authentic unless someone holding the space's key made them so on
+/// purpose (for a given key and nonce the tag authenticates the ciphertext); such a device can
+/// write anything anyway, and a server, which holds no key, cannot make one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EnvelopeIdentity {
+    len: usize,
+    header: [u8; ENVELOPE_HEADER_LEN],
+    tag: [u8; TAG_LEN],
+}
+
+impl EnvelopeIdentity {
+    fn of(envelope: &[u8]) -> Self {
+        let mut header = [0; ENVELOPE_HEADER_LEN];
+        let mut tag = [0; TAG_LEN];
+        let n = envelope.len();
+        // Envelopes shorter than a header and a tag do not open; what is copied of them
+        // still tells them apart by length.
+        let h = n.min(ENVELOPE_HEADER_LEN);
+        header[..h].copy_from_slice(&envelope[..h]);
+        let t = n.min(TAG_LEN);
+        tag[TAG_LEN - t..].copy_from_slice(&envelope[n - t..]);
+        Self {
+            len: n,
+            header,
+            tag,
+        }
+    }
 }
 
 impl Opened {
@@ -1284,25 +1311,20 @@ impl Opened {
         version: &VersionVector,
         deleted: bool,
     ) {
-        use std::hash::BuildHasher;
-        let hash = self.fingerprint.hash_one(envelope);
-        let versions = self.versions.entry(id).or_default();
-        if !versions
-            .iter()
-            .any(|(len, h, _, _)| *len == envelope.len() && *h == hash)
-        {
-            versions.push((envelope.len(), hash, version.clone(), deleted));
+        let identity = EnvelopeIdentity::of(envelope);
+        let versions = self.0.entry(id).or_default();
+        if !versions.iter().any(|(e, _, _)| *e == identity) {
+            versions.push((identity, version.clone(), deleted));
         }
     }
 
     fn get(&self, id: &RecordId, envelope: &[u8]) -> Option<(&VersionVector, bool)> {
-        use std::hash::BuildHasher;
-        let versions = self.versions.get(id)?;
-        let hash = self.fingerprint.hash_one(envelope);
-        versions
+        let identity = EnvelopeIdentity::of(envelope);
+        self.0
+            .get(id)?
             .iter()
-            .find(|(len, h, _, _)| *len == envelope.len() && *h == hash)
-            .map(|(_, _, v, d)| (v, *d))
+            .find(|(e, _, _)| *e == identity)
+            .map(|(_, v, d)| (v, *d))
     }
 }
 
@@ -1965,5 +1987,37 @@ impl StoreBuilder {
         };
         let cipher = Self::choose_cipher(self.cipher.as_deref(), recorded_cipher.as_deref())?;
         Store::open(storage, cipher, opts).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ENVELOPE_HEADER_LEN, EnvelopeIdentity, Opened};
+    use crate::cipher::TAG_LEN;
+    use crate::model::{DeviceId, RecordId, VersionVector};
+
+    #[test]
+    fn opened_versions_are_found_by_header_tag_and_length() {
+        let envelope: Vec<u8> = (0..200u8).collect();
+        let mut v = VersionVector::default();
+        v.set(DeviceId([1; 16]), 7);
+        let mut opened = Opened::default();
+        let id = RecordId([3; 32]);
+        opened.insert(id, &envelope, &v, false);
+        assert_eq!(opened.get(&id, &envelope), Some((&v, false)));
+        assert_eq!(opened.get(&RecordId([4; 32]), &envelope), None, "another record");
+        // Another nonce, another tag or another length is another envelope.
+        for changed in [1, ENVELOPE_HEADER_LEN - 1, envelope.len() - 1] {
+            let mut other = envelope.clone();
+            other[changed] ^= 1;
+            assert_eq!(opened.get(&id, &other), None, "byte {changed} changed");
+        }
+        assert_eq!(opened.get(&id, &envelope[..199]), None, "shorter");
+        // Envelopes too short to open still get an identity, without panicking.
+        for n in [0, 1, TAG_LEN - 1, ENVELOPE_HEADER_LEN + 1] {
+            let short = vec![9u8; n];
+            assert!(EnvelopeIdentity::of(&short) == EnvelopeIdentity::of(&short));
+            assert_eq!(opened.get(&id, &short), None);
+        }
     }
 }
