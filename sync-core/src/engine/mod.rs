@@ -3,12 +3,14 @@
 //!
 //! One [`SyncEngine::sync`] round:
 //!
-//! 1. **Pull** pages after the stored cursor. Each page is applied, and the cursor advanced, in
-//!    one local transaction: a crash at any point neither loses nor double-applies a change.
-//!    Every envelope is opened and checked (authentic, bound to its record, its origin and
-//!    sequence consistent, not older than what this device already saw of its origin); one that
-//!    fails is rejected and reported, never applied, and the rest of the page goes on. The
-//!    next page is fetched while one is applied (one page ahead at most).
+//! 1. **Pull** pages after the stored cursor. Consecutive pages are joined into runs of up to
+//!    [`SyncConfig::apply_bytes`]; each run is applied, and the cursor advanced, in one local
+//!    transaction: a crash at any point neither loses nor double-applies a change. Every
+//!    envelope is opened and checked (authentic, bound to its record, its origin and sequence
+//!    consistent, not older than what this device already saw of its origin); one that fails
+//!    is rejected and reported, never applied, and the rest of the run goes on. The next run
+//!    is fetched, and its envelopes opened on a blocking thread, while one is applied (one run
+//!    ahead at most).
 //! 2. **Resolve**: a remote version that dominates the local one replaces it; one the local
 //!    version dominates is ignored; concurrent versions go to the collection's strategy. An
 //!    automatic resolution gets the pointwise maximum of both version vectors (so devices that
