@@ -12,10 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cipher::TAG_LEN;
 use crate::cipher::{Cipher, KdfCost, Passphrase};
 use crate::engine::head::{DIGEST_LEN, META_DIGEST, xor_into};
 use crate::engine::row::RowSync;
-use crate::cipher::TAG_LEN;
 use crate::envelope::{ENVELOPE_HEADER_LEN, MAX_VALUE_LEN, Padding, Payload, RecordKeys};
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyring::Keyring;
@@ -2005,7 +2005,11 @@ mod tests {
         let id = RecordId([3; 32]);
         opened.insert(id, &envelope, &v, false);
         assert_eq!(opened.get(&id, &envelope), Some((&v, false)));
-        assert_eq!(opened.get(&RecordId([4; 32]), &envelope), None, "another record");
+        assert_eq!(
+            opened.get(&RecordId([4; 32]), &envelope),
+            None,
+            "another record"
+        );
         // Another nonce, another tag or another length is another envelope.
         for changed in [1, ENVELOPE_HEADER_LEN - 1, envelope.len() - 1] {
             let mut other = envelope.clone();
