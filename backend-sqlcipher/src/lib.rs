@@ -326,6 +326,7 @@ fn open_connection(path: &Path, create: bool, page_key: &SecretKey) -> Result<Co
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
+    sqlcipher_ready();
     let conn = Connection::open_with_flags(path, flags).map_err(|e| map_sql(e, "open store"))?;
 
     key_and_verify(&conn, page_key)?;
@@ -380,11 +381,41 @@ fn key_pragma(name: &str, key: &SecretKey) -> Zeroizing<String> {
     pragma
 }
 
+/// Finishes SQLite's one-time initialisation, SQLCipher's included, before this crate opens a
+/// connection.
+///
+/// SQLite marks itself initialised before it runs SQLCipher's part of the initialisation
+/// (`SQLITE_EXTRA_INIT`), so a second thread opening its first connection in that window finds
+/// SQLite ready and SQLCipher not: its `PRAGMA key` then fails ("An error occurred with PRAGMA
+/// key or rekey"). Seen as a rare failure of tests that open stores on several threads at
+/// process start. The first caller here opens an in-memory connection, which runs the whole
+/// initialisation; the others wait for it. (A connection opened at the same moment by other
+/// code in the process, sqlx's for instance, can still race; [`key_and_verify`] retries the
+/// key for that.)
+fn sqlcipher_ready() {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        // Failing here is failing later, with a clearer error: nothing to report now.
+        let _ = Connection::open_in_memory();
+    });
+}
+
 /// Keys a fresh connection, sets the file format, and checks that the key decrypts the file.
+///
+/// The key is set again, up to 5 times 10 ms apart, when SQLCipher refuses it outright (not
+/// for a wrong key, which is found by the read below): SQLCipher's initialisation may still
+/// be running on another thread ([`sqlcipher_ready`]).
 fn key_and_verify(conn: &Connection, page_key: &SecretKey) -> Result<()> {
     // The key first, before anything reads the file.
-    conn.execute_batch(&key_pragma("key", page_key))
-        .map_err(|e| map_sql(e, "set the page key"))?;
+    let pragma = key_pragma("key", page_key);
+    let mut attempts = 0;
+    while let Err(e) = conn.execute_batch(&pragma) {
+        attempts += 1;
+        if attempts >= 5 {
+            return Err(map_sql(e, "set the page key"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // The format: SQLCipher 4's defaults, except 8 KiB pages (see CIPHER_PAGE_SIZE). Neither is
     // stored in the file (its header is encrypted), so both are set on every open.
     conn.execute_batch(&format!(
