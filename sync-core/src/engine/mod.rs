@@ -90,20 +90,18 @@ pub struct SyncConfig {
     /// splits a push by bytes).
     pub push_batch: usize,
     /// Envelopes asked for per pull page (default 1000; the server caps a page by its own
-    /// count and byte limits, 4000 and 4 MiB for the reference server). A pulled page is
-    /// applied in one transaction, so larger pages pull faster (fewer index pages written per
-    /// record) and hold more memory: 4000 instead of 1000, with `push_batch` alike, made an
-    /// initial sync of 300,000 ~1.3 KiB records pull ~27 % faster for ~18 MiB more heap in
-    /// use (docs/performance.md).
+    /// count and byte limits, 4000 and 4 MiB for the reference server). Pages are joined into
+    /// runs of up to `apply_bytes` before they are applied, so the page size sets the number of
+    /// requests, not of transactions.
     pub pull_page: usize,
     /// Most envelope bytes applied in one transaction when pulling (default 8 MiB).
     /// Consecutive pull pages are joined up to this before they are applied: every commit
     /// writes each index page it dirtied, and blind record ids land on random index pages, so
     /// the fewer and larger the commits, the fewer index pages written per record (an initial
     /// pull of a million ~1.3 KiB records wrote 9.8 GB with one page of ~4 MiB a commit,
-    /// 6.6 GB with runs of 8 MiB, 5.3 GB with 16 and 3.8 GB with 48; docs/performance.md). Two such runs are held at once
-    /// (one applied, the next fetched and opened): memory grows with this, not with the number
-    /// of records.
+    /// 6.6 GB with runs of 8 MiB, 5.3 GB with 16 and 3.8 GB with 48; docs/performance.md).
+    /// Two such runs are held at once (one applied, the next fetched and opened): memory grows
+    /// with this, not with the number of records.
     pub apply_bytes: usize,
     /// Strategy for collections without one set (default `lww`).
     pub default_strategy: String,
