@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -272,7 +273,10 @@ struct Writer {
 }
 
 struct Inner {
+    /// The application's storage, behind [`CountedStorage`].
     storage: Arc<dyn Storage>,
+    /// Commits made to `storage` so far ([`CountedStorage`]).
+    commits: Arc<AtomicU64>,
     cipher: Arc<dyn Cipher>,
     keyring: std::sync::RwLock<Keyring>,
     /// The root key, kept to rewrap it (passphrase change, recovery code). Zeroized on drop.
@@ -421,10 +425,16 @@ impl Store {
         let local_keys =
             crate::cipher::CipherExt::derive_subkey(cipher.as_ref(), &root, LOCAL_KEYS_CONTEXT)?;
         let encoded = encode_state(&state)?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let storage: Arc<dyn Storage> = Arc::new(CountedStorage {
+            inner: storage,
+            commits: commits.clone(),
+        });
         Ok(Store {
             inner: Arc::new(Inner {
                 device: state.device,
                 storage,
+                commits,
                 cipher,
                 keyring: std::sync::RwLock::new(keyring),
                 root,
@@ -795,6 +805,13 @@ impl Store {
     /// The storage under this store.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
+    }
+
+    /// How many commits have been made to this store's storage (through any handle the store
+    /// gave out) since it was opened; read before a read that the caller means to trust later,
+    /// and again then, it says whether anything may have changed in between.
+    pub(crate) fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::SeqCst)
     }
 
     /// The cipher of this store.
@@ -1249,6 +1266,98 @@ impl WriterGuard<'_> {
             }
         }
         Ok(digest)
+    }
+}
+
+/// The store's storage, counting commits ([`Store::commits`]): the sync engine acknowledges a
+/// pushed batch from the rows as it read them for the push, instead of reading them again,
+/// when no commit has been made since that read other than its own. Every call is passed on
+/// unchanged; a commit is counted once it has returned, failed or not (a failed commit changed
+/// nothing, and counting it only sends the engine the long way round).
+struct CountedStorage {
+    inner: Arc<dyn Storage>,
+    commits: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for CountedStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for CountedStorage {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> crate::storage::Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>> {
+        self.inner.get(id).await
+    }
+
+    async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
+        self.inner.get_many(ids).await
+    }
+
+    async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<crate::storage::RowState>>> {
+        self.inner.get_states(ids).await
+    }
+
+    async fn scan(
+        &self,
+        collection: &CollectionId,
+        after: Option<&RecordId>,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredRecord>> {
+        self.inner
+            .scan(collection, after, limit, include_deleted)
+            .await
+    }
+
+    async fn scan_all(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<StoredRecord>> {
+        self.inner.scan_all(after, limit).await
+    }
+
+    async fn outbox(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::storage::OutboxEntry>> {
+        self.inner.outbox(after_seq, limit).await
+    }
+
+    async fn outbox_len(&self) -> Result<u64> {
+        self.inner.outbox_len().await
+    }
+
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.meta_get(key).await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<()> {
+        let result = self.inner.commit(batch).await;
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.inner.check().await
+    }
+
+    async fn rekey(&self, page_key: &crate::cipher::SecretKey) -> Result<()> {
+        // A re-key rewrites every page: counted like a commit.
+        let result = self.inner.rekey(page_key).await;
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
     }
 }
 

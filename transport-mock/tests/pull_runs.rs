@@ -10,71 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use common::{Device, World};
+use common::{Counting, Device, World};
 use serde_json::json;
 use sync_core::{
-    Batch, Capabilities, CollectionId, Error, ErrorKind, MemoryStorage, OutboxEntry, PullPage,
-    PullRequest, PushRequest, PushResponse, RecordId, Result, RowState, SpaceId, Storage,
-    StoredRecord, SyncConfig, SyncEngine, Transport,
+    Error, ErrorKind, PullPage, PullRequest, PushRequest, PushResponse, Result, SpaceId,
+    SyncConfig, SyncEngine, Transport,
 };
 use transport_mock::{Faults, MockTransport};
-
-/// Memory storage that counts the commits that store records.
-#[derive(Debug, Default)]
-struct Counting {
-    inner: MemoryStorage,
-    record_commits: AtomicUsize,
-}
-
-#[async_trait]
-impl Storage for Counting {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>> {
-        self.inner.get(id).await
-    }
-    async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
-        self.inner.get_many(ids).await
-    }
-    async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<RowState>>> {
-        self.inner.get_states(ids).await
-    }
-    async fn scan(
-        &self,
-        collection: &CollectionId,
-        after: Option<&RecordId>,
-        limit: usize,
-        include_deleted: bool,
-    ) -> Result<Vec<StoredRecord>> {
-        self.inner
-            .scan(collection, after, limit, include_deleted)
-            .await
-    }
-    async fn scan_all(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<StoredRecord>> {
-        self.inner.scan_all(after, limit).await
-    }
-    async fn outbox(&self, after_seq: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
-        self.inner.outbox(after_seq, limit).await
-    }
-    async fn outbox_len(&self) -> Result<u64> {
-        self.inner.outbox_len().await
-    }
-    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.inner.meta_get(key).await
-    }
-    async fn commit(&self, batch: Batch) -> Result<()> {
-        let records = !batch.puts.is_empty();
-        self.inner.commit(batch).await?;
-        if records {
-            self.record_commits.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-}
 
 /// The device's mock transport, counting pulls; the `fail_at`-th pull (from 1) fails with a
 /// temporary error, once.

@@ -30,7 +30,7 @@ pub mod row;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Causality, DeviceId, Hlc, LogId, RecordId, VersionVector};
 use crate::registry;
-use crate::storage::{Batch, StoredRecord};
+use crate::storage::{Batch, RowState, StoredRecord};
 use crate::store::{Opened, Store, WriteBatch, record_from_payload};
 use crate::strategy::{Conflict, ConflictStrategy, Resolution, Version, apply_resolution};
 use crate::transport::{OutgoingEnvelope, PullPage, PullRequest, PushRequest, SpaceRef, Transport};
@@ -309,15 +309,28 @@ fn page_err(what: &'static str) -> Error {
     .temporary()
 }
 
-/// A pushed batch waiting for its local acknowledgement: the outbox entries and the server's
-/// `(device seq, server seq)` pairs.
-/// A pushed batch waiting for its local acknowledgement: its entries, the sequences the server
-/// assigned them, and the sequence of the head that ended the push.
-type PushedBatch = (
-    Vec<crate::storage::OutboxEntry>,
-    Vec<(u64, u64)>,
-    Option<u64>,
-);
+/// A pushed batch waiting for its local acknowledgement.
+struct PushedBatch {
+    /// The outbox entries pushed (their envelopes moved into the push).
+    entries: Vec<crate::storage::OutboxEntry>,
+    /// The `(device seq, server seq)` pairs the server assigned them, in order.
+    assigned: Vec<(u64, u64)>,
+    /// The sequence of the head that ended the push.
+    head: Option<u64>,
+    /// When the entries were read from the outbox.
+    read: ReadMark,
+}
+
+/// The store's commit count ([`Store::commits`]) and the push's own commits so far, taken
+/// just before an outbox read: if at the acknowledgement both have grown by the same amount,
+/// nothing but the push itself has committed since, so the rows are still as that read saw
+/// them (the push's own commits touch only other batches' rows: the outbox is ordered by
+/// sequence and a record is in it once).
+#[derive(Clone, Copy)]
+struct ReadMark {
+    commits: u64,
+    own: u64,
+}
 
 /// How a pull walks the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1569,14 +1582,21 @@ impl SyncEngine {
         let from = self.from();
         // Room for the head that may end a push.
         let batch = self.config.push_batch.saturating_sub(1).max(1);
+        // This push's own commits (acknowledgements, the head's sequence), for [`ReadMark`].
+        let own = AtomicU64::new(0);
+        let mark = || ReadMark {
+            commits: self.store.commits(),
+            own: own.load(Ordering::SeqCst),
+        };
+        let mut read = mark();
         let mut entries = self.store.storage().outbox(0, batch).await?;
         // The batch pushed last, waiting to be acknowledged locally.
         let mut unacked: Option<PushedBatch> = None;
         loop {
             let Some(last) = entries.last() else {
-                if let Some((done, assigned, head)) = unacked.take() {
-                    self.acknowledge(&done, &assigned, head).await?;
-                    report.pushed += done.len() as u64;
+                if let Some(done) = unacked.take() {
+                    self.acknowledge(&done, &own).await?;
+                    report.pushed += done.entries.len() as u64;
                     self.progress(report, pending);
                 }
                 return Ok(());
@@ -1596,6 +1616,10 @@ impl SyncEngine {
             }
             // The last push of the round ends with this device's head (see [`head`]).
             let head = self.make_head(after).await?;
+            if head.is_some() {
+                // make_head committed the head's sequence.
+                own.fetch_add(1, Ordering::SeqCst);
+            }
             let head_seq = head.as_ref().map(|h| h.seq);
             envelopes.extend(head);
             // Pipelined: while this batch is in flight, the previous one is acknowledged and
@@ -1604,13 +1628,15 @@ impl SyncEngine {
             // pushed, the one read. Pushes stay one at a time and in order.
             let previous = unacked.take();
             let counts = &mut *report;
+            let own = &own;
             let local = async move {
-                if let Some((done, assigned, head)) = previous {
-                    self.acknowledge(&done, &assigned, head).await?;
-                    counts.pushed += done.len() as u64;
+                if let Some(done) = previous {
+                    self.acknowledge(&done, own).await?;
+                    counts.pushed += done.entries.len() as u64;
                     self.progress(counts, pending);
                 }
-                self.store.storage().outbox(after, batch).await
+                let read = mark();
+                Ok::<_, Error>((read, self.store.storage().outbox(after, batch).await?))
             };
             let push = std::pin::pin!(tokio::time::timeout(
                 self.config.stall_timeout,
@@ -1622,7 +1648,7 @@ impl SyncEngine {
                 futures::future::Either::Right((next, push)) => (push.await, next),
             };
             let mut response = pushed.map_err(|_| page_err("a push"))??;
-            let next = next?;
+            let (next_read, next) = next?;
             let expected = entries.len() + usize::from(head_seq.is_some());
             if response.assigned.len() != expected
                 || (head_seq.is_some() && response.assigned.pop().map(|(seq, _)| seq) != head_seq)
@@ -1632,11 +1658,12 @@ impl SyncEngine {
                     "the server acknowledged a different number of envelopes than were pushed",
                 ));
             }
-            unacked = Some((
-                std::mem::replace(&mut entries, next),
-                response.assigned,
-                head_seq,
-            ));
+            unacked = Some(PushedBatch {
+                entries: std::mem::replace(&mut entries, next),
+                assigned: response.assigned,
+                head: head_seq,
+                read: std::mem::replace(&mut read, next_read),
+            });
         }
     }
 
@@ -1662,20 +1689,41 @@ impl SyncEngine {
                 "the server acknowledged a different number of envelopes than were pushed",
             ));
         }
-        self.acknowledge(&[], &[], Some(seq)).await
+        let done = PushedBatch {
+            entries: Vec::new(),
+            assigned: Vec::new(),
+            head: Some(seq),
+            read: ReadMark { commits: 0, own: 0 },
+        };
+        self.acknowledge(&done, &AtomicU64::new(0)).await
     }
 
-    async fn acknowledge(
-        &self,
-        entries: &[crate::storage::OutboxEntry],
-        assigned: &[(u64, u64)],
-        head: Option<u64>,
-    ) -> Result<()> {
+    /// Records locally what the server stored of a pushed batch. `own` counts the push's own
+    /// commits ([`ReadMark`]); this one is added to it.
+    async fn acknowledge(&self, done: &PushedBatch, own: &AtomicU64) -> Result<()> {
+        let (entries, assigned, head) = (&done.entries, &done.assigned, done.head);
         let mut w = self.store.writer().await;
-        let ids: Vec<RecordId> = entries.iter().map(|e| e.record.id).collect();
+        // Under the write lock, so nothing commits between this check and the commit below.
+        let unchanged = self.store.commits().wrapping_sub(done.read.commits)
+            == own.load(Ordering::SeqCst).wrapping_sub(done.read.own);
         // The rows' state without their envelopes: an acknowledgement changes no version, so
-        // the envelopes are neither read nor written again.
-        let rows = self.store.storage().get_states(&ids).await?;
+        // the envelopes are neither read nor written again. Rows nothing has committed to
+        // since the outbox read are as that read returned them; otherwise they are read again.
+        let rows: Vec<Option<RowState>> = if unchanged {
+            entries
+                .iter()
+                .map(|e| {
+                    Some(RowState {
+                        deleted: e.record.deleted,
+                        pending_seq: e.record.pending_seq,
+                        sync: e.record.sync.clone(),
+                    })
+                })
+                .collect()
+        } else {
+            let ids: Vec<RecordId> = entries.iter().map(|e| e.record.id).collect();
+            self.store.storage().get_states(&ids).await?
+        };
         let mut acks = Vec::with_capacity(rows.len());
         let mut syncs = Vec::with_capacity(rows.len());
         let mut removes = Vec::new();
@@ -1725,11 +1773,13 @@ impl SyncEngine {
             meta,
             ..Batch::default()
         };
-        if removes.is_empty() {
+        let committed = if removes.is_empty() {
             w.commit_keeping_digest(batch).await
         } else {
             w.commit(Batch { removes, ..batch }).await
-        }
+        };
+        own.fetch_add(1, Ordering::SeqCst);
+        committed
     }
 
     /// Full re-sync after the server collected history this device missed: pull everything

@@ -4,15 +4,17 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use backend_sqlite::SqliteStorage;
 use crypto_orion::OrionCipher;
 use sync_core::cipher::{NONCE_LEN, SALT_LEN};
 use sync_core::{
-    Cipher, KdfCost, MemoryRelay, MemoryStorage, OpenOptions, RelayConfig, SecretKey, Storage,
-    Store, SyncConfig, SyncEngine, Transport,
+    Batch, Capabilities, Cipher, CollectionId, KdfCost, MemoryRelay, MemoryStorage, OpenOptions,
+    OutboxEntry, RecordId, RelayConfig, Result, RowState, SecretKey, Storage, Store, StoredRecord,
+    SyncConfig, SyncEngine, Transport,
 };
 use transport_mock::{Faults, MockTransport};
 
@@ -263,5 +265,64 @@ impl Device {
         }
         out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out
+    }
+}
+
+/// Memory storage that counts the commits that store records and the reads of row states.
+#[derive(Debug, Default)]
+pub struct Counting {
+    inner: MemoryStorage,
+    pub record_commits: AtomicUsize,
+    pub state_reads: AtomicUsize,
+}
+
+#[async_trait]
+impl Storage for Counting {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>> {
+        self.inner.get(id).await
+    }
+    async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
+        self.inner.get_many(ids).await
+    }
+    async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<RowState>>> {
+        self.state_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_states(ids).await
+    }
+    async fn scan(
+        &self,
+        collection: &CollectionId,
+        after: Option<&RecordId>,
+        limit: usize,
+        include_deleted: bool,
+    ) -> Result<Vec<StoredRecord>> {
+        self.inner
+            .scan(collection, after, limit, include_deleted)
+            .await
+    }
+    async fn scan_all(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<StoredRecord>> {
+        self.inner.scan_all(after, limit).await
+    }
+    async fn outbox(&self, after_seq: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        self.inner.outbox(after_seq, limit).await
+    }
+    async fn outbox_len(&self) -> Result<u64> {
+        self.inner.outbox_len().await
+    }
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.meta_get(key).await
+    }
+    async fn commit(&self, batch: Batch) -> Result<()> {
+        let records = !batch.puts.is_empty();
+        self.inner.commit(batch).await?;
+        if records {
+            self.record_commits.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
     }
 }
