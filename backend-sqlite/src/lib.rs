@@ -243,6 +243,17 @@ fn sync_update_sql(n: usize) -> String {
     )
 }
 
+/// Acknowledges `n` rows by row id and sets their bookkeeping: (rowid, seq, sync) each; the
+/// pending write is cleared where its sequence still matches.
+fn ack_sync_update_sql(n: usize) -> String {
+    let values = vec!["(?, ?, ?)"; n].join(", ");
+    format!(
+        "UPDATE records SET pending_seq = CASE WHEN records.pending_seq = v.column2 \
+         THEN NULL ELSE records.pending_seq END, sync = v.column3 FROM (VALUES {values}) AS v \
+         WHERE records.rowid = v.column1"
+    )
+}
+
 /// Clears the pending write of `n` rows whose pending sequence still matches: (id prefix, id,
 /// seq) each.
 fn ack_sql(n: usize) -> String {
@@ -541,9 +552,51 @@ impl SqliteStorage {
             .await
             .map_err(|e| map_sqlx(e, "remove record"))?;
         }
+        // An acknowledgement comes with the row's new bookkeeping (the sync engine sends both):
+        // those rows are found once and updated by one statement per chunk, each row written
+        // once. The rest (an id acknowledged twice, bookkeeping or acknowledgement alone) go
+        // the separate ways below; the two sets share no id, so their order does not matter.
+        let mut syncs = last_per_id(batch.syncs, |(id, _)| *id);
+        let mut acks = batch.acks;
+        let mut acked = std::collections::HashMap::with_capacity(acks.len());
+        for (id, seq) in &acks {
+            // `None`: acknowledged more than once, left to the separate ways.
+            acked
+                .entry(*id)
+                .and_modify(|s: &mut Option<u64>| *s = None)
+                .or_insert(Some(*seq));
+        }
+        let (both, rest): (Vec<_>, Vec<_>) = syncs
+            .into_iter()
+            .partition(|(id, _)| matches!(acked.get(id), Some(Some(_))));
+        syncs = rest;
+        if !both.is_empty() {
+            let joined: std::collections::HashSet<RecordId> =
+                both.iter().map(|(id, _)| *id).collect();
+            acks.retain(|(id, _)| !joined.contains(id));
+        }
+        for chunk in both.chunks(PUT_CHUNK) {
+            let existing = row_ids(tx, chunk.iter().map(|(id, _)| id)).await?;
+            let mut found = Vec::with_capacity(chunk.len());
+            for (id, sync) in chunk {
+                if let (Some(rowid), Some(Some(seq))) = (existing.get(id), acked.get(id)) {
+                    found.push((*rowid, seq_to_sql(*seq)?, &sync[..]));
+                }
+            }
+            if found.is_empty() {
+                continue;
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(ack_sync_update_sql(found.len())));
+            for (rowid, seq, sync) in found {
+                q = q.bind(rowid).bind(seq).bind(sync);
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "acknowledge writes"))?;
+        }
         // Acknowledgements: one UPDATE per chunk. Several acknowledgements of one id differ in
         // their sequence, and at most one matches the row's.
-        for chunk in batch.acks.chunks(PUT_CHUNK) {
+        for chunk in acks.chunks(PUT_CHUNK) {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(ack_sql(chunk.len())));
             for (id, seq) in chunk {
                 q = q
@@ -557,7 +610,6 @@ impl SqliteStorage {
         }
         // Bookkeeping: per chunk, the rows' ids by prefix, then one UPDATE by row id (as for
         // puts); rows that do not exist are left out.
-        let syncs = last_per_id(batch.syncs, |(id, _)| *id);
         for chunk in syncs.chunks(PUT_CHUNK) {
             let existing = row_ids(tx, chunk.iter().map(|(id, _)| id)).await?;
             let found: Vec<(i64, &[u8])> = chunk
@@ -946,7 +998,8 @@ mod plans {
     use sqlx::sqlite::SqlitePoolOptions;
 
     use super::{
-        RECORDS_INDEXES, RECORDS_TABLE, ack_sql, put_update_sql, row_ids_sql, sync_update_sql,
+        RECORDS_INDEXES, RECORDS_TABLE, ack_sql, ack_sync_update_sql, put_update_sql, row_ids_sql,
+        sync_update_sql,
     };
 
     /// SQLite's plan for `sql`, one line per step.
@@ -978,6 +1031,7 @@ mod plans {
             row_ids_sql(3),
             put_update_sql(3),
             sync_update_sql(3),
+            ack_sync_update_sql(3),
             ack_sql(3),
         ] {
             let steps = plan(&pool, &sql).await;

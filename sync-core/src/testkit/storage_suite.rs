@@ -298,6 +298,7 @@ where
         "{name}: meta delete"
     );
 
+    acks_with_bookkeeping(&*s, name).await;
     twins(&*s, name).await;
 
     // Large values survive byte for byte.
@@ -344,6 +345,61 @@ where
         "{name}: integrity check on a healthy store"
     );
     s.close().await.expect("close");
+}
+
+/// Acknowledgements and bookkeeping for the same rows in one batch (what the sync engine
+/// commits after a push): each acknowledgement clears the pending write only where its
+/// sequence matches, and the bookkeeping is set either way; an id acknowledged twice, one
+/// acknowledged without bookkeeping, bookkeeping without an acknowledgement and an absent id
+/// behave as they do alone. The rows are removed again afterwards.
+async fn acks_with_bookkeeping(s: &dyn Storage, name: &str) {
+    let c = CollectionId([0xA7; 32]);
+    let mut b = Batch::default();
+    for n in 300..305u32 {
+        b.puts.push(row(&c, n, Some(u64::from(n)), false));
+    }
+    s.commit(b).await.expect("rows to acknowledge");
+    let mut b = Batch::default();
+    // Matches: cleared, bookkeeping set.
+    b.acks.push((rid(300), 300));
+    b.syncs.push((rid(300), b"s300".to_vec()));
+    // Stale: still pending, bookkeeping set.
+    b.acks.push((rid(301), 1));
+    b.syncs.push((rid(301), b"s301".to_vec()));
+    // Acknowledged twice, one matching.
+    b.acks.push((rid(302), 7));
+    b.acks.push((rid(302), 302));
+    b.syncs.push((rid(302), b"s302".to_vec()));
+    // Acknowledged alone; bookkeeping alone; absent.
+    b.acks.push((rid(303), 303));
+    b.syncs.push((rid(304), b"s304".to_vec()));
+    b.acks.push((rid(9997), 1));
+    b.syncs.push((rid(9997), b"nobody".to_vec()));
+    s.commit(b).await.expect("acks with bookkeeping");
+    let ids: Vec<RecordId> = (300..305).map(rid).chain([rid(9997)]).collect();
+    let got: Vec<Option<(Option<u64>, Vec<u8>)>> = s
+        .get_many(&ids)
+        .await
+        .expect("get_many")
+        .into_iter()
+        .map(|r| r.map(|r| (r.pending_seq, r.sync)))
+        .collect();
+    let unchanged = row(&c, 303, None, false).sync;
+    assert_eq!(
+        got,
+        vec![
+            Some((None, b"s300".to_vec())),
+            Some((Some(301), b"s301".to_vec())),
+            Some((None, b"s302".to_vec())),
+            Some((None, unchanged)),
+            Some((Some(304), b"s304".to_vec())),
+            None,
+        ],
+        "{name}: acknowledgements with bookkeeping"
+    );
+    let mut b = Batch::default();
+    b.removes.extend((300..305).map(rid));
+    s.commit(b).await.expect("remove them again");
 }
 
 /// Ids that agree in all but their last byte, and collections that agree in all but their last
