@@ -589,6 +589,26 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
                 .map_err(|e| map_sql(e, "remove record"))?;
         }
     }
+    // An acknowledgement comes with the row's new bookkeeping (the sync engine sends both):
+    // one statement for the two, the row found and written once. An id acknowledged more than
+    // once, and the last bookkeeping of an id are told apart first; every other acknowledgement
+    // and bookkeeping goes its own way, acknowledgements before bookkeeping as the batch says.
+    let mut acked: HashMap<&RecordId, Option<u64>> = HashMap::with_capacity(batch.acks.len());
+    for (id, seq) in &batch.acks {
+        // `None`: acknowledged more than once.
+        acked
+            .entry(id)
+            .and_modify(|s| *s = None)
+            .or_insert(Some(*seq));
+    }
+    let last_sync: HashMap<&RecordId, usize> = batch
+        .syncs
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (id, i))
+        .collect();
+    let joined =
+        |id: &RecordId| matches!(acked.get(id), Some(Some(_))) && last_sync.contains_key(id);
     if !batch.acks.is_empty() {
         let mut s = tx
             .prepare_cached(
@@ -596,7 +616,7 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
                  WHERE substr(id, 1, 8) = ?1 AND id = ?2 AND pending_seq = ?3",
             )
             .map_err(|e| map_sql(e, "acknowledge write"))?;
-        for (id, seq) in &batch.acks {
+        for (id, seq) in batch.acks.iter().filter(|(id, _)| !joined(id)) {
             s.execute(rusqlite::params![
                 id_prefix(id),
                 &id.0[..],
@@ -612,9 +632,27 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
                  WHERE substr(id, 1, 8) = ?1 AND id = ?2",
             )
             .map_err(|e| map_sql(e, "write sync state"))?;
-        for (id, sync) in &batch.syncs {
-            s.execute(rusqlite::params![id_prefix(id), &id.0[..], &sync[..]])
-                .map_err(|e| map_sql(e, "write sync state"))?;
+        let mut both = tx
+            .prepare_cached(
+                "UPDATE records INDEXED BY records_by_id SET sync = ?4, pending_seq = \
+                 CASE WHEN pending_seq = ?3 THEN NULL ELSE pending_seq END \
+                 WHERE substr(id, 1, 8) = ?1 AND id = ?2",
+            )
+            .map_err(|e| map_sql(e, "acknowledge writes"))?;
+        for (i, (id, sync)) in batch.syncs.iter().enumerate() {
+            match acked.get(id) {
+                Some(Some(seq)) if last_sync.get(id) == Some(&i) => both
+                    .execute(rusqlite::params![
+                        id_prefix(id),
+                        &id.0[..],
+                        seq_to_sql(*seq)?,
+                        &sync[..]
+                    ])
+                    .map_err(|e| map_sql(e, "acknowledge writes"))?,
+                _ => s
+                    .execute(rusqlite::params![id_prefix(id), &id.0[..], &sync[..]])
+                    .map_err(|e| map_sql(e, "write sync state"))?,
+            };
         }
     }
     for (key, value) in &batch.meta {
