@@ -556,25 +556,23 @@ impl SqliteStorage {
         // those rows are found once and updated by one statement per chunk, each row written
         // once. The rest (an id acknowledged twice, bookkeeping or acknowledgement alone) go
         // the separate ways below; the two sets share no id, so their order does not matter.
-        let mut syncs = last_per_id(batch.syncs, |(id, _)| *id);
-        let mut acks = batch.acks;
-        let mut acked = std::collections::HashMap::with_capacity(acks.len());
-        for (id, seq) in &acks {
+        let mut acked = std::collections::HashMap::with_capacity(batch.acks.len());
+        for (id, seq) in &batch.acks {
             // `None`: acknowledged more than once, left to the separate ways.
             acked
                 .entry(*id)
                 .and_modify(|s: &mut Option<u64>| *s = None)
                 .or_insert(Some(*seq));
         }
-        let (both, rest): (Vec<_>, Vec<_>) = syncs
+        let (both, syncs): (Vec<_>, Vec<_>) = last_per_id(batch.syncs, |(id, _)| *id)
             .into_iter()
             .partition(|(id, _)| matches!(acked.get(id), Some(Some(_))));
-        syncs = rest;
-        if !both.is_empty() {
-            let joined: std::collections::HashSet<RecordId> =
-                both.iter().map(|(id, _)| *id).collect();
-            acks.retain(|(id, _)| !joined.contains(id));
-        }
+        let joined: std::collections::HashSet<RecordId> = both.iter().map(|(id, _)| *id).collect();
+        let acks: Vec<(RecordId, u64)> = batch
+            .acks
+            .into_iter()
+            .filter(|(id, _)| !joined.contains(id))
+            .collect();
         for chunk in both.chunks(PUT_CHUNK) {
             let existing = row_ids(tx, chunk.iter().map(|(id, _)| id)).await?;
             let mut found = Vec::with_capacity(chunk.len());
