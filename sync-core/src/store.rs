@@ -802,7 +802,10 @@ impl Store {
         }
     }
 
-    /// The storage under this store.
+    /// The storage under this store, as the store uses it: commits made through this handle are
+    /// seen by the sync engine (it trusts rows it read for a push only while nothing else has
+    /// committed). Write to the storage through this handle, not through one kept from before
+    /// the store was opened.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
     }
