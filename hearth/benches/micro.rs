@@ -91,6 +91,7 @@ fn wire_format(c: &mut Criterion) {
                 envelope: vec![0xa5; 1261],
             })
             .collect(),
+        settle: None,
     };
     let page = PullPage {
         envelopes: (0..100u64)

@@ -74,8 +74,8 @@ pub use strategy::{
     Conflict, ConflictStrategy, LastWriterWins, Merge, Priority, Resolution, UserChoice, Version,
 };
 pub use transport::{
-    Detached, OutgoingEnvelope, PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope,
-    SpaceRef, Transport,
+    Detached, HeldEnvelope, OutgoingEnvelope, PullPage, PullRequest, PushRequest, PushResponse,
+    RemoteEnvelope, SpaceRef, Transport,
 };
 
 #[doc(hidden)]

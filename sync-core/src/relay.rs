@@ -11,8 +11,13 @@
 //!   stored under (0 if a newer version has since replaced it).
 //! - Compaction: an envelope names the server sequences of the same record it replaces
 //!   (`supersedes`); those are dropped, so a returning device downloads current state, not
-//!   history. Concurrent versions (not named) are kept. A device's newer envelope of a record
-//!   also replaces that device's own older one, named or not (its ack may have been lost).
+//!   history. Concurrent versions (not named) are kept, and so is a device's own older
+//!   envelope it does not name: the relay drops only what is named, and a record's earlier
+//!   envelope in the same push. A device that may not know the server sequence of an envelope
+//!   it pushed (the answer was lost, or it crashed before processing it) asks first: a push
+//!   with `settle` answers which of the device's envelopes with a sequence at or above it the
+//!   relay holds, before storing anything of that push (at most `push_limit` of them, in
+//!   sequence order), so the device can name them.
 //! - Tombstones are kept until every active device has pulled past them (the cursor a device
 //!   pulls with says what it has applied), where a device silent longer than the horizon
 //!   (default 90 days) no longer counts. A device whose cursor is older than a dropped
@@ -48,7 +53,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::{DeviceId, LogId, RecordId, SpaceId};
 use crate::store::{WallClock, system_millis};
 use crate::transport::{
-    PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope, SpaceRef,
+    HeldEnvelope, PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope, SpaceRef,
 };
 
 /// Limits and timing of a relay.
@@ -93,9 +98,9 @@ struct Space {
     next_seq: u64,
     log: BTreeMap<u64, Entry>,
     tombstones: BTreeSet<u64>,
-    stored: HashMap<(DeviceId, u64), u64>,
-    /// The newest entry each device pushed for each record.
-    latest: HashMap<(RecordId, DeviceId), u64>,
+    /// Where each device's envelopes are, by (device, device sequence): in order, so a settle
+    /// request reads a range.
+    stored: BTreeMap<(DeviceId, u64), u64>,
     max_pushed: HashMap<DeviceId, u64>,
     cursors: HashMap<DeviceId, (u64, u64)>,
     /// Devices walking up from cursor 0 (a first sync or a full re-sync), with the cursor each
@@ -368,7 +373,25 @@ impl MemoryRelay {
         if cursor < space.floor && !space.walking.contains_key(&device) {
             return Err(stale_push());
         }
+        let held = match request.settle {
+            Some(from) => space
+                .stored
+                .range((device, from)..=(device, u64::MAX))
+                .filter_map(|(&(_, seq), &server_seq)| {
+                    let entry = space.log.get(&server_seq)?;
+                    Some(HeldEnvelope {
+                        seq,
+                        server_seq,
+                        record: entry.record,
+                    })
+                })
+                .take(self.config.push_limit)
+                .collect(),
+            None => Vec::new(),
+        };
         let mut assigned = Vec::with_capacity(request.envelopes.len());
+        // Records this push stored, so a record pushed twice keeps only the later.
+        let mut in_push: HashMap<RecordId, u64> = HashMap::new();
         for e in &request.envelopes {
             let max = space.max_pushed.get(&device).copied().unwrap_or(0);
             if e.seq <= max {
@@ -376,19 +399,15 @@ impl MemoryRelay {
                 assigned.push((e.seq, s));
                 continue;
             }
-            // A device's newer write of a record has seen its older ones: drop the older one
-            // even when the device never heard the server sequence it got (a lost ack), or a
-            // later tombstone would leave it behind to come back after collection.
-            let own_previous = space.latest.get(&(e.record, device)).copied();
-            for s in e.supersedes.iter().chain(own_previous.as_ref()) {
+            // Only what is named goes: a device's own older envelope it does not name stays
+            // (the device settles first when it may not know one; see the module docs).
+            let earlier = in_push.get(&e.record).copied();
+            for s in e.supersedes.iter().chain(earlier.as_ref()) {
                 if space.log.get(s).is_some_and(|old| old.record == e.record)
                     && let Some(old) = space.log.remove(s)
                 {
                     space.tombstones.remove(s);
                     space.stored.remove(&(old.device, old.seq));
-                    if space.latest.get(&(old.record, old.device)) == Some(s) {
-                        space.latest.remove(&(old.record, old.device));
-                    }
                 }
             }
             space.next_seq += 1;
@@ -407,13 +426,13 @@ impl MemoryRelay {
                 space.tombstones.insert(server_seq);
             }
             space.stored.insert((device, e.seq), server_seq);
-            space.latest.insert((e.record, device), server_seq);
+            in_push.insert(e.record, server_seq);
             space.max_pushed.insert(device, e.seq);
             assigned.push((e.seq, server_seq));
         }
         Self::touch(space, device, None, now);
         Self::collect(space, now, self.config.horizon_millis);
-        Ok(PushResponse { assigned })
+        Ok(PushResponse { assigned, held })
     }
 
     fn touch(space: &mut Space, device: DeviceId, cursor: Option<u64>, now: u64) {
@@ -440,9 +459,6 @@ impl MemoryRelay {
             space.tombstones.pop_first();
             if let Some(old) = space.log.remove(&s) {
                 space.stored.remove(&(old.device, old.seq));
-                if space.latest.get(&(old.record, old.device)) == Some(&s) {
-                    space.latest.remove(&(old.record, old.device));
-                }
             }
             space.floor = space.floor.max(s);
         }

@@ -64,6 +64,34 @@ pub struct PushRequest {
     pub from: SpaceRef,
     /// Envelopes in increasing device-sequence order.
     pub envelopes: Vec<OutgoingEnvelope>,
+    /// Asks, besides, which of this device's envelopes with a sequence at or above this one the
+    /// server holds ([`PushResponse::held`]): a device that may have pushed envelopes whose
+    /// answer it never processed (a lost response, a crash) learns their server sequences, so
+    /// that it can name them in `supersedes` when it replaces them. The server drops only
+    /// envelopes a push names (and a record's earlier envelope in the same push).
+    pub settle: Option<u64>,
+}
+
+impl PushRequest {
+    /// A push of `envelopes` that asks nothing else.
+    pub fn new(from: SpaceRef, envelopes: Vec<OutgoingEnvelope>) -> Self {
+        Self {
+            from,
+            envelopes,
+            settle: None,
+        }
+    }
+}
+
+/// One of a device's own envelopes the server holds, as [`PushResponse::held`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldEnvelope {
+    /// The device's sequence number.
+    pub seq: u64,
+    /// The server sequence it is stored under.
+    pub server_seq: u64,
+    /// Its blind record id.
+    pub record: RecordId,
 }
 
 /// The server's answer to a push.
@@ -73,6 +101,11 @@ pub struct PushResponse {
     /// it is stored under (also for envelopes the server already had: a retried push learns the
     /// same numbers).
     pub assigned: Vec<(u64, u64)>,
+    /// When the push asked ([`PushRequest::settle`]): the pushing device's envelopes the server
+    /// held before this push with a sequence at or above the one asked for, in increasing
+    /// sequence order, at most the server's push limit of them (when that many came back, ask
+    /// again from after the last).
+    pub held: Vec<HeldEnvelope>,
 }
 
 /// An envelope as the server serves it.

@@ -1,5 +1,7 @@
-//! The binary wire format of the sync protocol, version 2 (version 1 had no log id in a pull
-//! page; a version-1 message is refused as [`ErrorKind::Unsupported`]).
+//! The binary wire format of the sync protocol, version 3 (version 1 had no log id in a pull
+//! page; version 2 had no settle request in a push and no held envelopes in its answer, and a
+//! version-2 server dropped a device's older envelope of a record unnamed: a message of an
+//! earlier version is refused as [`ErrorKind::Unsupported`]).
 //!
 //! Push and pull travel as these messages (no JSON, no base64: sealed envelopes go as raw
 //! bytes behind a length). Every message starts with the wire version and a message kind; all
@@ -7,12 +9,14 @@
 //! `docs/protocol.md` specifies the layout byte by byte.
 //!
 //! ```text
-//! header        version u8 (= 2) | kind u8
+//! header        version u8 (= 3) | kind u8
 //! space ref     space [16] | device [16] | fingerprint [32]
-//! push request  header(kind 1) | space ref | count u32 | count × push entry
+//! push request  header(kind 1) | space ref | flags u8 | [settle from u64, if flag bit 0]
+//!               | count u32 | count × push entry
 //! push entry    record [32] | seq u64 | flags u8 | n u16 | n × superseded server seq u64
 //!               | len u32 | envelope [len]
 //! push response header(kind 2) | count u32 | count × (seq u64 | server seq u64)
+//!               | held u32 | held × (seq u64 | server seq u64 | record [32])
 //! pull request  header(kind 3) | space ref | cursor u64 | limit u32 | flags u8
 //! pull page     header(kind 4) | next cursor u64 | gc floor u64 | log id [16] | flags u8
 //!               | count u32 | count × pulled entry
@@ -20,8 +24,9 @@
 //!               | envelope [len]
 //! ```
 //!
-//! Flags: in entries bit 0 is "tombstone"; in a pull request bit 0 is "include own"; in a pull
-//! page bit 0 is "more". Other bits must be zero.
+//! Flags: in entries bit 0 is "tombstone"; in a push request bit 0 is "settle" (a sequence
+//! follows); in a pull request bit 0 is "include own"; in a pull page bit 0 is "more". Other
+//! bits must be zero.
 //!
 //! Decoding never panics and never allocates more than the input can hold: a truncated,
 //! padded or garbled message is [`ErrorKind::Corrupt`], an unknown version
@@ -30,13 +35,14 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{DeviceId, LogId, RecordId, SpaceId};
 use crate::transport::{
-    OutgoingEnvelope, PullPage, PullRequest, PushRequest, PushResponse, RemoteEnvelope, SpaceRef,
+    HeldEnvelope, OutgoingEnvelope, PullPage, PullRequest, PushRequest, PushResponse,
+    RemoteEnvelope, SpaceRef,
 };
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// Media type of wire messages.
-pub const CONTENT_TYPE: &str = "application/vnd.hearth.sync.v2";
+pub const CONTENT_TYPE: &str = "application/vnd.hearth.sync.v3";
 /// Most superseded sequence numbers one pushed envelope may name.
 pub const MAX_SUPERSEDES: usize = 1024;
 
@@ -53,6 +59,9 @@ pub mod kind {
 }
 
 const FLAG_TOMBSTONE: u8 = 1;
+const FLAG_SETTLE: u8 = 1;
+/// Bytes of one held envelope in a push response: seq, server seq, record.
+const HELD_ENTRY: usize = 8 + 8 + 32;
 const FLAG_INCLUDE_OWN: u8 = 1;
 const FLAG_MORE: u8 = 1;
 /// Smallest push entry: record, seq, flags, n, len.
@@ -188,8 +197,15 @@ pub fn encode_push_request(r: &PushRequest) -> Result<Vec<u8>> {
         .iter()
         .map(|e| PUSH_ENTRY_MIN + 8 * e.supersedes.len() + e.envelope.len())
         .sum();
-    let mut w = Writer::new(kind::PUSH_REQUEST, 64 + 4 + size);
+    let mut w = Writer::new(kind::PUSH_REQUEST, 64 + 13 + size);
     w.space_ref(&r.from);
+    match r.settle {
+        Some(from) => {
+            w.u8(FLAG_SETTLE);
+            w.u64(from);
+        }
+        None => w.u8(0),
+    }
     w.len_u32(r.envelopes.len(), "too many envelopes in one push")?;
     for e in &r.envelopes {
         w.bytes(e.record.as_bytes());
@@ -212,6 +228,11 @@ pub fn encode_push_request(r: &PushRequest) -> Result<Vec<u8>> {
 pub fn decode_push_request(buf: &[u8]) -> Result<PushRequest> {
     let mut r = Reader::open(buf, kind::PUSH_REQUEST)?;
     let from = r.space_ref()?;
+    let settle = if r.flags(FLAG_SETTLE)? & FLAG_SETTLE != 0 {
+        Some(r.u64()?)
+    } else {
+        None
+    };
     let n = r.count(PUSH_ENTRY_MIN)?;
     let mut envelopes = Vec::with_capacity(n);
     for _ in 0..n {
@@ -237,16 +258,29 @@ pub fn decode_push_request(buf: &[u8]) -> Result<PushRequest> {
         });
     }
     r.finish()?;
-    Ok(PushRequest { from, envelopes })
+    Ok(PushRequest {
+        from,
+        envelopes,
+        settle,
+    })
 }
 
 /// Encodes a push response.
 pub fn encode_push_response(r: &PushResponse) -> Result<Vec<u8>> {
-    let mut w = Writer::new(kind::PUSH_RESPONSE, 4 + 16 * r.assigned.len());
+    let mut w = Writer::new(
+        kind::PUSH_RESPONSE,
+        8 + 16 * r.assigned.len() + HELD_ENTRY * r.held.len(),
+    );
     w.len_u32(r.assigned.len(), "too many acknowledgements")?;
     for (seq, server_seq) in &r.assigned {
         w.u64(*seq);
         w.u64(*server_seq);
+    }
+    w.len_u32(r.held.len(), "too many held envelopes")?;
+    for h in &r.held {
+        w.u64(h.seq);
+        w.u64(h.server_seq);
+        w.bytes(h.record.as_bytes());
     }
     Ok(w.0)
 }
@@ -259,8 +293,17 @@ pub fn decode_push_response(buf: &[u8]) -> Result<PushResponse> {
     for _ in 0..n {
         assigned.push((r.u64()?, r.u64()?));
     }
+    let n = r.count(HELD_ENTRY)?;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(HeldEnvelope {
+            seq: r.u64()?,
+            server_seq: r.u64()?,
+            record: RecordId(r.array()?),
+        });
+    }
     r.finish()?;
-    Ok(PushResponse { assigned })
+    Ok(PushResponse { assigned, held })
 }
 
 /// Encodes a pull request. A limit above `u32::MAX` is sent as `u32::MAX` (the server caps it
@@ -385,6 +428,7 @@ mod tests {
                     envelope: vec![],
                 },
             ],
+            settle: None,
         }
     }
 
@@ -392,15 +436,28 @@ mod tests {
     fn messages_round_trip_and_are_exactly_the_documented_size() {
         let p = push();
         let bytes = encode_push_request(&p).expect("encode");
-        assert_eq!(bytes.len(), 2 + 64 + 4 + (47 + 16 + 40) + 47);
-        assert_eq!(&bytes[..2], &[2, kind::PUSH_REQUEST]);
+        assert_eq!(bytes.len(), 2 + 64 + 1 + 4 + (47 + 16 + 40) + 47);
+        assert_eq!(&bytes[..2], &[3, kind::PUSH_REQUEST]);
         assert_eq!(decode_push_request(&bytes).expect("decode"), p);
+        let settle = PushRequest {
+            envelopes: Vec::new(),
+            settle: Some(u64::MAX - 3),
+            ..p
+        };
+        let bytes = encode_push_request(&settle).expect("encode");
+        assert_eq!(bytes.len(), 2 + 64 + 1 + 8 + 4);
+        assert_eq!(decode_push_request(&bytes).expect("decode"), settle);
 
         let r = PushResponse {
             assigned: vec![(7, 100), (8, 0)],
+            held: vec![HeldEnvelope {
+                seq: 5,
+                server_seq: 90,
+                record: RecordId([8; 32]),
+            }],
         };
         let bytes = encode_push_response(&r).expect("encode");
-        assert_eq!(bytes.len(), 2 + 4 + 32);
+        assert_eq!(bytes.len(), 2 + 4 + 32 + 4 + 48);
         assert_eq!(decode_push_response(&bytes).expect("decode"), r);
 
         let q = PullRequest {
@@ -446,25 +503,34 @@ mod tests {
             Err(ErrorKind::Corrupt)
         );
         let mut future = bytes.clone();
-        future[0] = 3;
+        future[0] = 4;
         assert_eq!(
             decode_push_request(&future).map_err(|e| e.kind()),
             Err(ErrorKind::Unsupported)
         );
-        // Version 1 (before pull pages carried a log id) is refused the same way.
-        let mut old = bytes.clone();
-        old[0] = 1;
-        assert_eq!(
-            decode_push_request(&old).map_err(|e| e.kind()),
-            Err(ErrorKind::Unsupported)
-        );
+        // Versions 1 (before pull pages carried a log id) and 2 (before settling, when the
+        // server dropped a device's older envelopes unnamed) are refused the same way.
+        for version in [1, 2] {
+            let mut old = bytes.clone();
+            old[0] = version;
+            assert_eq!(
+                decode_push_request(&old).map_err(|e| e.kind()),
+                Err(ErrorKind::Unsupported)
+            );
+        }
         let mut wrong_kind = bytes.clone();
         wrong_kind[1] = kind::PULL_REQUEST;
         assert!(decode_push_request(&wrong_kind).is_err());
-        let mut flags = bytes;
-        flags[2 + 64 + 4 + 32 + 8] = 0x80;
+        let mut flags = bytes.clone();
+        flags[2 + 64 + 1 + 4 + 32 + 8] = 0x80;
         assert_eq!(
             decode_push_request(&flags).map_err(|e| e.kind()),
+            Err(ErrorKind::Corrupt)
+        );
+        let mut request_flags = bytes;
+        request_flags[2 + 64] = 0x02;
+        assert_eq!(
+            decode_push_request(&request_flags).map_err(|e| e.kind()),
             Err(ErrorKind::Corrupt)
         );
     }

@@ -244,6 +244,7 @@ async fn concurrent(dir: &std::path::Path, clients: usize) -> Res<()> {
                 t.push(PushRequest {
                     from: from(1),
                     envelopes,
+                    settle: None,
                 })
                 .await?;
             }

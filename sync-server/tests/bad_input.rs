@@ -46,6 +46,7 @@ fn push_of(from: SpaceRef, n: usize, len: usize) -> PushRequest {
                 envelope: vec![0xAB; len],
             })
             .collect(),
+        settle: None,
     }
 }
 

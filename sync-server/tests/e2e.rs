@@ -129,6 +129,7 @@ async fn a_wrong_passphrase_or_another_key_is_refused_before_uploading() {
             tombstone: false,
             envelope: vec![1; 64],
         }],
+        settle: None,
     };
     let err = sync_core::Transport::push(&stranger.http, push)
         .await
@@ -281,7 +282,8 @@ async fn a_client_killed_mid_push_loses_and_duplicates_nothing() {
         "the server applied a push the client never heard about: {applied}"
     );
 
-    // The restarted client pushes everything again; the server stores nothing twice.
+    // The restarted client learns what the server applied by settling and pushes the rest;
+    // the server stores nothing twice.
     let a = Device::reopen(&a_db, &url, &account.token).await;
     assert_eq!(
         a.store.info().await.expect("info").pending,
@@ -290,9 +292,10 @@ async fn a_client_killed_mid_push_loses_and_duplicates_nothing() {
     );
     let r = a.engine.sync().await.expect("sync");
     assert_eq!(
-        r.pushed, 300,
-        "everything is pushed again, the applied part included"
+        r.settled, applied as u64,
+        "what the server applied is acknowledged from its settle answer"
     );
+    assert_eq!(r.pushed + r.settled, 300, "{r:?}");
     assert_eq!(a.store.info().await.expect("info").pending, 0);
     assert_eq!(
         store.space_stats(space).await.expect("stats").envelopes,

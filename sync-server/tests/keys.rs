@@ -105,6 +105,7 @@ async fn a_rotated_key_retires_the_old_space_and_stale_devices_are_told_to_rejoi
             tombstone: false,
             envelope: vec![0; 64],
         }],
+        settle: None,
     });
     assert_eq!(push.await.expect_err("push").kind(), ErrorKind::WrongKey);
     let pull = raw.pull(PullRequest {
@@ -174,6 +175,7 @@ async fn the_client_checks_its_key_against_the_space_before_uploading() {
                 tombstone: false,
                 envelope: vec![0; 64],
             }],
+            settle: None,
         })
         .await
         .expect_err("wrong key");
@@ -189,6 +191,7 @@ async fn the_client_checks_its_key_against_the_space_before_uploading() {
     t.push(PushRequest {
         from: right,
         envelopes: vec![],
+        settle: None,
     })
     .await
     .expect("empty push with the right key");
@@ -316,6 +319,7 @@ async fn retirement_rules(store: Arc<dyn ServerStore>) {
             &PushRequest {
                 from,
                 envelopes: vec![],
+                settle: None,
             },
         )
         .await
@@ -492,26 +496,43 @@ async fn v2_fill(store: &dyn ServerStore) {
                     v2_envelope(V2_RECORD, 1, 0xA1),
                     v2_envelope(v2_twin(), 2, 0xB1),
                 ],
+                settle: None,
             },
         )
         .await
         .expect("push");
 }
 
-/// After migration: the data stay, and a device's newer envelope of a record replaces its
-/// older one (found through the new index) while the record sharing its id's prefix is kept.
+/// After migration: the data stay; a device learns its envelopes' server sequences by settling
+/// (read through `envelopes_by_device`), and its newer envelope of a record naming the older
+/// one replaces it, while the record sharing its id's prefix is kept.
 async fn v2_check(store: &dyn ServerStore) {
     assert_eq!(
         store.space_stats(V2_SPACE).await.expect("stats").envelopes,
         2
     );
-    // The older server sequence is not named (a lost acknowledgement).
+    let settled = store
+        .push(
+            ME,
+            &PushRequest {
+                from: V2_FROM,
+                envelopes: Vec::new(),
+                settle: Some(1),
+            },
+        )
+        .await
+        .expect("settle after migration");
+    let held: Vec<(u64, RecordId)> = settled.held.iter().map(|h| (h.seq, h.record)).collect();
+    assert_eq!(held, vec![(1, V2_RECORD), (2, v2_twin())]);
+    let mut newer = v2_envelope(V2_RECORD, 3, 0xA2);
+    newer.supersedes = vec![settled.held[0].server_seq];
     store
         .push(
             ME,
             &PushRequest {
                 from: V2_FROM,
-                envelopes: vec![v2_envelope(V2_RECORD, 3, 0xA2)],
+                envelopes: vec![newer],
+                settle: None,
             },
         )
         .await
@@ -551,114 +572,118 @@ async fn v2_check(store: &dyn ServerStore) {
     assert_eq!(again.log_id, page.log_id);
 }
 
-/// Version 2's index, in place of version 3's, and no log ids (version 4).
-const DOWNGRADE_TO_V2: [&str; 4] = [
+/// Version 2's index and no log ids (version 4).
+const DOWNGRADE_TO_V2: &[&str] = &[
     "ALTER TABLE spaces DROP COLUMN log_id",
-    "DROP INDEX envelopes_by_record_prefix",
     "CREATE INDEX envelopes_by_record ON envelopes (space, record, device)",
     "UPDATE hearth_schema SET version = 2",
 ];
 
-/// A database written by the version-2 server (envelopes indexed by `(space, record, device)`)
-/// is migrated in place to the record-prefix index: the old index is gone, and the data and
-/// the replacement of a device's older envelopes still hold ([`v2_check`]).
+/// Versions 3 and 4's index of record-id prefixes.
+const DOWNGRADE_TO_V4: &[&str] = &[
+    "CREATE INDEX envelopes_by_record_prefix ON envelopes (substr(record, 1, 8))",
+    "UPDATE hearth_schema SET version = 4",
+];
+
+/// The indexes no version-5 database has.
+const RETIRED_INDEXES: [&str; 2] = ["envelopes_by_record", "envelopes_by_record_prefix"];
+
+/// Databases written by the version-2 server (envelopes indexed by `(space, record, device)`)
+/// and the version-4 server (by record-id prefix) are migrated in place to version 5: the old
+/// indexes are gone, and the data and settling still hold ([`v2_check`]).
 #[tokio::test]
-async fn a_version_2_database_is_migrated() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v2.db");
-    {
+async fn version_2_and_4_databases_are_migrated() {
+    for (downgrade, old_index) in [
+        (DOWNGRADE_TO_V2, "envelopes_by_record"),
+        (DOWNGRADE_TO_V4, "envelopes_by_record_prefix"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        {
+            let store = SqliteStore::open(&path, RelayConfig::default(), Arc::new(system_millis))
+                .await
+                .expect("store");
+            v2_fill(&store).await;
+            store.close().await;
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+                .await
+                .expect("pool");
+            for stmt in downgrade {
+                sqlx::query(*stmt).execute(&pool).await.expect("old schema");
+            }
+            pool.close().await;
+        }
+        assert!(index_names(&path).await.contains(&old_index.to_owned()));
+
         let store = SqliteStore::open(&path, RelayConfig::default(), Arc::new(system_millis))
             .await
-            .expect("store");
-        v2_fill(&store).await;
-        store.close().await;
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-            .await
-            .expect("pool");
-        for stmt in DOWNGRADE_TO_V2 {
-            sqlx::query(stmt).execute(&pool).await.expect("v2 schema");
+            .expect("open and migrate");
+        let indexes = index_names(&path).await;
+        for retired in RETIRED_INDEXES {
+            assert!(!indexes.contains(&retired.to_owned()), "{indexes:?}");
         }
-        pool.close().await;
-    }
-    assert!(
-        index_names(&path)
+        v2_check(&store).await;
+        store.close().await;
+        let v: i64 = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
+            .fetch_one(
+                &sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+                    .await
+                    .expect("pool"),
+            )
             .await
-            .contains(&"envelopes_by_record".to_owned())
-    );
-
-    let store = SqliteStore::open(&path, RelayConfig::default(), Arc::new(system_millis))
-        .await
-        .expect("open and migrate");
-    let indexes = index_names(&path).await;
-    assert!(
-        !indexes.contains(&"envelopes_by_record".to_owned()),
-        "{indexes:?}"
-    );
-    assert!(
-        indexes.contains(&"envelopes_by_record_prefix".to_owned()),
-        "{indexes:?}"
-    );
-    v2_check(&store).await;
-    store.close().await;
-    let v: i64 = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
-        .fetch_one(
-            &sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
-                .await
-                .expect("pool"),
-        )
-        .await
-        .expect("version");
-    assert_eq!(v, 4);
+            .expect("version");
+        assert_eq!(v, 5);
+    }
 }
 
-/// The same migration on PostgreSQL.
+/// The same migrations on PostgreSQL.
 #[tokio::test]
-async fn a_version_2_database_is_migrated_on_postgres() {
+async fn version_2_and_4_databases_are_migrated_on_postgres() {
     let Some(pg) = postgres_url() else { return };
-    let opts = common::fresh_schema(&pg).await;
-    let open = || {
-        sync_server::PostgresStore::connect_with(
-            opts.clone(),
-            2,
-            RelayConfig::default(),
-            Arc::new(system_millis),
-        )
-    };
-    let store = open().await.expect("store");
-    v2_fill(&store).await;
-    store.close().await;
-    let pool = sqlx::PgPool::connect_with(opts.clone())
-        .await
-        .expect("pool");
-    for stmt in DOWNGRADE_TO_V2 {
-        sqlx::query(stmt).execute(&pool).await.expect("v2 schema");
-    }
-    let indexes = || async {
-        sqlx::query_scalar::<_, String>(
-            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'envelopes' ORDER BY 1",
-        )
-        .fetch_all(&pool)
-        .await
-        .expect("indexes")
-    };
-    assert!(indexes().await.contains(&"envelopes_by_record".to_owned()));
+    for (downgrade, old_index) in [
+        (DOWNGRADE_TO_V2, "envelopes_by_record"),
+        (DOWNGRADE_TO_V4, "envelopes_by_record_prefix"),
+    ] {
+        let opts = common::fresh_schema(&pg).await;
+        let open = || {
+            sync_server::PostgresStore::connect_with(
+                opts.clone(),
+                2,
+                RelayConfig::default(),
+                Arc::new(system_millis),
+            )
+        };
+        let store = open().await.expect("store");
+        v2_fill(&store).await;
+        store.close().await;
+        let pool = sqlx::PgPool::connect_with(opts.clone())
+            .await
+            .expect("pool");
+        for stmt in downgrade {
+            sqlx::query(*stmt).execute(&pool).await.expect("old schema");
+        }
+        let indexes = || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'envelopes' ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("indexes")
+        };
+        assert!(indexes().await.contains(&old_index.to_owned()));
 
-    let store = open().await.expect("open and migrate");
-    let names = indexes().await;
-    assert!(
-        !names.contains(&"envelopes_by_record".to_owned()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"envelopes_by_record_prefix".to_owned()),
-        "{names:?}"
-    );
-    v2_check(&store).await;
-    store.close().await;
-    let v: i64 = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
-        .fetch_one(&pool)
-        .await
-        .expect("version");
-    assert_eq!(v, 4);
-    pool.close().await;
+        let store = open().await.expect("open and migrate");
+        let names = indexes().await;
+        for retired in RETIRED_INDEXES {
+            assert!(!names.contains(&retired.to_owned()), "{names:?}");
+        }
+        v2_check(&store).await;
+        store.close().await;
+        let v: i64 = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
+            .fetch_one(&pool)
+            .await
+            .expect("version");
+        assert_eq!(v, 5);
+        pool.close().await;
+    }
 }

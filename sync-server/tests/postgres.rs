@@ -184,6 +184,7 @@ async fn concurrent_pushes_through_two_servers_never_reuse_or_skip_a_sequence() 
                     .push(PushRequest {
                         from: from(d),
                         envelopes,
+                        settle: None,
                     })
                     .await
                     .expect("push");

@@ -561,11 +561,14 @@ impl Transport for HttpTransport {
             self.mark_verified(&request.from);
         }
         let mut assigned = Vec::with_capacity(request.envelopes.len());
+        let mut held = Vec::new();
+        // A settle request goes with the first part: the server answers it before storing.
+        let mut settle = request.settle;
         let url = self.space_url(&request.from.space, "/push");
         let mut rest = &request.envelopes[..];
         while !rest.is_empty() || assigned.is_empty() {
             // As many envelopes as fit in max_push_bytes (at least one).
-            let mut size = 2 + 64 + 4;
+            let mut size = 2 + 64 + 1 + 8 + 4;
             let mut n = 0;
             for e in rest {
                 let more = 47 + 8 * e.supersedes.len() + e.envelope.len();
@@ -578,6 +581,7 @@ impl Transport for HttpTransport {
             let part = PushRequest {
                 from: request.from,
                 envelopes: rest[..n].to_vec(),
+                settle: settle.take(),
             };
             rest = &rest[n..];
             let b = self
@@ -590,11 +594,12 @@ impl Transport for HttpTransport {
                 ));
             }
             assigned.extend(response.assigned);
+            held.extend(response.held);
             if part.envelopes.is_empty() {
                 break;
             }
         }
-        Ok(PushResponse { assigned })
+        Ok(PushResponse { assigned, held })
     }
 
     async fn pull(&self, request: PullRequest) -> Result<PullPage> {

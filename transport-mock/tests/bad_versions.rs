@@ -74,6 +74,7 @@ impl Forger {
                 tombstone: false,
                 envelope,
             }],
+            settle: None,
         };
         self.world.relay.push(&request).expect("forged push");
     }

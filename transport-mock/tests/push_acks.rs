@@ -2,7 +2,9 @@
 //! reading them again, only when nothing but the push itself has committed since that read;
 //! a write landing while a push is in flight sends the acknowledgements of the batches read
 //! before it the long way (the rows read again), and the write is neither lost nor taken for
-//! pushed.
+//! pushed. A record (or head) rewritten while its previous version is in flight is pushed
+//! naming that version, so the relay, which drops only what a push names, keeps one envelope
+//! of it.
 
 mod common;
 
@@ -19,13 +21,14 @@ use sync_core::{
 use transport_mock::{Faults, MockTransport};
 
 /// The device's mock transport; on the `write_at`-th push (from 1), before passing it on, the
-/// device's own store writes `n00` again, as an application would while a sync runs.
+/// device's own store writes `key` again, as an application would while a sync runs.
 #[derive(Debug)]
 struct WritingDuringPush {
     inner: Arc<MockTransport>,
     store: OnceLock<Store>,
     pushes: AtomicUsize,
     write_at: usize,
+    key: &'static str,
 }
 
 #[async_trait]
@@ -38,7 +41,7 @@ impl Transport for WritingDuringPush {
             && let Some(store) = self.store.get()
         {
             store
-                .put("notes", "n00", &json!({"n": "written during the push"}))
+                .put("notes", self.key, &json!({"n": "written during the push"}))
                 .await?;
         }
         self.inner.push(request).await
@@ -58,11 +61,12 @@ impl Transport for WritingDuringPush {
 }
 
 /// A first device on a counting storage holding 30 records (`n00`..`n29`, unpushed), pushing
-/// in batches of five through a transport that writes `n00` again on its `write_at`-th push
+/// in batches of five through a transport that writes `key` again on its `write_at`-th push
 /// (never, for 0).
 async fn device(
     world: &World,
     write_at: usize,
+    key: &'static str,
 ) -> (Arc<Counting>, SyncEngine, Arc<WritingDuringPush>) {
     let storage = Arc::new(Counting::default());
     let store = Store::open(
@@ -87,6 +91,7 @@ async fn device(
         store: OnceLock::new(),
         pushes: AtomicUsize::new(0),
         write_at,
+        key,
     });
     let _ = transport.store.set(store.clone());
     let config = SyncConfig {
@@ -100,7 +105,7 @@ async fn device(
 #[tokio::test]
 async fn batches_nothing_else_touched_are_acknowledged_without_reading_the_rows_again() {
     let world = World::new();
-    let (counted, engine, transport) = device(&world, 0).await;
+    let (counted, engine, transport) = device(&world, 0, "n00").await;
     let r = engine.sync().await.expect("sync");
     assert_eq!(r.pushed, 30, "{r:?}");
     // Batches of four records (room for the head): eight pushes, the last ending with the head.
@@ -120,7 +125,7 @@ async fn a_write_during_a_push_sends_the_acknowledgements_the_long_way_and_is_ke
     let world = World::new();
     // `n00` is in the first batch: pushed, and written again while the second batch is in
     // flight, before or after the first batch's acknowledgement.
-    let (counted, engine, _) = device(&world, 2).await;
+    let (counted, engine, _) = device(&world, 2, "n00").await;
     let r = engine.sync().await.expect("sync");
     // The write has the newest sequence: the same round pushes it, after the rest.
     assert_eq!(r.pushed, 31, "{r:?}");
@@ -132,6 +137,7 @@ async fn a_write_during_a_push_sends_the_acknowledgements_the_long_way_and_is_ke
     assert_eq!(engine.store().info().await.expect("info").pending, 0);
     let r = engine.sync().await.expect("a second round");
     assert_eq!(r.pushed, 0, "{r:?}");
+    one_envelope_per_record(&world, &engine);
 
     // A new device sees the write.
     let b = Device::join(&world, engine.store(), Faults::NONE, 2).await;
@@ -143,4 +149,49 @@ async fn a_write_during_a_push_sends_the_acknowledgements_the_long_way_and_is_ke
         .expect("get")
         .expect("n00 is there");
     assert_eq!(got, json!({"n": "written during the push"}));
+}
+
+#[tokio::test]
+async fn a_record_and_head_rewritten_while_in_flight_are_named_by_the_next_push() {
+    let world = World::new();
+    // Batches of four: the eighth push carries `n28`, `n29` and the head. `n29` is written
+    // again while it is in flight, so the same round pushes once more, before the eighth
+    // push's acknowledgement is committed: the ninth push must name the eighth's `n29` and
+    // head from the answer in hand (its rows do not know them yet), or the relay keeps both.
+    let (_, engine, transport) = device(&world, 8, "n29").await;
+    let r = engine.sync().await.expect("sync");
+    assert_eq!(r.pushed, 31, "{r:?}");
+    assert_eq!(transport.pushes.load(Ordering::SeqCst), 9);
+    assert_eq!(engine.store().info().await.expect("info").pending, 0);
+    one_envelope_per_record(&world, &engine);
+    assert_eq!(
+        world
+            .relay
+            .entries(engine.store().space())
+            .expect("entries")
+            .len(),
+        31,
+        "30 records and one head"
+    );
+    let b = Device::join(&world, engine.store(), Faults::NONE, 2).await;
+    b.engine.sync().await.expect("b syncs");
+    let got = b.store.get("notes", "n29").await.expect("get");
+    assert_eq!(got, Some(json!({"n": "written during the push"})));
+}
+
+/// The relay holds at most one envelope of each record (heads included) from `engine`'s
+/// device.
+fn one_envelope_per_record(world: &World, engine: &SyncEngine) {
+    let store = engine.store();
+    let mut records = std::collections::HashMap::new();
+    for e in world.relay.entries(store.space()).expect("entries") {
+        if e.device == store.device() {
+            *records.entry(e.record).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        records.values().all(|n| *n == 1),
+        "one envelope per record: {:?}",
+        records.values().filter(|n| **n > 1).count()
+    );
 }

@@ -17,6 +17,7 @@ fn request() -> PushRequest {
             fingerprint: [3; 32],
         },
         envelopes: vec![],
+        settle: None,
     }
 }
 
@@ -42,6 +43,7 @@ async fn temporary_errors_are_retried_until_success() {
         .returning(|_| {
             Ok(PushResponse {
                 assigned: vec![(1, 10)],
+                held: Vec::new(),
             })
         });
     let t = RetryTransport::new(Arc::new(mock), policy());

@@ -14,7 +14,7 @@
 //! at most one row per key ever written (tombstones included), no tombstone the whole space
 //! has acknowledged, at most one version-vector entry and one superseded server sequence per
 //! device per record, and one seen-map entry per device; the relay holds at most one envelope
-//! per device per key, plus each device's newest head. No device suspects the honest relay of
+//! per device and record (heads included: a device's heads share one record). No device suspects the honest relay of
 //! withholding anything (its sealed-head checks stay silent). The maxima over all seeds are
 //! printed at the end.
 //!
@@ -484,6 +484,24 @@ async fn run(seed: u64) -> Result<Outcome, String> {
             seen_entries: m.seen_entries,
             ..meta
         });
+    }
+    // At most one envelope per device and record (a device's heads share one record): the
+    // relay drops only what a push names, so this holds only if every device named every
+    // envelope of its own it replaced, lost answers and crashes included.
+    let mut per_device_record: BTreeMap<(sync_core::DeviceId, sync_core::RecordId), u64> =
+        BTreeMap::new();
+    for e in world
+        .relay
+        .entries(devices[0].store.space())
+        .map_err(|e| e.to_string())?
+    {
+        *per_device_record.entry((e.device, e.record)).or_default() += 1;
+    }
+    if let Some(((device, _), count)) = per_device_record.iter().find(|(_, c)| **c > 1) {
+        return fail(
+            format!("the relay holds {count} envelopes of one record from device {device:?}"),
+            &log,
+        );
     }
     // Every key's concurrent versions, and each device's newest head.
     if meta.relay_envelopes > (keys_written + 1) * n as u64 {

@@ -405,6 +405,7 @@ async fn bad_envelopes_are_rejected_and_reported_and_the_rest_applies() {
             forged(2, other2, truncated),
             forged(3, other3, future),
         ],
+        settle: None,
     };
     a.transport.relay().push(&request).expect("forged push");
     a.store.put("notes", "after", &json!(2)).await.expect("put");
@@ -437,6 +438,7 @@ async fn a_device_with_another_key_is_refused_before_uploading() {
             fingerprint: stranger.store.key_fingerprint(),
         },
         envelopes: vec![],
+        settle: None,
     };
     let err = a.transport.push(request).await.err().map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::WrongKey));

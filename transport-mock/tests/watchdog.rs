@@ -69,7 +69,10 @@ impl Transport for Scripted {
                 (e.seq, *next)
             })
             .collect();
-        Ok(PushResponse { assigned })
+        Ok(PushResponse {
+            assigned,
+            held: Vec::new(),
+        })
     }
     async fn pull(&self, r: PullRequest) -> sync_core::Result<PullPage> {
         self.cursors.lock().expect("lock").push(r.cursor);

@@ -42,7 +42,9 @@ use crate::registry;
 use crate::storage::{Batch, RowState, StoredRecord};
 use crate::store::{Opened, Store, WriteBatch, record_from_payload};
 use crate::strategy::{Conflict, ConflictStrategy, Resolution, Version, apply_resolution};
-use crate::transport::{OutgoingEnvelope, PullPage, PullRequest, PushRequest, SpaceRef, Transport};
+use crate::transport::{
+    HeldEnvelope, OutgoingEnvelope, PullPage, PullRequest, PushRequest, SpaceRef, Transport,
+};
 use crate::{Payload, Record};
 
 pub use head::{HEAD_COLLECTION, Withheld};
@@ -64,6 +66,17 @@ const META_RESYNC: &str = "hearth.sync.resync";
 const META_REUPLOAD: &str = "hearth.sync.reupload";
 /// The server log id ([`LogId`]) the cursor was taken under.
 const META_LOG_ID: &str = "hearth.sync.log-id";
+/// Written before a push leaves: this device's envelopes from this sequence on may be on the
+/// server without this device knowing their server sequences (the answer lost, or the process
+/// gone before it was processed). Each acknowledgement moves it to the push in flight; the
+/// last one clears it. A push that finds it settles first ([`SyncEngine::settle`]): the server
+/// drops only the envelopes a push names, so this device must learn what it cannot name.
+const META_UNSETTLED: &str = "hearth.sync.unsettled";
+/// Server sequences of this device's own heads the server may hold: the next head names them
+/// in `supersedes` (a device's heads share one record).
+const META_OWN_HEAD_SERVER: &str = "hearth.sync.own-head-server";
+/// Most own-head server sequences remembered.
+const MAX_OWN_HEADS: usize = 64;
 /// Metadata keys of the engine's per-space sync state (reset when a store moves to a new space).
 pub(crate) const SYNC_META_KEYS: &[&str] = &[
     META_CURSOR,
@@ -77,6 +90,8 @@ pub(crate) const SYNC_META_KEYS: &[&str] = &[
     META_DIGEST,
     META_HEADS,
     META_OWN_HEAD,
+    META_UNSETTLED,
+    META_OWN_HEAD_SERVER,
 ];
 
 /// Collection of local-only records naming each collection's strategy.
@@ -200,6 +215,11 @@ pub struct Rejection {
 pub struct SyncReport {
     /// Envelopes pushed.
     pub pushed: u64,
+    /// Envelopes of an earlier push whose answer never arrived (lost, or the process stopped)
+    /// that the server turned out to hold: acknowledged from its answer to a settle request
+    /// ([`crate::PushRequest::settle`]) instead of being pushed again.
+    #[serde(default)]
+    pub settled: u64,
     /// Record envelopes pulled (other devices' heads not counted).
     pub pulled: u64,
     /// Remote versions applied locally.
@@ -315,10 +335,21 @@ struct PushedBatch {
     entries: Vec<crate::storage::OutboxEntry>,
     /// The `(device seq, server seq)` pairs the server assigned them, in order.
     assigned: Vec<(u64, u64)>,
-    /// The sequence of the head that ended the push.
-    head: Option<u64>,
+    /// The sequence of the head that ended the push, and its server sequence.
+    head: Option<(u64, u64)>,
     /// When the entries were read from the outbox.
     read: ReadMark,
+}
+
+/// What [`SyncEngine::make_head`] writes of [`META_UNSETTLED`] with the head's sequence.
+#[derive(Clone, Copy)]
+enum Unsettled {
+    /// Nothing: the note already covers the push.
+    Covered,
+    /// The push starts at this sequence.
+    From(u64),
+    /// The push is the head alone: from the head's sequence.
+    FromHead,
 }
 
 /// The store's commit count ([`Store::commits`]) and the push's own commits so far, taken
@@ -446,6 +477,59 @@ fn version_of(p: &Payload) -> Result<Version> {
         version: p.version.clone(),
         hlc: p.hlc,
     })
+}
+
+/// What an answer from the server means for the rows it names: `(record, device seq, server
+/// seq, the row's state)`. A row still pending at that sequence is acknowledged (its base
+/// becomes the stored envelope); a row rewritten since names the stored envelope in its next
+/// push; a retried tombstone the server has since collected is forgotten. Returns the
+/// acknowledgements, the new bookkeeping and the rows to remove.
+#[allow(clippy::type_complexity)]
+fn ack_rows(
+    rows: impl Iterator<Item = (RecordId, u64, u64, Option<RowState>)>,
+) -> Result<(
+    Vec<(RecordId, u64)>,
+    Vec<(RecordId, Vec<u8>)>,
+    Vec<RecordId>,
+)> {
+    let (mut acks, mut syncs, mut removes) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, seq, server_seq, row) in rows {
+        let Some(row) = row else { continue };
+        let mut sync = RowSync::decode(&row.sync)?;
+        sync.synced = true;
+        if row.pending_seq == Some(seq) && server_seq == 0 && row.deleted {
+            // A retried push of a tombstone the server already stored and has since
+            // collected (every device pulled past it): nothing left to sync, and no later
+            // floor would name it, so it is forgotten now.
+            removes.push(id);
+            continue;
+        }
+        if row.pending_seq == Some(seq) {
+            sync.base = if server_seq == 0 {
+                Vec::new()
+            } else {
+                vec![server_seq]
+            };
+            sync.ancestor = None;
+            acks.push((id, seq));
+        } else {
+            // Rewritten since: the newer local version replaces the pushed one too.
+            sync.add_base(server_seq);
+        }
+        syncs.push((id, sync.encode()));
+    }
+    Ok((acks, syncs, removes))
+}
+
+/// [`META_OWN_HEAD_SERVER`]'s value: the newest `MAX_OWN_HEADS` of `seqs`, deduplicated.
+fn own_heads(mut seqs: Vec<u64>) -> Result<Vec<u8>> {
+    seqs.retain(|s| *s != 0);
+    seqs.sort_unstable();
+    seqs.dedup();
+    if seqs.len() > MAX_OWN_HEADS {
+        seqs.drain(..seqs.len() - MAX_OWN_HEADS);
+    }
+    encode(&seqs)
 }
 
 fn decode_or_default<T: for<'de> Deserialize<'de> + Default>(bytes: Option<Vec<u8>>) -> Result<T> {
@@ -1113,6 +1197,7 @@ impl SyncEngine {
         let now = self.store.now_millis();
         // Heads are the protocol's, not records: not counted as pulled.
         let mut heads_pulled = 0u64;
+        let mut own_heads_served: Vec<u64> = Vec::new();
 
         let served = page.envelopes.len() as u64;
         let mut ahead = ahead.into_iter();
@@ -1198,7 +1283,10 @@ impl SyncEngine {
                 };
                 heads_pulled += 1;
                 seen.insert(payload.origin, payload.seq.max(last_seen));
-                if payload.origin != self.store.device() {
+                if payload.origin == self.store.device() {
+                    // This device's own head, served by a walk: the next head names it.
+                    own_heads_served.push(e.server_seq);
+                } else {
                     let heads = match &mut heads {
                         Some(h) => h,
                         None => heads.insert(decode_or_default(
@@ -1353,6 +1441,12 @@ impl SyncEngine {
         if let Some(heads) = heads {
             meta.push((META_HEADS.to_owned(), Some(encode(&heads)?)));
         }
+        if !own_heads_served.is_empty() {
+            let mut older: Vec<u64> =
+                decode_or_default(self.store.storage().meta_get(META_OWN_HEAD_SERVER).await?)?;
+            older.extend(own_heads_served);
+            meta.push((META_OWN_HEAD_SERVER.to_owned(), Some(own_heads(older)?)));
+        }
         w.commit_replacing(
             Batch {
                 puts,
@@ -1396,11 +1490,26 @@ impl SyncEngine {
     /// next sequence number, spent and committed before it leaves. Only the last push of a
     /// round gets one: the server takes any sequence at or below a device's highest pushed as
     /// a retry, so a head must come after every write it could precede.
-    async fn make_head(&self, after: u64) -> Result<Option<OutgoingEnvelope>> {
+    /// `unsettled` says what it records in [`META_UNSETTLED`] in the same commit; `in_flight`
+    /// is the server sequence of this device's head in the push answered last, whose
+    /// acknowledgement may not be committed yet.
+    async fn make_head(
+        &self,
+        after: u64,
+        unsettled: Unsettled,
+        in_flight: Option<u64>,
+    ) -> Result<Option<OutgoingEnvelope>> {
         let mut w = self.store.writer().await;
         let storage = self.store.storage();
         if !storage.outbox(after, 1).await?.is_empty() {
             return Ok(None);
+        }
+        // This device's older heads, named so the server drops them (it drops nothing unnamed).
+        let mut older: Vec<u64> = decode_or_default(storage.meta_get(META_OWN_HEAD_SERVER).await?)?;
+        if let Some(s) = in_flight
+            && !older.contains(&s)
+        {
+            older.push(s);
         }
         let digest = Some(w.state_digest().await?);
         let seen: BTreeMap<DeviceId, u64> = decode_or_default(storage.meta_get(META_SEEN).await?)?;
@@ -1430,14 +1539,26 @@ impl SyncEngine {
             seq,
         };
         let envelope = self.seal(&record, &payload)?;
+        let note = match unsettled {
+            Unsettled::Covered => None,
+            Unsettled::From(from) => Some(from),
+            Unsettled::FromHead => Some(seq),
+        };
+        let meta = match note {
+            Some(from) => vec![(META_UNSETTLED.to_owned(), Some(encode(&from)?))],
+            None => Vec::new(),
+        };
         // The sequence number is spent before the head leaves: a crash after the push must
         // not hand it to a write, which the server would then take for a retry and drop.
-        w.commit(Batch::default()).await?;
+        w.commit(Batch {
+            meta,
+            ..Batch::default()
+        })
+        .await?;
         Ok(Some(OutgoingEnvelope {
             record,
             seq,
-            // The server replaces a device's older envelope of a record with its newer one.
-            supersedes: Vec::new(),
+            supersedes: older,
             tombstone: false,
             envelope,
         }))
@@ -1579,10 +1700,12 @@ impl SyncEngine {
     }
 
     async fn push_all(&self, report: &mut SyncReport, pending: u64) -> Result<()> {
+        report.settled += self.settle().await?;
         let from = self.from();
         // Room for the head that may end a push.
         let batch = self.config.push_batch.saturating_sub(1).max(1);
-        // This push's own commits (acknowledgements, the head's sequence), for [`ReadMark`].
+        // This push's own commits (acknowledgements, the head's sequence, the note), for
+        // [`ReadMark`].
         let own = AtomicU64::new(0);
         let mark = || ReadMark {
             commits: self.store.commits(),
@@ -1592,34 +1715,78 @@ impl SyncEngine {
         let mut entries = self.store.storage().outbox(0, batch).await?;
         // The batch pushed last, waiting to be acknowledged locally.
         let mut unacked: Option<PushedBatch> = None;
+        // Whether [`META_UNSETTLED`] covers every push from here on: written before the first
+        // push leaves, moved up by each acknowledgement to the push then in flight.
+        let mut noted = false;
         loop {
             let Some(last) = entries.last() else {
                 if let Some(done) = unacked.take() {
-                    self.acknowledge(&done, &own).await?;
+                    self.acknowledge(&done, &own, None).await?;
                     report.pushed += done.entries.len() as u64;
                     self.progress(report, pending);
                 }
                 return Ok(());
             };
             let after = last.seq;
+            let first = entries[0].seq;
+            // A record rewritten while its previous version was in flight is in this batch
+            // too, and its bookkeeping cannot name that version yet (its acknowledgement is
+            // committed while this push is in flight): name it from the answer in hand.
+            let in_flight: HashMap<RecordId, u64> = match &unacked {
+                Some(done) => done
+                    .entries
+                    .iter()
+                    .zip(&done.assigned)
+                    .filter(|(_, (_, server_seq))| *server_seq != 0)
+                    .map(|(e, (_, server_seq))| (e.record.id, *server_seq))
+                    .collect(),
+                None => HashMap::new(),
+            };
             let mut envelopes = Vec::with_capacity(entries.len());
             for e in &mut entries {
                 let sync = RowSync::decode(&e.record.sync)?;
+                let mut supersedes = sync.base;
+                if let Some(previous) = in_flight.get(&e.record.id)
+                    && !supersedes.contains(previous)
+                {
+                    supersedes.push(*previous);
+                }
                 envelopes.push(OutgoingEnvelope {
                     record: e.record.id,
                     seq: e.seq,
-                    supersedes: sync.base.clone(),
+                    supersedes,
                     tombstone: e.record.deleted,
                     // Moved, not copied: the acknowledgement needs only ids and sequences.
                     envelope: std::mem::take(&mut e.record.envelope),
                 });
             }
-            // The last push of the round ends with this device's head (see [`head`]).
-            let head = self.make_head(after).await?;
+            // The last push of the round ends with this device's head (see [`head`]). Before
+            // the first push leaves, the note says it may be stored unacknowledged.
+            let unsettled = if noted {
+                Unsettled::Covered
+            } else {
+                Unsettled::From(first)
+            };
+            let head_in_flight = unacked
+                .as_ref()
+                .and_then(|done| done.head)
+                .map(|(_, server_seq)| server_seq)
+                .filter(|s| *s != 0);
+            let head = self.make_head(after, unsettled, head_in_flight).await?;
             if head.is_some() {
-                // make_head committed the head's sequence.
+                // make_head committed the head's sequence (and the note).
+                own.fetch_add(1, Ordering::SeqCst);
+            } else if !noted {
+                self.store
+                    .storage()
+                    .commit(Batch {
+                        meta: vec![(META_UNSETTLED.to_owned(), Some(encode(&first)?))],
+                        ..Batch::default()
+                    })
+                    .await?;
                 own.fetch_add(1, Ordering::SeqCst);
             }
+            noted = true;
             let head_seq = head.as_ref().map(|h| h.seq);
             envelopes.extend(head);
             // Pipelined: while this batch is in flight, the previous one is acknowledged and
@@ -1631,7 +1798,8 @@ impl SyncEngine {
             let own = &own;
             let local = async move {
                 if let Some(done) = previous {
-                    self.acknowledge(&done, own).await?;
+                    // The note moves up to this push, now in flight.
+                    self.acknowledge(&done, own, Some(first)).await?;
                     counts.pushed += done.entries.len() as u64;
                     self.progress(counts, pending);
                 }
@@ -1640,7 +1808,7 @@ impl SyncEngine {
             };
             let push = std::pin::pin!(tokio::time::timeout(
                 self.config.stall_timeout,
-                self.transport.push(PushRequest { from, envelopes }),
+                self.transport.push(PushRequest::new(from, envelopes)),
             ));
             let local = std::pin::pin!(local);
             let (pushed, next) = match futures::future::select(push, local).await {
@@ -1650,18 +1818,26 @@ impl SyncEngine {
             let mut response = pushed.map_err(|_| page_err("a push"))??;
             let (next_read, next) = next?;
             let expected = entries.len() + usize::from(head_seq.is_some());
-            if response.assigned.len() != expected
-                || (head_seq.is_some() && response.assigned.pop().map(|(seq, _)| seq) != head_seq)
-            {
-                return Err(Error::new(
+            let mismatch = || {
+                Error::new(
                     ErrorKind::Corrupt,
                     "the server acknowledged a different number of envelopes than were pushed",
-                ));
+                )
+            };
+            if response.assigned.len() != expected {
+                return Err(mismatch());
             }
+            let head = match head_seq {
+                Some(seq) => match response.assigned.pop() {
+                    Some((s, server_seq)) if s == seq => Some((seq, server_seq)),
+                    _ => return Err(mismatch()),
+                },
+                None => None,
+            };
             unacked = Some(PushedBatch {
                 entries: std::mem::replace(&mut entries, next),
                 assigned: response.assigned,
-                head: head_seq,
+                head,
                 read: std::mem::replace(&mut read, next_read),
             });
         }
@@ -1670,16 +1846,15 @@ impl SyncEngine {
     /// Pushes this device's head on its own (when nothing is waiting to be pushed; otherwise
     /// the last push of the round carries it).
     async fn push_head(&self) -> Result<()> {
-        let Some(head) = self.make_head(0).await? else {
+        self.settle().await?;
+        let Some(head) = self.make_head(0, Unsettled::FromHead, None).await? else {
             return Ok(());
         };
         let seq = head.seq;
         let response = tokio::time::timeout(
             self.config.stall_timeout,
-            self.transport.push(PushRequest {
-                from: self.from(),
-                envelopes: vec![head],
-            }),
+            self.transport
+                .push(PushRequest::new(self.from(), vec![head])),
         )
         .await
         .map_err(|_| page_err("a push"))??;
@@ -1692,15 +1867,110 @@ impl SyncEngine {
         let done = PushedBatch {
             entries: Vec::new(),
             assigned: Vec::new(),
-            head: Some(seq),
+            head: Some(response.assigned[0]),
             read: ReadMark { commits: 0, own: 0 },
         };
-        self.acknowledge(&done, &AtomicU64::new(0)).await
+        self.acknowledge(&done, &AtomicU64::new(0), None).await
+    }
+
+    /// Learns what the server holds of pushes whose answers this device never processed, when
+    /// [`META_UNSETTLED`] says there may be some, and takes it as those answers: a row still
+    /// pending at a held sequence is acknowledged, a row rewritten since names the held
+    /// envelope in its next push, a held head of this device is named by the next head. The
+    /// server drops only what a push names, so without this an envelope stored while its
+    /// answer was lost would outlive the record's later versions (and a later tombstone's
+    /// collection, bringing the record back to a new device). Asked page by page (an empty
+    /// push with `settle`), in sequence order; the note is cleared once the server has
+    /// answered everything. Returns how many rows it acknowledged.
+    async fn settle(&self) -> Result<u64> {
+        let storage = self.store.storage();
+        let Some(mut from) = storage
+            .meta_get(META_UNSETTLED)
+            .await?
+            .map(|b| postcard::from_bytes::<u64>(&b))
+            .transpose()?
+        else {
+            return Ok(0);
+        };
+        let mut settled = 0;
+        let me = self.store.device();
+        let head_record = self.store.record_id(HEAD_COLLECTION, &me.to_hex())?;
+        loop {
+            let request = PushRequest {
+                settle: Some(from),
+                ..PushRequest::new(self.from(), Vec::new())
+            };
+            let response =
+                tokio::time::timeout(self.config.stall_timeout, self.transport.push(request))
+                    .await
+                    .map_err(|_| page_err("a push"))??;
+            let held = response.held;
+            let mut expect = from;
+            for h in &held {
+                if h.seq < expect || h.server_seq == 0 {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        "the server answered a settle request out of order",
+                    ));
+                }
+                expect = h.seq.saturating_add(1);
+            }
+            let mut w = self.store.writer().await;
+            let (heads, records): (Vec<&HeldEnvelope>, Vec<&HeldEnvelope>) =
+                held.iter().partition(|h| h.record == head_record);
+            let ids: Vec<RecordId> = records.iter().map(|h| h.record).collect();
+            let states = if ids.is_empty() {
+                Vec::new()
+            } else {
+                storage.get_states(&ids).await?
+            };
+            let (acks, syncs, removes) = ack_rows(
+                records
+                    .iter()
+                    .zip(states)
+                    .map(|(h, row)| (h.record, h.seq, h.server_seq, row)),
+            )?;
+            settled += acks.len() as u64;
+            let mut meta = Vec::new();
+            if let Some(newest) = heads.iter().map(|h| h.seq).max() {
+                let own_head = self.meta_u64(META_OWN_HEAD).await?.max(newest);
+                meta.push((META_OWN_HEAD.to_owned(), Some(encode(&own_head)?)));
+                let mut older: Vec<u64> =
+                    decode_or_default(storage.meta_get(META_OWN_HEAD_SERVER).await?)?;
+                older.extend(heads.iter().map(|h| h.server_seq));
+                meta.push((META_OWN_HEAD_SERVER.to_owned(), Some(own_heads(older)?)));
+            }
+            let done = held.is_empty();
+            if done {
+                meta.push((META_UNSETTLED.to_owned(), None));
+            }
+            let batch = Batch {
+                acks,
+                syncs,
+                meta,
+                ..Batch::default()
+            };
+            if removes.is_empty() {
+                w.commit_keeping_digest(batch).await?;
+            } else {
+                w.commit(Batch { removes, ..batch }).await?;
+            }
+            if done {
+                return Ok(settled);
+            }
+            from = expect;
+        }
     }
 
     /// Records locally what the server stored of a pushed batch. `own` counts the push's own
-    /// commits ([`ReadMark`]); this one is added to it.
-    async fn acknowledge(&self, done: &PushedBatch, own: &AtomicU64) -> Result<()> {
+    /// commits ([`ReadMark`]); this one is added to it. `next` is the first sequence of the push
+    /// in flight, if one is: [`META_UNSETTLED`] moves up to it, or is cleared.
+    async fn acknowledge(
+        &self,
+        done: &PushedBatch,
+        own: &AtomicU64,
+        next: Option<u64>,
+    ) -> Result<()> {
         let (entries, assigned, head) = (&done.entries, &done.assigned, done.head);
         let mut w = self.store.writer().await;
         // Under the write lock, so nothing commits between this check and the commit below.
@@ -1724,45 +1994,35 @@ impl SyncEngine {
             let ids: Vec<RecordId> = entries.iter().map(|e| e.record.id).collect();
             self.store.storage().get_states(&ids).await?
         };
-        let mut acks = Vec::with_capacity(rows.len());
-        let mut syncs = Vec::with_capacity(rows.len());
-        let mut removes = Vec::new();
-        for ((entry, (seq, server_seq)), row) in entries.iter().zip(assigned).zip(rows) {
+        for (entry, (seq, _)) in entries.iter().zip(assigned) {
             if *seq != entry.seq {
                 return Err(Error::new(
                     ErrorKind::Corrupt,
                     "the server acknowledged sequences out of order",
                 ));
             }
-            let Some(row) = row else { continue };
-            let id = entry.record.id;
-            let mut sync = RowSync::decode(&row.sync)?;
-            sync.synced = true;
-            if row.pending_seq == Some(*seq) && *server_seq == 0 && row.deleted {
-                // A retried push of a tombstone the server already stored and has since
-                // collected (every device pulled past it): nothing left to sync, and no later
-                // floor would name it, so it is forgotten now.
-                removes.push(id);
-                continue;
-            }
-            if row.pending_seq == Some(*seq) {
-                sync.base = if *server_seq == 0 {
-                    Vec::new()
-                } else {
-                    vec![*server_seq]
-                };
-                sync.ancestor = None;
-                acks.push((id, *seq));
-            } else {
-                // Rewritten since: the newer local version replaces the pushed one too.
-                sync.add_base(*server_seq);
-            }
-            syncs.push((id, sync.encode()));
         }
-        let mut meta = Vec::new();
-        if let Some(head) = head {
+        let (acks, syncs, removes) = ack_rows(
+            entries
+                .iter()
+                .zip(assigned)
+                .zip(rows)
+                .map(|((e, (seq, server_seq)), row)| (e.record.id, *seq, *server_seq, row)),
+        )?;
+        let mut meta = vec![(
+            META_UNSETTLED.to_owned(),
+            next.map(|n| encode(&n)).transpose()?,
+        )];
+        if let Some((head, server_seq)) = head {
             let own_head = self.meta_u64(META_OWN_HEAD).await?.max(head);
             meta.push((META_OWN_HEAD.to_owned(), Some(encode(&own_head)?)));
+            if server_seq != 0 {
+                // It named every older one, so the server holds this one alone.
+                meta.push((
+                    META_OWN_HEAD_SERVER.to_owned(),
+                    Some(own_heads(vec![server_seq])?),
+                ));
+            }
         }
         // An acknowledgement changes no version: rows keep their envelope and siblings and
         // stay synced. (A removed tombstone may still have had siblings: then the digest is

@@ -2,11 +2,11 @@
 //! and for PostgreSQL; only connecting, beginning a transaction, the row lock and column types
 //! differ.
 //!
-//! Schema (version 4; `BLOB` is `BYTEA` on PostgreSQL; version 1 lacked `spaces.retired` and
+//! Schema (version 5; `BLOB` is `BYTEA` on PostgreSQL; version 1 lacked `spaces.retired` and
 //! `spaces.successor`, which the migration adds; versions 1 and 2 indexed envelopes by
-//! `(space, record, device)` as `envelopes_by_record`, which the migration to 3 drops; versions
-//! 1 to 3 lacked `spaces.log_id`, which the migration adds, one random log id for the existing
-//! spaces):
+//! `(space, record, device)` as `envelopes_by_record`, and versions 3 and 4 by a prefix of the
+//! record id as `envelopes_by_record_prefix`, which the migrations drop; versions 1 to 3 lacked
+//! `spaces.log_id`, which the migration adds, one random log id for the existing spaces):
 //!
 //! ```sql
 //! CREATE TABLE accounts  (id BLOB PRIMARY KEY, token_hash BLOB NOT NULL, created BIGINT NOT NULL);
@@ -18,19 +18,18 @@
 //!                         envelope BLOB NOT NULL, PRIMARY KEY (space, server_seq));
 //! CREATE UNIQUE INDEX envelopes_by_device ON envelopes (space, device, seq);
 //! CREATE INDEX envelopes_tombstones ON envelopes (space, server_seq) WHERE tombstone;
-//! CREATE INDEX envelopes_by_record_prefix ON envelopes (substr(record, 1, 8));
 //! CREATE TABLE devices   (space BLOB, device BLOB, max_pushed BIGINT NOT NULL, pulled BIGINT NOT NULL,
 //!                         last_seen BIGINT NOT NULL, walking BIGINT, PRIMARY KEY (space, device));
 //! ```
 //!
-//! `envelopes_by_record_prefix` finds a record's envelopes (a device's replaced ones) by the
-//! first 8 bytes of the blind record id, and every lookup re-checks the space, the full id and
-//! the device on the row. Record ids are uniformly random, so each stored envelope lands on a
-//! random page of this index: its key of ~10 bytes (against ~70 for `(space, record, device)`)
-//! makes those pages, their reads and their writes several times fewer. SQLite is told to use it
-//! (`INDEXED BY`: without statistics its planner would rather walk all of a device's envelopes by
-//! `envelopes_by_device`); PostgreSQL chooses it from its statistics (autovacuum's, and an
-//! `ANALYZE` when migrating to version 3).
+//! Every index grows in order as envelopes arrive (server sequences, and each device's own
+//! sequences), so a push writes to the ends of the indexes, not to random pages. Nothing looks
+//! an envelope up by its record: a push drops the envelopes it names by server sequence (the
+//! primary key), a record's earlier envelope in the same push by device sequence, and a settle
+//! request reads a device's envelopes by `envelopes_by_device` (`sync_core::relay` has the
+//! rules). Versions 3 and 4 also dropped a device's older envelope of a record it did not
+//! name, which took an index of random record ids: every stored envelope wrote a random page
+//! of it.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -54,7 +53,7 @@ use sync_core::{
 use super::{AccountId, ServerStore, SpaceInfo, SpaceRetired, db_seq, seq_from_db, validate_push};
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 fn schema(blob: &str) -> Vec<String> {
     [
@@ -65,7 +64,6 @@ fn schema(blob: &str) -> Vec<String> {
         "CREATE TABLE IF NOT EXISTS envelopes (space BLOB NOT NULL, server_seq BIGINT NOT NULL, record BLOB NOT NULL, device BLOB NOT NULL, seq BIGINT NOT NULL, tombstone BOOLEAN NOT NULL, size BIGINT NOT NULL, envelope BLOB NOT NULL, PRIMARY KEY (space, server_seq))",
         "CREATE UNIQUE INDEX IF NOT EXISTS envelopes_by_device ON envelopes (space, device, seq)",
         "CREATE INDEX IF NOT EXISTS envelopes_tombstones ON envelopes (space, server_seq) WHERE tombstone",
-        "CREATE INDEX IF NOT EXISTS envelopes_by_record_prefix ON envelopes (substr(record, 1, 8))",
         "CREATE TABLE IF NOT EXISTS devices (space BLOB NOT NULL, device BLOB NOT NULL, max_pushed BIGINT NOT NULL, pulled BIGINT NOT NULL, last_seen BIGINT NOT NULL, walking BIGINT, PRIMARY KEY (space, device))",
     ]
     .iter()
@@ -177,15 +175,8 @@ const READER_CACHE_KIB: u32 = 2 * 1024;
 /// SQLite: reader connections at most.
 const READERS: u32 = 3;
 
-/// Bytes of a record id in the key of `envelopes_by_record_prefix` (module docs).
-const RECORD_PREFIX: usize = 8;
-
-fn record_prefix(record: &[u8]) -> &[u8] {
-    &record[..RECORD_PREFIX.min(record.len())]
-}
-
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $for_update:literal, $by_record:literal) => {
+    ($store:ident, $db:ty, $for_update:literal) => {
         impl $store {
             /// Locks the space's row for this transaction, binding it to `account` first if
             /// `bind` and it is new. `None` when it does not exist (and `bind` is false).
@@ -383,41 +374,37 @@ macro_rules! sql_store {
                 if pulled < row.floor && walking.is_none() {
                     return Err(sync_core::relay::stale_push());
                 }
-                // A device's newer envelope of a record replaces the device's own older one,
-                // named in `supersedes` or not (its ack may have been lost): drop them for every
-                // record this push brings, in one statement.
-                let mut fresh: Vec<&[u8]> = Vec::new();
-                for e in &request.envelopes {
-                    if db_seq(e.seq)? > max {
-                        fresh.push(&e.record.0[..]);
+                // What the device asked to settle: its envelopes from that sequence on, as they
+                // were before this push (module docs of `sync_core::relay`).
+                let mut held = Vec::new();
+                if let Some(settle) = request.settle {
+                    let settle = db_seq(settle)?;
+                    let rows = sqlx::query(
+                        "SELECT seq, server_seq, record FROM envelopes WHERE space = $1 AND device = $2 AND seq >= $3 ORDER BY seq LIMIT $4",
+                    )
+                    .bind(&from.space.0[..])
+                    .bind(&from.device.0[..])
+                    .bind(settle)
+                    .bind(i64::try_from(self.config.push_limit).unwrap_or(i64::MAX))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "read held envelopes"))?;
+                    for r in rows {
+                        let get = |e| map_sqlx(e, "read held envelopes");
+                        held.push(sync_core::HeldEnvelope {
+                            seq: seq_from_db(r.try_get::<i64, _>(0).map_err(get)?)?,
+                            server_seq: seq_from_db(r.try_get::<i64, _>(1).map_err(get)?)?,
+                            record: RecordId(arr(
+                                &r.try_get::<Vec<u8>, _>(2).map_err(get)?,
+                                "stored record id has the wrong length",
+                            )?),
+                        });
                     }
                 }
-                for chunk in fresh.chunks(INSERT_CHUNK) {
-                    let mut qb = QueryBuilder::<$db>::new(concat!(
-                        "DELETE FROM envelopes",
-                        $by_record,
-                        " WHERE space = "
-                    ));
-                    qb.push_bind(&from.space.0[..])
-                        .push(" AND device = ")
-                        .push_bind(&from.device.0[..])
-                        .push(" AND substr(record, 1, 8) IN (");
-                    let mut list = qb.separated(", ");
-                    for r in chunk {
-                        list.push_bind(record_prefix(r));
-                    }
-                    list.push_unseparated(") AND record IN (");
-                    let mut list = qb.separated(", ");
-                    for r in chunk {
-                        list.push_bind(*r);
-                    }
-                    list.push_unseparated(")");
-                    qb.build()
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| map_sqlx(e, "drop replaced envelopes"))?;
-                }
-                let mut flushed: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+                // Records of this push already inserted (before a delete by `supersedes`), with
+                // the device sequence they were inserted under.
+                let mut flushed: std::collections::HashMap<&[u8], i64> =
+                    std::collections::HashMap::new();
                 let mut next = row.next_seq;
                 let mut assigned = Vec::with_capacity(request.envelopes.len());
                 let mut pending: Vec<NewEntry<'_>> = Vec::new();
@@ -442,7 +429,7 @@ macro_rules! sql_store {
                     }
                     if !e.supersedes.is_empty() {
                         // Earlier entries of this push must be visible to the delete.
-                        flushed.extend(pending.iter().map(|p| p.record));
+                        flushed.extend(pending.iter().map(|p| (p.record, p.seq)));
                         in_pending.clear();
                         Self::insert_entries(&mut tx, from.space, from.device, &mut pending)
                             .await?;
@@ -465,19 +452,16 @@ macro_rules! sql_store {
                     if !in_pending.insert(&e.record.0[..]) {
                         pending.retain(|p| p.record != &e.record.0[..]);
                     }
-                    if flushed.contains(&e.record.0[..]) {
-                        sqlx::query(concat!(
-                            "DELETE FROM envelopes",
-                            $by_record,
-                            " WHERE space = $1 AND device = $2 AND substr(record, 1, 8) = $3 AND record = $4"
-                        ))
-                            .bind(&from.space.0[..])
-                            .bind(&from.device.0[..])
-                            .bind(record_prefix(&e.record.0))
-                            .bind(&e.record.0[..])
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| map_sqlx(e, "drop replaced envelope"))?;
+                    if let Some(earlier) = flushed.remove(&e.record.0[..]) {
+                        sqlx::query(
+                            "DELETE FROM envelopes WHERE space = $1 AND device = $2 AND seq = $3",
+                        )
+                        .bind(&from.space.0[..])
+                        .bind(&from.device.0[..])
+                        .bind(earlier)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "drop replaced envelope"))?;
                     }
                     next += 1;
                     pending.push(NewEntry {
@@ -512,7 +496,7 @@ macro_rules! sql_store {
                 Self::collect(&mut tx, from.space, now, self.config.horizon_millis, row.floor)
                     .await?;
                 tx.commit().await.map_err(|e| map_sqlx(e, "commit push"))?;
-                Ok(PushResponse { assigned })
+                Ok(PushResponse { assigned, held })
             }
 
             async fn pull_tx(&self, account: AccountId, request: &PullRequest) -> Result<PullPage> {
@@ -932,12 +916,10 @@ impl SqliteStore {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
-                // Record ids are uniformly random, so every stored envelope lands on a random
-                // page of `envelopes_by_record_prefix`: the writer's page cache holds that index
-                // for about a million envelopes (~17 bytes an entry), and checkpoints every 8192
-                // pages (32 MiB of WAL, truncated back to at most 64 MiB) write a page dirtied by
-                // many pushes back once. Durability is unchanged: every commit still syncs the
-                // WAL. See docs/performance.md (`hearth bench`, W3).
+                // The writer's page cache holds the indexes' hot pages, and checkpoints every
+                // 8192 pages (32 MiB of WAL, truncated back to at most 64 MiB) write a page
+                // dirtied by many pushes back once. Durability is unchanged: every commit still
+                // syncs the WAL. See docs/performance.md (`hearth bench`, W3).
                 .pragma("cache_size", format!("-{cache_kib}"))
                 .pragma("wal_autocheckpoint", "8192")
                 .pragma("journal_size_limit", "67108864")
@@ -1090,7 +1072,7 @@ impl PostgresStore {
 }
 
 macro_rules! check_version {
-    ($name:ident, $db:ty, $blob:literal, $refresh:expr) => {
+    ($name:ident, $db:ty, $blob:literal) => {
         async fn $name(tx: &mut Transaction<'static, $db>) -> Result<()> {
             let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM hearth_schema")
                 .fetch_one(&mut **tx)
@@ -1121,15 +1103,18 @@ macro_rules! check_version {
                         ]);
                     }
                     if v < 3 {
-                        // Version 3: envelopes are found by a prefix of the record id (module
-                        // docs); the schema above created `envelopes_by_record_prefix` already.
+                        // Version 3 dropped the envelopes' index by (space, record, device).
                         steps.push("DROP INDEX IF EXISTS envelopes_by_record");
-                        steps.extend($refresh);
                     }
-                    // Version 4: every space has a log id (`sync_core::LogId`).
+                    if v < 4 {
+                        // Version 4: every space has a log id (`sync_core::LogId`).
+                        steps.push(concat!("ALTER TABLE spaces ADD COLUMN log_id ", $blob));
+                    }
+                    // Version 5: the server drops only envelopes a push names, so nothing looks
+                    // envelopes up by record any more (module docs).
                     steps.extend([
-                        concat!("ALTER TABLE spaces ADD COLUMN log_id ", $blob),
-                        "UPDATE hearth_schema SET version = 4",
+                        "DROP INDEX IF EXISTS envelopes_by_record_prefix",
+                        "UPDATE hearth_schema SET version = 5",
                     ]);
                     for stmt in steps {
                         sqlx::query(stmt)
@@ -1150,24 +1135,11 @@ macro_rules! check_version {
     };
 }
 
-check_version!(check_version_sqlite, Sqlite, "BLOB", None::<&str>);
-// PostgreSQL has no statistics of a new expression index until the table is analyzed, and
-// without them its planner walks a device's envelopes by `envelopes_by_device` instead. A new
-// database gets them from autovacuum as it grows; a migrated one gets them now.
-check_version!(
-    check_version_pg,
-    Postgres,
-    "BYTEA",
-    Some("ANALYZE envelopes")
-);
+check_version!(check_version_sqlite, Sqlite, "BLOB");
+check_version!(check_version_pg, Postgres, "BYTEA");
 
-sql_store!(
-    SqliteStore,
-    Sqlite,
-    "",
-    " INDEXED BY envelopes_by_record_prefix"
-);
-sql_store!(PostgresStore, Postgres, " FOR UPDATE", "");
+sql_store!(SqliteStore, Sqlite, "");
+sql_store!(PostgresStore, Postgres, " FOR UPDATE");
 
 /// The database of a server, by URL: `sqlite:PATH` (or a bare path) or `postgres://…`.
 pub async fn open_store(

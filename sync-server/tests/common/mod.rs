@@ -270,6 +270,22 @@ impl Device {
     }
 }
 
+/// Whether the push request starting in `head` carries envelopes: its body is longer than a
+/// settle request's alone (79 bytes), by its `content-length` (no length: assumed so).
+fn carries_envelopes(head: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    head.find("content-length:")
+        .and_then(|i| {
+            head[i + 15..]
+                .split("\r\n")
+                .next()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .is_none_or(|len| len > 100)
+}
+
 /// A TCP proxy between a client and the server that can lose responses (the server applied
 /// the request, the client never hears) or stall requests after some bytes (a client killed
 /// halfway through sending).
@@ -318,7 +334,9 @@ impl Proxy {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
                             };
-                            if buf[..n].windows(6).any(|w| w == b"/push ") {
+                            if buf[..n].windows(6).any(|w| w == b"/push ")
+                                && carries_envelopes(&buf[..n])
+                            {
                                 seen_up.store(true, Ordering::SeqCst);
                             }
                             let limit = s.load(Ordering::SeqCst);
@@ -366,7 +384,8 @@ impl Proxy {
         format!("http://{}", self.addr)
     }
 
-    /// Swallow the answers to pushes (the server applies them, the client never hears).
+    /// Swallow the answers to pushes that carry envelopes (the server applies them, the client
+    /// never hears); a settle request alone still gets its answer.
     pub fn lose_push_responses(&self, on: bool) {
         self.hold.store(on, Ordering::SeqCst);
     }
