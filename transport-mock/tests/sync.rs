@@ -738,6 +738,54 @@ async fn a_delete_after_a_lost_ack_leaves_nothing_to_come_back() {
 }
 
 #[tokio::test]
+async fn a_store_from_before_settling_learns_its_last_head_once() {
+    // A store synced by a build before wire version 3 kept no server sequences of its heads,
+    // and the relay now drops only what a push names: without settling once, its next head
+    // would leave the previous one on the relay for good.
+    let (w, a, _b) = pair().await;
+    a.store.put("notes", "x", &json!(1)).await.expect("put");
+    a.engine.sync().await.expect("sync");
+    let heads_of_a = || {
+        w.relay
+            .entries(a.store.space())
+            .expect("entries")
+            .iter()
+            .filter(|e| e.device == a.store.device())
+            .count()
+    };
+    assert_eq!(heads_of_a(), 2, "the record and A's head");
+    a.store
+        .storage()
+        .commit(sync_core::Batch {
+            meta: vec![("hearth.sync.own-head-server".to_owned(), None)],
+            ..sync_core::Batch::default()
+        })
+        .await
+        .expect("forget, as an older build never kept it");
+    a.store.put("notes", "y", &json!(2)).await.expect("put");
+    let calls = a.transport.traffic().calls;
+    let r = a.engine.sync().await.expect("sync");
+    assert_eq!(r.pushed, 1, "{r:?}");
+    assert_eq!(heads_of_a(), 3, "two records and one head of A");
+    // A pull, two settle requests (the second finds nothing more), a push.
+    assert_eq!(a.transport.traffic().calls - calls, 4);
+    // Settled once: the next rounds do not ask again (a pull and a push).
+    a.store.put("notes", "z", &json!(3)).await.expect("put");
+    let calls = a.transport.traffic().calls;
+    a.engine.sync().await.expect("sync");
+    assert_eq!(a.transport.traffic().calls - calls, 2);
+    assert_eq!(heads_of_a(), 4, "three records and one head of A");
+    assert!(
+        a.store
+            .storage()
+            .meta_get("hearth.sync.own-head-server")
+            .await
+            .expect("meta")
+            .is_some()
+    );
+}
+
+#[tokio::test]
 async fn heads_are_reserved_and_the_kept_state_digest_is_checked() {
     let world = World::new();
     let a = Device::first(&world, Faults::NONE, 1).await;

@@ -1882,15 +1882,26 @@ impl SyncEngine {
     /// collection, bringing the record back to a new device). Asked page by page (an empty
     /// push with `settle`), in sequence order; the note is cleared once the server has
     /// answered everything. Returns how many rows it acknowledged.
+    ///
+    /// A store written by a build before wire version 3 has pushed heads without keeping their
+    /// server sequences: it settles once from its newest acknowledged head, so that its next
+    /// head names that one (every settle leaves [`META_OWN_HEAD_SERVER`] written).
     async fn settle(&self) -> Result<u64> {
         let storage = self.store.storage();
-        let Some(mut from) = storage
+        let note = storage
             .meta_get(META_UNSETTLED)
             .await?
             .map(|b| postcard::from_bytes::<u64>(&b))
-            .transpose()?
-        else {
-            return Ok(0);
+            .transpose()?;
+        let mut from = match note {
+            Some(from) => from,
+            None => {
+                let own_head = self.meta_u64(META_OWN_HEAD).await?;
+                if own_head == 0 || storage.meta_get(META_OWN_HEAD_SERVER).await?.is_some() {
+                    return Ok(0);
+                }
+                own_head
+            }
         };
         let mut settled = 0;
         let me = self.store.device();
@@ -1931,16 +1942,18 @@ impl SyncEngine {
                     .map(|(h, row)| (h.record, h.seq, h.server_seq, row)),
             )?;
             settled += acks.len() as u64;
+            let done = held.is_empty();
             let mut meta = Vec::new();
             if let Some(newest) = heads.iter().map(|h| h.seq).max() {
                 let own_head = self.meta_u64(META_OWN_HEAD).await?.max(newest);
                 meta.push((META_OWN_HEAD.to_owned(), Some(encode(&own_head)?)));
+            }
+            if !heads.is_empty() || done {
                 let mut older: Vec<u64> =
                     decode_or_default(storage.meta_get(META_OWN_HEAD_SERVER).await?)?;
                 older.extend(heads.iter().map(|h| h.server_seq));
                 meta.push((META_OWN_HEAD_SERVER.to_owned(), Some(own_heads(older)?)));
             }
-            let done = held.is_empty();
             if done {
                 meta.push((META_UNSETTLED.to_owned(), None));
             }
