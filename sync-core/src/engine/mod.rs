@@ -521,6 +521,30 @@ fn ack_rows(
     Ok((acks, syncs, removes))
 }
 
+/// Commits what [`ack_rows`] made of an answer, with `meta`. An acknowledgement changes no
+/// version: rows keep their envelope and siblings and stay synced, so the state digest stays
+/// as it is. (A removed tombstone may still have had siblings: then the digest is updated the
+/// usual way.)
+async fn commit_acks(
+    w: &mut crate::store::WriterGuard<'_>,
+    acks: Vec<(RecordId, u64)>,
+    syncs: Vec<(RecordId, Vec<u8>)>,
+    removes: Vec<RecordId>,
+    meta: Vec<(String, Option<Vec<u8>>)>,
+) -> Result<()> {
+    let batch = Batch {
+        acks,
+        syncs,
+        meta,
+        ..Batch::default()
+    };
+    if removes.is_empty() {
+        w.commit_keeping_digest(batch).await
+    } else {
+        w.commit(Batch { removes, ..batch }).await
+    }
+}
+
 /// [`META_OWN_HEAD_SERVER`]'s value: the newest `MAX_OWN_HEADS` of `seqs`, deduplicated.
 fn own_heads(mut seqs: Vec<u64>) -> Result<Vec<u8>> {
     seqs.retain(|s| *s != 0);
@@ -1957,17 +1981,7 @@ impl SyncEngine {
             if done {
                 meta.push((META_UNSETTLED.to_owned(), None));
             }
-            let batch = Batch {
-                acks,
-                syncs,
-                meta,
-                ..Batch::default()
-            };
-            if removes.is_empty() {
-                w.commit_keeping_digest(batch).await?;
-            } else {
-                w.commit(Batch { removes, ..batch }).await?;
-            }
+            commit_acks(&mut w, acks, syncs, removes, meta).await?;
             if done {
                 return Ok(settled);
             }
@@ -2037,20 +2051,7 @@ impl SyncEngine {
                 ));
             }
         }
-        // An acknowledgement changes no version: rows keep their envelope and siblings and
-        // stay synced. (A removed tombstone may still have had siblings: then the digest is
-        // updated the usual way.)
-        let batch = Batch {
-            acks,
-            syncs,
-            meta,
-            ..Batch::default()
-        };
-        let committed = if removes.is_empty() {
-            w.commit_keeping_digest(batch).await
-        } else {
-            w.commit(Batch { removes, ..batch }).await
-        };
+        let committed = commit_acks(&mut w, acks, syncs, removes, meta).await;
         own.fetch_add(1, Ordering::SeqCst);
         committed
     }
