@@ -182,13 +182,44 @@ async fn sqlite_reports_its_heap_and_its_page_caches_share_of_it() {
 }
 
 /// A store written with schema version 1 (a `UNIQUE` full id, `records_by_collection` on the
-/// full ids) is rebuilt into version 2 (prefix indexes) when opened: every row, pending write
-/// and metadata value is kept, and reads, scans and writes behave as on a new store.
+/// full ids) is rebuilt into version 3 (prefix indexes, the state beside the envelopes) when
+/// opened: every row, pending write and metadata value is kept, and reads, scans and writes
+/// behave as on a new store.
 #[tokio::test]
 async fn a_version_1_store_is_migrated_in_place() {
+    migrated_in_place(
+        1,
+        &[
+            "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
+            "CREATE INDEX records_by_collection ON records (collection, id)",
+            "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
+        ],
+    )
+    .await;
+}
+
+/// A store written with schema version 2 (one `records` table, prefix indexes) is rebuilt
+/// into version 3 the same way.
+#[tokio::test]
+async fn a_version_2_store_is_migrated_in_place() {
+    migrated_in_place(
+        2,
+        &[
+            "CREATE TABLE records (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
+            "CREATE INDEX records_by_id ON records (substr(id, 1, 8))",
+            "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8))",
+            "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
+        ],
+    )
+    .await;
+}
+
+/// Writes 300 rows (some deleted, some pending, ids sharing prefixes in pairs) into a store of
+/// schema `version` made by `schema`, opens it, and checks everything survived the migration.
+async fn migrated_in_place(version: i64, schema: &[&str]) {
     use sync_core::{Batch, CollectionId, RecordId, StoredRecord};
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v1.db");
+    let path = dir.path().join("old.db");
     let id = |n: u32| {
         // Spread over the id space like blind ids, with pairs sharing their first 8 bytes.
         let mut b = [0u8; 32];
@@ -212,16 +243,17 @@ async fn a_version_1_store_is_migrated_in_place() {
             .filename(&path)
             .create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(opts).await.expect("connect");
-        for stmt in [
-            "CREATE TABLE records (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
-            "CREATE INDEX records_by_collection ON records (collection, id)",
-            "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
+        let version = format!("PRAGMA user_version = {version}");
+        for stmt in schema.iter().copied().chain([
             "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
             "PRAGMA application_id = 1213355080",
-            "PRAGMA user_version = 1",
+            &version,
             "INSERT INTO meta VALUES ('hearth.device', x'0102')",
-        ] {
-            sqlx::query(stmt).execute(&pool).await.expect("v1 schema");
+        ]) {
+            sqlx::query(sqlx::AssertSqlSafe(stmt))
+                .execute(&pool)
+                .await
+                .expect("old schema");
         }
         for r in &rows {
             sqlx::query("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)")
@@ -233,7 +265,7 @@ async fn a_version_1_store_is_migrated_in_place() {
                 .bind(&r.sync[..])
                 .execute(&pool)
                 .await
-                .expect("v1 row");
+                .expect("old row");
         }
         pool.close().await;
     }
@@ -245,15 +277,19 @@ async fn a_version_1_store_is_migrated_in_place() {
         .expect("version");
     assert_eq!(version, backend_sqlite::SCHEMA_VERSION);
     let indexes: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' ORDER BY name",
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name",
     )
     .fetch_all(s.pool())
     .await
     .expect("indexes");
     assert_eq!(
         indexes,
-        ["records_by_collection", "records_by_id", "records_pending"],
-        "the full-id indexes are gone"
+        [
+            "record_state_pending",
+            "records_by_collection",
+            "records_by_id"
+        ],
+        "the old indexes are gone"
     );
     for r in &rows {
         assert_eq!(s.get(&r.id).await.expect("get").as_ref(), Some(r));
@@ -269,6 +305,20 @@ async fn a_version_1_store_is_migrated_in_place() {
         .collect();
     assert_eq!(scanned, sorted, "whole-id order");
     assert_eq!(s.outbox_len().await.expect("outbox"), 60);
+    let outbox = s.outbox(0, 1000).await.expect("outbox");
+    let mut pending: Vec<(u64, &StoredRecord)> = rows
+        .iter()
+        .filter_map(|r| r.pending_seq.map(|seq| (seq, r)))
+        .collect();
+    pending.sort_by_key(|(seq, _)| *seq);
+    assert_eq!(
+        outbox
+            .iter()
+            .map(|e| (e.seq, &e.record))
+            .collect::<Vec<_>>(),
+        pending,
+        "the outbox, in order, with its envelopes and bookkeeping"
+    );
     assert_eq!(
         s.meta_get("hearth.device").await.expect("meta"),
         Some(vec![1, 2])
@@ -284,16 +334,32 @@ async fn a_version_1_store_is_migrated_in_place() {
         id: RecordId([9; 32]),
         ..rows[4].clone()
     });
+    // An acknowledgement with bookkeeping, and a removal.
+    b.acks.push((rows[5].id, 6));
+    b.syncs.push((rows[5].id, b"acked".to_vec()));
+    b.removes.push(rows[6].id);
     s.commit(b).await.expect("write");
     assert_eq!(
         s.get(&rows[3].id).await.expect("get").map(|r| r.envelope),
         Some(b"replaced".to_vec())
     );
-    assert_eq!(s.scan_all(None, 1000).await.expect("scan").len(), 301);
+    assert_eq!(
+        s.get(&RecordId([9; 32]))
+            .await
+            .expect("get")
+            .map(|r| r.envelope),
+        Some(rows[4].envelope.clone())
+    );
+    let acked = s.get(&rows[5].id).await.expect("get").expect("row");
+    assert_eq!((acked.pending_seq, &acked.sync[..]), (None, &b"acked"[..]));
+    assert_eq!(s.get(&rows[6].id).await.expect("get"), None);
+    // rows[5] left the outbox; nothing else written was pending.
+    assert_eq!(s.outbox_len().await.expect("outbox"), 59);
+    assert_eq!(s.scan_all(None, 1000).await.expect("scan").len(), 300);
     s.check().await.expect("integrity");
     s.close().await.expect("close");
-    // Opening again finds version 2 and changes nothing.
+    // Opening again finds version 3 and changes nothing.
     let s = SqliteStorage::open(&path, false).await.expect("reopen");
-    assert_eq!(s.scan_all(None, 1000).await.expect("scan").len(), 301);
+    assert_eq!(s.scan_all(None, 1000).await.expect("scan").len(), 300);
     s.close().await.expect("close");
 }
