@@ -43,23 +43,27 @@
 //!
 //! WAL journal, `synchronous = NORMAL`, a 16 MiB page cache, checkpoints every 8192 pages, every
 //! [`Batch`] in one `BEGIN IMMEDIATE` transaction with its guards checked first, multi-row
-//! puts as an update of the row the id names, else an insert. Schema (version 2,
+//! puts as an update of the row the id names, else an insert. Schema (version 3,
 //! `PRAGMA user_version`, `PRAGMA application_id` "HRTH"), identical to `backend-sqlite`'s,
 //! whose documentation says why the indexes hold prefixes of the blind ids (every lookup
-//! re-checks the full id on the row; scans order by `(prefix, id)`, the order of the full ids):
+//! re-checks the full id on the row; scans order by `(prefix, id)`, the order of the full ids)
+//! and why a record's state sits in a table of its own beside its envelope (acknowledging a
+//! push rewrites small rows, not the pages of the envelopes; here every page written is also
+//! encrypted and authenticated):
 //!
 //! ```sql
-//! CREATE TABLE records (id BLOB NOT NULL, collection BLOB NOT NULL,
-//!                       deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL,
-//!                       sync BLOB NOT NULL);
+//! CREATE TABLE records (row INTEGER PRIMARY KEY, id BLOB NOT NULL, collection BLOB NOT NULL,
+//!                       deleted INTEGER NOT NULL, envelope BLOB NOT NULL);
+//! CREATE TABLE record_state (row INTEGER PRIMARY KEY, pending_seq INTEGER, sync BLOB NOT NULL);
 //! CREATE INDEX records_by_id ON records (substr(id, 1, 8));
 //! CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8));
-//! CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL;
+//! CREATE INDEX record_state_pending ON record_state (pending_seq) WHERE pending_seq IS NOT NULL;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
 //! ```
 //!
-//! A version-1 store (a `UNIQUE` full id, `records_by_collection (collection, id)`) is rebuilt
-//! into version 2 in one transaction when it is opened.
+//! A version-1 store (a `UNIQUE` full id, `records_by_collection (collection, id)`) or
+//! version-2 store (one `records` table holding the state too) is rebuilt into version 3 in one
+//! transaction when it is opened, row ids kept.
 //!
 //! [`Storage::check`] runs `PRAGMA cipher_integrity_check` (every page's HMAC) and
 //! `PRAGMA integrity_check` (the b-trees).
@@ -92,7 +96,7 @@ use crate::worker::Worker;
 /// `PRAGMA application_id` of hearth stores: "HRTH".
 pub const APPLICATION_ID: i64 = 0x4852_5448;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// SQLCipher page size of hearth stores, in bytes. Part of the file format: SQLCipher cannot read
 /// it from the (encrypted) header, so every open sets it. SQLCipher reserves 80 bytes of every
 /// page for its IV and HMAC; with its default 4 KiB pages, three rows of a ~1 KiB record no
@@ -100,21 +104,27 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// 8 KiB pages it is the same size (docs/performance.md).
 pub const CIPHER_PAGE_SIZE: u32 = 8192;
 
-const RECORDS_TABLE: &str = "CREATE TABLE records (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)";
+const RECORDS_TABLE: &str = "CREATE TABLE records (row INTEGER PRIMARY KEY, id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, envelope BLOB NOT NULL)";
+const STATE_TABLE: &str =
+    "CREATE TABLE record_state (row INTEGER PRIMARY KEY, pending_seq INTEGER, sync BLOB NOT NULL)";
 const RECORDS_INDEXES: &[&str] = &[
     "CREATE INDEX records_by_id ON records (substr(id, 1, 8))",
     "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8))",
-    "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
+    "CREATE INDEX record_state_pending ON record_state (pending_seq) WHERE pending_seq IS NOT NULL",
 ];
 const META_TABLE: &str = "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)";
 
-/// Version 1 to 2: the records table without `UNIQUE (id)` (a table constraint SQLite cannot
-/// drop in place), rows and row ids copied, then the prefix indexes built once, sorted.
-const MIGRATE_1_TO_2: &[&str] = &[
-    "CREATE TABLE records_v2 (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL)",
-    "INSERT INTO records_v2 (rowid, id, collection, deleted, pending_seq, envelope, sync) SELECT rowid, id, collection, deleted, pending_seq, envelope, sync FROM records ORDER BY rowid",
+/// Versions 1 and 2 to 3: their one `records` table (the same columns in both; version 1 also
+/// has `UNIQUE (id)`, a table constraint SQLite cannot drop in place) split into `records`
+/// and `record_state`, row ids kept, in row id order; dropping the old table drops its indexes,
+/// and [`RECORDS_INDEXES`] are then built once, sorted.
+const MIGRATE_TO_3: &[&str] = &[
+    "CREATE TABLE records_v3 (row INTEGER PRIMARY KEY, id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, envelope BLOB NOT NULL)",
+    "INSERT INTO records_v3 (row, id, collection, deleted, envelope) SELECT rowid, id, collection, deleted, envelope FROM records ORDER BY rowid",
+    "CREATE TABLE record_state (row INTEGER PRIMARY KEY, pending_seq INTEGER, sync BLOB NOT NULL)",
+    "INSERT INTO record_state (row, pending_seq, sync) SELECT rowid, pending_seq, sync FROM records ORDER BY rowid",
     "DROP TABLE records",
-    "ALTER TABLE records_v2 RENAME TO records",
+    "ALTER TABLE records_v3 RENAME TO records",
 ];
 
 /// Bytes of a record id in the key of `records_by_id` and `records_by_collection`.
@@ -135,7 +145,15 @@ fn scan_start(after: Option<&RecordId>) -> (&[u8], &[u8]) {
 /// Ids per `WHERE id IN (…)` of `get_many`.
 const GET_CHUNK: usize = 500;
 
-const COLUMNS: &str = "id, collection, deleted, pending_seq, envelope, sync";
+/// The columns of a [`StoredRecord`], from `records AS r` joined with `record_state AS s`.
+const COLUMNS: &str = "r.id, r.collection, r.deleted, s.pending_seq, r.envelope, s.sync";
+
+/// A record's state row, joined to its `records` row `r` (which the query finds first).
+const JOIN_STATE: &str = "CROSS JOIN record_state AS s ON s.row = r.row";
+
+/// The row id of the record whose id prefix is `?1` and id `?2`, as a scalar subquery.
+const ROW_OF: &str =
+    "(SELECT row FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) = ?1 AND id = ?2)";
 
 /// Storage in a SQLCipher file.
 #[derive(Debug, Clone)]
@@ -489,11 +507,11 @@ fn prepare_schema(conn: &mut Connection, create: bool) -> Result<()> {
                 to = SCHEMA_VERSION,
                 "migrating the store's schema"
             );
-            for stmt in MIGRATE_1_TO_2.iter().chain(RECORDS_INDEXES) {
+            for stmt in MIGRATE_TO_3.iter().chain(RECORDS_INDEXES) {
                 tx.execute(stmt, [])
                     .map_err(|e| map_sql(e, "migrate the store's schema"))?;
             }
-            tx.execute_batch("PRAGMA user_version = 2;")
+            tx.execute_batch("PRAGMA user_version = 3;")
                 .map_err(|e| map_sql(e, "migrate the store's schema"))?;
             return tx
                 .commit()
@@ -507,7 +525,8 @@ fn prepare_schema(conn: &mut Connection, create: bool) -> Result<()> {
             ));
         }
     }
-    let schema = std::iter::once(RECORDS_TABLE)
+    let schema = [RECORDS_TABLE, STATE_TABLE]
+        .into_iter()
         .chain(RECORDS_INDEXES.iter().copied())
         .chain([META_TABLE]);
     for stmt in schema {
@@ -536,56 +555,80 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
         }
     }
     // Puts, one after the other (statements are prepared once and run in-process, so a row a
-    // statement costs little here): an update of the row with that id, found by its prefix
-    // and the full id, else an insert. A later put of the same id in the batch replaces the
-    // earlier one. The collection is not updated: a blind id is derived from its collection,
-    // so it never changes, and naming an indexed column would rewrite its index entry.
+    // statement costs little here): the row with that id, found by its prefix and the full id,
+    // has its envelope and its state updated, else both rows are inserted under one row id. A
+    // later put of the same id in the batch replaces the earlier one. The collection is not
+    // updated: a blind id is derived from its collection, so it never changes, and naming an
+    // indexed column would rewrite its index entry.
     if !batch.puts.is_empty() {
+        let mut find = tx
+            .prepare_cached(&format!("SELECT {ROW_OF}"))
+            .map_err(|e| map_sql(e, "write records"))?;
         let mut update = tx
-            .prepare_cached(
-                "UPDATE records INDEXED BY records_by_id SET deleted = ?3, pending_seq = ?4, \
-                 envelope = ?5, sync = ?6 WHERE substr(id, 1, 8) = ?1 AND id = ?2",
-            )
+            .prepare_cached("UPDATE records SET deleted = ?2, envelope = ?3 WHERE row = ?1")
+            .map_err(|e| map_sql(e, "write records"))?;
+        let mut update_state = tx
+            .prepare_cached("UPDATE record_state SET pending_seq = ?2, sync = ?3 WHERE row = ?1")
             .map_err(|e| map_sql(e, "write records"))?;
         let mut insert = tx
-            .prepare_cached(&format!(
-                "INSERT INTO records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-            ))
+            .prepare_cached(
+                "INSERT INTO records (id, collection, deleted, envelope) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(|e| map_sql(e, "write records"))?;
+        let mut insert_state = tx
+            .prepare_cached("INSERT INTO record_state (row, pending_seq, sync) VALUES (?1, ?2, ?3)")
             .map_err(|e| map_sql(e, "write records"))?;
         for r in &batch.puts {
             let pending = r.pending_seq.map(seq_to_sql).transpose()?;
-            let updated = update
-                .execute(rusqlite::params![
-                    id_prefix(&r.id),
-                    &r.id.0[..],
-                    i64::from(r.deleted),
-                    pending,
-                    &r.envelope[..],
-                    &r.sync[..],
-                ])
+            let existing: Option<i64> = find
+                .query_row(rusqlite::params![id_prefix(&r.id), &r.id.0[..]], |row| {
+                    row.get(0)
+                })
                 .map_err(|e| map_sql(e, "write records"))?;
-            if updated == 0 {
-                insert
-                    .execute(rusqlite::params![
-                        &r.id.0[..],
-                        &r.collection.0[..],
-                        i64::from(r.deleted),
-                        pending,
-                        &r.envelope[..],
-                        &r.sync[..],
-                    ])
-                    .map_err(|e| map_sql(e, "write records"))?;
-            }
+            let row = match existing {
+                Some(row) => {
+                    update
+                        .execute(rusqlite::params![
+                            row,
+                            i64::from(r.deleted),
+                            &r.envelope[..]
+                        ])
+                        .map_err(|e| map_sql(e, "write records"))?;
+                    update_state
+                        .execute(rusqlite::params![row, pending, &r.sync[..]])
+                        .map_err(|e| map_sql(e, "write records"))?;
+                    continue;
+                }
+                None => {
+                    insert
+                        .execute(rusqlite::params![
+                            &r.id.0[..],
+                            &r.collection.0[..],
+                            i64::from(r.deleted),
+                            &r.envelope[..],
+                        ])
+                        .map_err(|e| map_sql(e, "write records"))?;
+                    tx.last_insert_rowid()
+                }
+            };
+            insert_state
+                .execute(rusqlite::params![row, pending, &r.sync[..]])
+                .map_err(|e| map_sql(e, "write records"))?;
         }
     }
     if !batch.removes.is_empty() {
         let mut s = tx
+            .prepare_cached(&format!("DELETE FROM record_state WHERE row = {ROW_OF}"))
+            .map_err(|e| map_sql(e, "remove record"))?;
+        let mut r = tx
             .prepare_cached(
                 "DELETE FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) = ?1 AND id = ?2",
             )
             .map_err(|e| map_sql(e, "remove record"))?;
         for id in &batch.removes {
             s.execute(rusqlite::params![id_prefix(id), &id.0[..]])
+                .map_err(|e| map_sql(e, "remove record"))?;
+            r.execute(rusqlite::params![id_prefix(id), &id.0[..]])
                 .map_err(|e| map_sql(e, "remove record"))?;
         }
     }
@@ -611,10 +654,9 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
         |id: &RecordId| matches!(acked.get(id), Some(Some(_))) && last_sync.contains_key(id);
     if !batch.acks.is_empty() {
         let mut s = tx
-            .prepare_cached(
-                "UPDATE records INDEXED BY records_by_id SET pending_seq = NULL \
-                 WHERE substr(id, 1, 8) = ?1 AND id = ?2 AND pending_seq = ?3",
-            )
+            .prepare_cached(&format!(
+                "UPDATE record_state SET pending_seq = NULL WHERE row = {ROW_OF} AND pending_seq = ?3"
+            ))
             .map_err(|e| map_sql(e, "acknowledge write"))?;
         for (id, seq) in batch.acks.iter().filter(|(id, _)| !joined(id)) {
             s.execute(rusqlite::params![
@@ -627,17 +669,15 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
     }
     if !batch.syncs.is_empty() {
         let mut s = tx
-            .prepare_cached(
-                "UPDATE records INDEXED BY records_by_id SET sync = ?3 \
-                 WHERE substr(id, 1, 8) = ?1 AND id = ?2",
-            )
+            .prepare_cached(&format!(
+                "UPDATE record_state SET sync = ?3 WHERE row = {ROW_OF}"
+            ))
             .map_err(|e| map_sql(e, "write sync state"))?;
         let mut both = tx
-            .prepare_cached(
-                "UPDATE records INDEXED BY records_by_id SET sync = ?4, pending_seq = \
-                 CASE WHEN pending_seq = ?3 THEN NULL ELSE pending_seq END \
-                 WHERE substr(id, 1, 8) = ?1 AND id = ?2",
-            )
+            .prepare_cached(&format!(
+                "UPDATE record_state SET sync = ?4, pending_seq = \
+                 CASE WHEN pending_seq = ?3 THEN NULL ELSE pending_seq END WHERE row = {ROW_OF}"
+            ))
             .map_err(|e| map_sql(e, "acknowledge writes"))?;
         for (i, (id, sync)) in batch.syncs.iter().enumerate() {
             match acked.get(id) {
@@ -750,7 +790,8 @@ impl SqlcipherStorage {
                 for chunk in ids.chunks(GET_CHUNK) {
                     let placeholders = vec!["?"; chunk.len()].join(", ");
                     let sql = format!(
-                        "SELECT {columns} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) IN ({placeholders})"
+                        "SELECT {columns} FROM records AS r INDEXED BY records_by_id {JOIN_STATE} \
+                         WHERE substr(r.id, 1, 8) IN ({placeholders})"
                     );
                     let mut stmt = conn
                         .prepare_cached(&sql)
@@ -815,7 +856,8 @@ impl Storage for SqlcipherStorage {
         self.worker
             .call(move |conn| {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM records INDEXED BY records_by_id WHERE substr(id, 1, 8) = ?1 AND id = ?2"
+                    "SELECT {COLUMNS} FROM records AS r INDEXED BY records_by_id {JOIN_STATE} \
+                     WHERE substr(r.id, 1, 8) = ?1 AND r.id = ?2"
                 );
                 Ok(query_records(
                     conn,
@@ -823,8 +865,8 @@ impl Storage for SqlcipherStorage {
                     rusqlite::params![id_prefix(&id), &id.0[..]],
                     "read record",
                 )?
-                    .into_iter()
-                    .next())
+                .into_iter()
+                .next())
             })
             .await
     }
@@ -838,7 +880,7 @@ impl Storage for SqlcipherStorage {
     }
 
     async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<RowState>>> {
-        self.by_ids(ids, "id, deleted, pending_seq, sync", |row| {
+        self.by_ids(ids, "r.id, r.deleted, s.pending_seq, s.sync", |row| {
             let get = |e| map_sql(e, "read record state");
             let id: Vec<u8> = row.get(0).map_err(get)?;
             let deleted: i64 = row.get(1).map_err(get)?;
@@ -866,14 +908,14 @@ impl Storage for SqlcipherStorage {
         self.worker
             .call(move |conn| {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM records INDEXED BY records_by_collection \
-                     WHERE substr(collection, 1, 4) = ?1 AND collection = ?2 \
-                     AND substr(id, 1, 8) >= ?3 AND (substr(id, 1, 8) > ?3 OR id > ?4) {} \
-                     ORDER BY substr(id, 1, 8), id LIMIT ?5",
+                    "SELECT {COLUMNS} FROM records AS r INDEXED BY records_by_collection \
+                     {JOIN_STATE} WHERE substr(r.collection, 1, 4) = ?1 AND r.collection = ?2 \
+                     AND substr(r.id, 1, 8) >= ?3 AND (substr(r.id, 1, 8) > ?3 OR r.id > ?4) {} \
+                     ORDER BY substr(r.id, 1, 8), r.id LIMIT ?5",
                     if include_deleted {
                         ""
                     } else {
-                        "AND deleted = 0"
+                        "AND r.deleted = 0"
                     }
                 );
                 let (prefix, after) = scan_start(after.as_ref());
@@ -893,9 +935,9 @@ impl Storage for SqlcipherStorage {
         self.worker
             .call(move |conn| {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM records INDEXED BY records_by_id \
-                     WHERE substr(id, 1, 8) >= ?1 AND (substr(id, 1, 8) > ?1 OR id > ?2) \
-                     ORDER BY substr(id, 1, 8), id LIMIT ?3"
+                    "SELECT {COLUMNS} FROM records AS r INDEXED BY records_by_id {JOIN_STATE} \
+                     WHERE substr(r.id, 1, 8) >= ?1 AND (substr(r.id, 1, 8) > ?1 OR r.id > ?2) \
+                     ORDER BY substr(r.id, 1, 8), r.id LIMIT ?3"
                 );
                 let (prefix, after) = scan_start(after.as_ref());
                 query_records(
@@ -915,7 +957,9 @@ impl Storage for SqlcipherStorage {
             .worker
             .call(move |conn| {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM records WHERE pending_seq > ?1 ORDER BY pending_seq LIMIT ?2"
+                    "SELECT {COLUMNS} FROM record_state AS s INDEXED BY record_state_pending \
+                     CROSS JOIN records AS r ON r.row = s.row \
+                     WHERE s.pending_seq > ?1 ORDER BY s.pending_seq LIMIT ?2"
                 );
                 query_records(conn, &sql, rusqlite::params![after, limit], "read outbox")
             })
@@ -934,7 +978,9 @@ impl Storage for SqlcipherStorage {
         self.worker
             .call(|conn| {
                 let n: i64 = conn
-                    .prepare_cached("SELECT count(*) FROM records WHERE pending_seq IS NOT NULL")
+                    .prepare_cached(
+                        "SELECT count(*) FROM record_state WHERE pending_seq IS NOT NULL",
+                    )
                     .and_then(|mut s| s.query_row([], |r| r.get(0)))
                     .map_err(|e| map_sql(e, "count outbox"))?;
                 Ok(u64::try_from(n).unwrap_or(0))

@@ -348,12 +348,38 @@ fn keyed_connection(path: &Path) -> rusqlite::Connection {
 }
 
 /// A version-1 store (a `UNIQUE` full id, `records_by_collection (collection, id)`; made here by
-/// rebuilding a new store's table the old way under the same key) is rebuilt into version 2
-/// when opened: every row and pending write kept, the full-id indexes gone.
+/// rebuilding a new store's tables the old way under the same key) is rebuilt into version 3
+/// when opened: every row and pending write kept, the old indexes gone.
 #[tokio::test]
 async fn a_version_1_store_is_migrated_in_place() {
+    migrated_in_place(
+        1,
+        "CREATE TABLE records_old (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL);
+         CREATE INDEX records_by_collection ON records_old (collection, id);
+         CREATE INDEX records_pending ON records_old (pending_seq) WHERE pending_seq IS NOT NULL;",
+    )
+    .await;
+}
+
+/// A version-2 store (one `records` table with the state in it, prefix indexes) is rebuilt into
+/// version 3 the same way.
+#[tokio::test]
+async fn a_version_2_store_is_migrated_in_place() {
+    migrated_in_place(
+        2,
+        "CREATE TABLE records_old (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL);
+         CREATE INDEX records_by_id ON records_old (substr(id, 1, 8));
+         CREATE INDEX records_by_collection ON records_old (substr(collection, 1, 4), substr(id, 1, 8));
+         CREATE INDEX records_pending ON records_old (pending_seq) WHERE pending_seq IS NOT NULL;",
+    )
+    .await;
+}
+
+/// Fills a new store, rebuilds its records as `schema` (which creates `records_old`) says,
+/// marks it `version`, opens it, and checks everything survived the migration.
+async fn migrated_in_place(version: i64, schema: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("v1.db");
+    let path = dir.path().join("old.db");
     let s = SqlcipherStorage::open(&path, true, &key(7))
         .await
         .expect("create");
@@ -364,18 +390,21 @@ async fn a_version_1_store_is_migrated_in_place() {
     drop(s);
     {
         let conn = keyed_connection(&path);
-        conn.execute_batch(
+        conn.execute_batch(&format!(
             "BEGIN;
-             CREATE TABLE records_v1 (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL);
-             INSERT INTO records_v1 SELECT id, collection, deleted, pending_seq, envelope, sync FROM records;
+             DROP INDEX records_by_id;
+             DROP INDEX records_by_collection;
+             {schema}
+             INSERT INTO records_old (rowid, id, collection, deleted, pending_seq, envelope, sync)
+               SELECT r.row, r.id, r.collection, r.deleted, s.pending_seq, r.envelope, s.sync
+               FROM records AS r JOIN record_state AS s ON s.row = r.row;
              DROP TABLE records;
-             ALTER TABLE records_v1 RENAME TO records;
-             CREATE INDEX records_by_collection ON records (collection, id);
-             CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL;
-             PRAGMA user_version = 1;
-             COMMIT;",
-        )
-        .expect("downgrade to version 1");
+             DROP TABLE record_state;
+             ALTER TABLE records_old RENAME TO records;
+             PRAGMA user_version = {version};
+             COMMIT;"
+        ))
+        .expect("downgrade");
     }
 
     let s = SqlcipherStorage::open(&path, false, &key(7))
@@ -394,6 +423,20 @@ async fn a_version_1_store_is_migrated_in_place() {
         "whole-id order"
     );
     assert_eq!(s.outbox_len().await.expect("outbox"), 200);
+    let outbox = s.outbox(0, 1000).await.expect("outbox");
+    assert_eq!(
+        outbox.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<u64>>()
+    );
+    // An acknowledgement with bookkeeping after the migration.
+    let first = outbox[0].record.id;
+    let mut ack = Batch::default();
+    ack.acks.push((first, 1));
+    ack.syncs.push((first, b"acked".to_vec()));
+    s.commit(ack).await.expect("acknowledge");
+    let acked = s.get(&first).await.expect("get").expect("kept");
+    assert_eq!((acked.pending_seq, &acked.sync[..]), (None, &b"acked"[..]));
+    assert_eq!(s.outbox_len().await.expect("outbox"), 199);
     s.commit(rows(201, |_| b"again".to_vec()))
         .await
         .expect("write after the migration");
@@ -407,7 +450,7 @@ async fn a_version_1_store_is_migrated_in_place() {
         .expect("version");
     assert_eq!(version, backend_sqlcipher::SCHEMA_VERSION);
     let mut stmt = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' ORDER BY name")
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name")
         .expect("prepare");
     let names: Vec<String> = stmt
         .query_map([], |r| r.get(0))
@@ -416,6 +459,10 @@ async fn a_version_1_store_is_migrated_in_place() {
         .expect("indexes");
     assert_eq!(
         names,
-        ["records_by_collection", "records_by_id", "records_pending"]
+        [
+            "record_state_pending",
+            "records_by_collection",
+            "records_by_id"
+        ]
     );
 }
