@@ -56,7 +56,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -120,14 +122,108 @@ const READER_CACHE_KIB: u32 = 2 * 1024;
 /// Reader connections at most.
 const READERS: u32 = 3;
 
+/// Committed bytes (as [`batch_bytes`] estimates them) after which the writer asks the
+/// checkpointer to copy the WAL back into the database.
+const CHECKPOINT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
+/// WAL pages at which the writer checkpoints by itself, in its commit (SQLite's
+/// `wal_autocheckpoint`): only reached when the checkpointer falls behind.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 32_768;
+
 /// Storage in a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
-    /// Every commit, and nothing else: one connection, so its page cache stays valid.
+    /// Every commit, and the reads just before one ([`Storage::get_many_for_commit`]): one
+    /// connection, so its page cache stays valid.
     writer: SqlitePool,
     /// Every read.
     readers: SqlitePool,
+    checkpoints: Arc<Checkpoints>,
     path: PathBuf,
+}
+
+/// Checkpoints off the commit path. A checkpoint copies the pages committed to the WAL back
+/// into the database file and syncs it; run by the writer inside a commit (SQLite's default),
+/// it held up every commit that crossed the threshold for as long as it took, and during an
+/// initial sync it was half of the writer's time (docs/performance.md). Here a task with a
+/// connection of its own runs `PRAGMA wal_checkpoint(PASSIVE)` when the writer asks, beside the
+/// next commits: WAL mode lets one checkpointer copy committed frames while the writer appends
+/// new ones, and the writer restarts the WAL from its start once everything in it has been
+/// copied. The writer keeps SQLite's own checkpoint at [`WRITER_AUTOCHECKPOINT_PAGES`] as a
+/// bound, should the checkpointer fall behind. Crash safety is SQLite's either way: a
+/// checkpoint interrupted anywhere is redone from the WAL at the next open.
+#[derive(Debug)]
+struct Checkpoints {
+    /// Estimated bytes committed since the last request.
+    since: std::sync::atomic::AtomicU64,
+    /// Requests (one waits at most: a request while one waits is the same request), and the
+    /// task, until [`Storage::close`] takes them.
+    task: std::sync::Mutex<Option<(mpsc::Sender<()>, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Checkpoints {
+    /// Starts the checkpointer on `pool` (one connection of its own); it stops when every
+    /// handle to the storage is gone or [`Checkpoints::stop`] is called.
+    fn start(pool: SqlitePool) -> Self {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let task = tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(&pool)
+                    .await
+                {
+                    Ok((_, log, done)) => {
+                        tracing::trace!(wal_pages = log, copied = done, "checkpoint");
+                    }
+                    // The next request tries again; the writer's own checkpoint bounds the WAL.
+                    Err(e) => tracing::warn!(error = %e, "background checkpoint failed"),
+                }
+            }
+            pool.close().await;
+        });
+        Self {
+            since: std::sync::atomic::AtomicU64::new(0),
+            task: std::sync::Mutex::new(Some((tx, task))),
+        }
+    }
+
+    /// Counts `bytes` committed and asks for a checkpoint once enough have been.
+    fn committed(&self, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let since = self.since.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if since < CHECKPOINT_AFTER_BYTES {
+            return;
+        }
+        self.since.store(0, Ordering::Relaxed);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((tx, _)) = task.as_ref() {
+            // Full: a request is waiting already, and covers this one.
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// Stops the checkpointer: a checkpoint under way finishes, then its connection closes.
+    async fn stop(&self) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((tx, task)) = task {
+            drop(tx);
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "the checkpointer ended abnormally");
+            }
+        }
+    }
+}
+
+/// Roughly the bytes of new and replaced rows a batch writes: what [`Checkpoints`] counts. Only
+/// envelopes count; each also dirties a page of each index over the ids, so they are what fills
+/// the WAL. Acknowledgements, bookkeeping and metadata rewrite a few dozen bytes a row, and are
+/// left to the writer's own checkpoint: counted here, they asked for a checkpoint every few
+/// pushes, each with two syncs, for a WAL of a few pages.
+fn batch_bytes(batch: &Batch) -> u64 {
+    batch
+        .puts
+        .iter()
+        .map(|r| (r.envelope.len() + r.sync.len()) as u64)
+        .sum()
 }
 
 /// Maps a sqlx error to hearth's error, by SQLite result code. The message names the operation;
@@ -335,9 +431,9 @@ impl SqliteStorage {
     pub const NAME: &'static str = "sqlite";
 
     /// `columns` of the rows with the given ids, in the same order (`None` where absent), read
-    /// by `read` into (id, value): one statement per 500 ids, by id prefix.
+    /// on `pool` by `read` into (id, value): one statement per 500 ids, by id prefix.
     async fn by_ids<T: Clone>(
-        &self,
+        pool: &SqlitePool,
         ids: &[RecordId],
         columns: &str,
         read: impl Fn(&SqliteRow) -> Result<(RecordId, T)>,
@@ -356,7 +452,7 @@ impl SqliteStorage {
                 q = q.bind(id_prefix(id));
             }
             let rows = q
-                .fetch_all(&self.readers)
+                .fetch_all(pool)
                 .await
                 .map_err(|e| map_sqlx(e, "read records"))?;
             // A prefix may match other records too; only the ids asked for count.
@@ -409,11 +505,15 @@ impl SqliteStorage {
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(false)
                 // Blind ids are uniformly random, so every insert lands on a random index page:
-                // the writer's page cache and checkpoints every 8192 pages (32 MiB of WAL,
-                // truncated back to at most 64 MiB) let a page dirtied by many batches be written
-                // back once instead of once per checkpoint. See docs/performance.md.
+                // the writer's page cache and checkpoints after ~8 MiB of rows (by the
+                // checkpointer; by the writer itself only at 128 MiB of WAL; the WAL file is
+                // truncated back to at most 64 MiB) let a page dirtied by many batches be
+                // written back once instead of once per checkpoint. See docs/performance.md.
                 .pragma("cache_size", format!("-{cache_kib}"))
-                .pragma("wal_autocheckpoint", "8192")
+                .pragma(
+                    "wal_autocheckpoint",
+                    WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+                )
                 .pragma("journal_size_limit", "67108864")
         };
         // The writer is opened first: it creates the file and switches it to WAL.
@@ -437,17 +537,29 @@ impl SqliteStorage {
                 return Err(map_sqlx(e, "open store"));
             }
         };
+        // Connects on its first checkpoint, after the schema exists.
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(opts(READER_CACHE_KIB));
         let storage = Self {
             writer,
             readers,
+            checkpoints: Arc::new(Checkpoints::start(checkpointer)),
             path,
         };
         if let Err(e) = storage.prepare(create).await {
-            storage.writer.close().await;
-            storage.readers.close().await;
+            storage.close_pools().await;
             return Err(e);
         }
         Ok(storage)
+    }
+
+    async fn close_pools(&self) {
+        self.checkpoints.stop().await;
+        self.readers.close().await;
+        self.writer.close().await;
     }
 
     /// The file path.
@@ -850,7 +962,18 @@ impl Storage for SqliteStorage {
     }
 
     async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
-        self.by_ids(ids, COLUMNS, |row| {
+        Self::by_ids(&self.readers, ids, COLUMNS, |row| {
+            let r = row_to_record(row)?;
+            Ok((r.id, r))
+        })
+        .await
+    }
+
+    /// On the writer: its page cache holds the index pages the lookups descend, and the pages
+    /// the commit that follows writes (a reader's cache is emptied by every commit, so it
+    /// would read them all from the file again).
+    async fn get_many_for_commit(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
+        Self::by_ids(&self.writer, ids, COLUMNS, |row| {
             let r = row_to_record(row)?;
             Ok((r.id, r))
         })
@@ -858,18 +981,23 @@ impl Storage for SqliteStorage {
     }
 
     async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<RowState>>> {
-        self.by_ids(ids, "r.id, r.deleted, s.pending_seq, s.sync", |row| {
-            let get = |e| map_sqlx(e, "read record state");
-            let id: Vec<u8> = row.try_get(0).map_err(get)?;
-            let deleted: i64 = row.try_get(1).map_err(get)?;
-            let pending: Option<i64> = row.try_get(2).map_err(get)?;
-            let state = RowState {
-                deleted: deleted != 0,
-                pending_seq: pending.map(seq_from_sql).transpose()?,
-                sync: row.try_get(3).map_err(get)?,
-            };
-            Ok((RecordId::from_slice(&id)?, state))
-        })
+        Self::by_ids(
+            &self.readers,
+            ids,
+            "r.id, r.deleted, s.pending_seq, s.sync",
+            |row| {
+                let get = |e| map_sqlx(e, "read record state");
+                let id: Vec<u8> = row.try_get(0).map_err(get)?;
+                let deleted: i64 = row.try_get(1).map_err(get)?;
+                let pending: Option<i64> = row.try_get(2).map_err(get)?;
+                let state = RowState {
+                    deleted: deleted != 0,
+                    pending_seq: pending.map(seq_from_sql).transpose()?,
+                    sync: row.try_get(3).map_err(get)?,
+                };
+                Ok((RecordId::from_slice(&id)?, state))
+            },
+        )
         .await
     }
 
@@ -973,8 +1101,13 @@ impl Storage for SqliteStorage {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| map_sqlx(e, "begin transaction"))?;
+        let bytes = batch_bytes(&batch);
         match Self::apply(&mut tx, batch).await {
-            Ok(()) => tx.commit().await.map_err(|e| map_sqlx(e, "commit")),
+            Ok(()) => {
+                tx.commit().await.map_err(|e| map_sqlx(e, "commit"))?;
+                self.checkpoints.committed(bytes);
+                Ok(())
+            }
             Err(e) => {
                 // Dropping the transaction rolls back too; an explicit rollback reports failures.
                 if let Err(rb) = tx.rollback().await {
@@ -1001,8 +1134,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn close(&self) -> Result<()> {
-        self.readers.close().await;
-        self.writer.close().await;
+        self.close_pools().await;
         Ok(())
     }
 }

@@ -193,6 +193,16 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         Ok(out)
     }
 
+    /// [`Storage::get_many`] for a caller that is about to commit a batch replacing some of these
+    /// rows (a local write, or the sync engine applying a pulled page, each under the store's
+    /// writer lock). A storage whose commits run on a connection of their own may answer on
+    /// that connection, whose page cache holds the pages the commit will then write, where a
+    /// reader's would have to read them again; the answer must be the same as `get_many`'s.
+    /// The default is `get_many`.
+    async fn get_many_for_commit(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
+        self.get_many(ids).await
+    }
+
     /// The state of the rows with the given ids without their envelopes, in the same order
     /// (`None` where absent). Storages that keep rows whole may read less than
     /// [`Storage::get_many`] here; the default is `get_many`.

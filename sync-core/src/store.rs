@@ -979,7 +979,7 @@ impl Store {
             ops.push((id, collection, key, json));
         }
         let ids: Vec<RecordId> = ops.iter().map(|(id, ..)| *id).collect();
-        let existing = inner.storage.get_many(&ids).await?;
+        let existing = inner.storage.get_many_for_commit(&ids).await?;
         for ((id, collection, key, json), row) in ops.into_iter().zip(existing) {
             let current = match staged.remove(&id) {
                 Some(c) => Some(c),
@@ -1304,6 +1304,10 @@ impl Storage for CountedStorage {
 
     async fn get_many(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
         self.inner.get_many(ids).await
+    }
+
+    async fn get_many_for_commit(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
+        self.inner.get_many_for_commit(ids).await
     }
 
     async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<crate::storage::RowState>>> {

@@ -1197,7 +1197,7 @@ impl SyncEngine {
     ) -> Result<()> {
         let mut w = self.store.writer().await;
         let ids: Vec<RecordId> = page.envelopes.iter().map(|e| e.record).collect();
-        let existing = self.store.storage().get_many(&ids).await?;
+        let existing = self.store.storage().get_many_for_commit(&ids).await?;
         // The rows as stored, for the state digest's update at the commit.
         let stored: HashMap<RecordId, StoredRecord> = ids
             .iter()

@@ -98,6 +98,14 @@ where
         let n = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
         assert_eq!(got.is_some(), n < 50, "{name}: get_many of id {n}");
     }
+    // get_many_for_commit answers the same, whichever connection it reads on.
+    assert_eq!(
+        s.get_many_for_commit(&ask)
+            .await
+            .expect("get_many_for_commit"),
+        many,
+        "{name}: get_many_for_commit against get_many"
+    );
 
     // Ordered scan with limit and paging: every live row once, in id order, only this collection.
     let mut seen = Vec::new();
