@@ -11,7 +11,10 @@
 //! turns at writing no cache stays warm. The writer's cache (32 MiB) survives its own commits
 //! and holds the random-keyed indexes that inserts land in; the readers' caches are emptied by
 //! every commit anyway, so they are kept small (2 MiB). The bound on page-cache memory per store
-//! is 32 + 3 × 2 MiB, whatever the number of records (docs/performance.md).
+//! is 32 + 3 × 2 MiB, whatever the number of records (docs/performance.md). Reads that come
+//! just before a commit that replaces the rows read ([`Storage::get_many_for_commit`]) run on
+//! the writer, whose cache holds what they descend. WAL checkpoints run on a connection of
+//! their own, off the commit path (see `Checkpoints` in the source).
 //!
 //! The file holds only what the store gives it: blind ids (keyed hashes), sealed envelopes,
 //! a deleted flag, the pending device sequence, and metadata whose secret parts are sealed.
