@@ -14,7 +14,7 @@
 //! is 32 + 3 × 2 MiB, whatever the number of records (docs/performance.md). Reads that come
 //! just before a commit that replaces the rows read ([`Storage::get_many_for_commit`]) run on
 //! the writer, whose cache holds what they descend. WAL checkpoints run on a connection of
-//! their own, off the commit path (see `Checkpoints` in the source).
+//! their own, off the commit path (see [`WalCheckpointer`]).
 //!
 //! The file holds only what the store gives it: blind ids (keyed hashes), sealed envelopes,
 //! a deleted flag, the pending device sequence, and metadata whose secret parts are sealed.
@@ -61,7 +61,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::time::Duration;
-use tokio::sync::mpsc;
+
+mod checkpoint;
+pub use checkpoint::WalCheckpointer;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -140,83 +142,11 @@ pub struct SqliteStorage {
     writer: SqlitePool,
     /// Every read.
     readers: SqlitePool,
-    checkpoints: Arc<Checkpoints>,
+    checkpoints: Arc<WalCheckpointer>,
     path: PathBuf,
 }
 
-/// Checkpoints off the commit path. A checkpoint copies the pages committed to the WAL back
-/// into the database file and syncs it; run by the writer inside a commit (SQLite's default),
-/// it held up every commit that crossed the threshold for as long as it took, and during an
-/// initial sync it was half of the writer's time (docs/performance.md). Here a task with a
-/// connection of its own runs `PRAGMA wal_checkpoint(PASSIVE)` when the writer asks, beside the
-/// next commits: WAL mode lets one checkpointer copy committed frames while the writer appends
-/// new ones, and the writer restarts the WAL from its start once everything in it has been
-/// copied. The writer keeps SQLite's own checkpoint at [`WRITER_AUTOCHECKPOINT_PAGES`] as a
-/// bound, should the checkpointer fall behind. Crash safety is SQLite's either way: a
-/// checkpoint interrupted anywhere is redone from the WAL at the next open.
-#[derive(Debug)]
-struct Checkpoints {
-    /// Estimated bytes committed since the last request.
-    since: std::sync::atomic::AtomicU64,
-    /// Requests (one waits at most: a request while one waits is the same request), and the
-    /// task, until [`Storage::close`] takes them.
-    task: std::sync::Mutex<Option<(mpsc::Sender<()>, tokio::task::JoinHandle<()>)>>,
-}
-
-impl Checkpoints {
-    /// Starts the checkpointer on `pool` (one connection of its own); it stops when every
-    /// handle to the storage is gone or [`Checkpoints::stop`] is called.
-    fn start(pool: SqlitePool) -> Self {
-        let (tx, mut rx) = mpsc::channel::<()>(1);
-        let task = tokio::spawn(async move {
-            while rx.recv().await.is_some() {
-                match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-                    .fetch_one(&pool)
-                    .await
-                {
-                    Ok((_, log, done)) => {
-                        tracing::trace!(wal_pages = log, copied = done, "checkpoint");
-                    }
-                    // The next request tries again; the writer's own checkpoint bounds the WAL.
-                    Err(e) => tracing::warn!(error = %e, "background checkpoint failed"),
-                }
-            }
-            pool.close().await;
-        });
-        Self {
-            since: std::sync::atomic::AtomicU64::new(0),
-            task: std::sync::Mutex::new(Some((tx, task))),
-        }
-    }
-
-    /// Counts `bytes` committed and asks for a checkpoint once enough have been.
-    fn committed(&self, bytes: u64) {
-        use std::sync::atomic::Ordering;
-        let since = self.since.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if since < CHECKPOINT_AFTER_BYTES {
-            return;
-        }
-        self.since.store(0, Ordering::Relaxed);
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((tx, _)) = task.as_ref() {
-            // Full: a request is waiting already, and covers this one.
-            let _ = tx.try_send(());
-        }
-    }
-
-    /// Stops the checkpointer: a checkpoint under way finishes, then its connection closes.
-    async fn stop(&self) {
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((tx, task)) = task {
-            drop(tx);
-            if let Err(e) = task.await {
-                tracing::warn!(error = %e, "the checkpointer ended abnormally");
-            }
-        }
-    }
-}
-
-/// Roughly the bytes of new and replaced rows a batch writes: what [`Checkpoints`] counts. Only
+/// Roughly the bytes of new and replaced rows a batch writes: what [`WalCheckpointer`] counts. Only
 /// envelopes count; each also dirties a page of each index over the ids, so they are what fills
 /// the WAL. Acknowledgements, bookkeeping and metadata rewrite a few dozen bytes a row, and are
 /// left to the writer's own checkpoint: counted here, they asked for a checkpoint every few
@@ -549,7 +479,7 @@ impl SqliteStorage {
         let storage = Self {
             writer,
             readers,
-            checkpoints: Arc::new(Checkpoints::start(checkpointer)),
+            checkpoints: Arc::new(WalCheckpointer::start(checkpointer, CHECKPOINT_AFTER_BYTES)),
             path,
         };
         if let Err(e) = storage.prepare(create).await {

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backend_sqlite::WalCheckpointer;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -174,6 +175,9 @@ const WRITER_CACHE_KIB: u32 = 16 * 1024;
 const READER_CACHE_KIB: u32 = 2 * 1024;
 /// SQLite: reader connections at most.
 const READERS: u32 = 3;
+/// Envelope bytes pushed after which [`SqliteStore`] asks its checkpointer to copy the WAL
+/// back into the database file.
+const CHECKPOINT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
 
 macro_rules! sql_store {
     ($store:ident, $db:ty, $for_update:literal) => {
@@ -801,7 +805,9 @@ macro_rules! sql_store {
             }
 
             async fn push(&self, account: AccountId, request: &PushRequest) -> Result<PushResponse> {
-                self.push_tx(account, request).await
+                let response = self.push_tx(account, request).await?;
+                self.committed(request.envelopes.iter().map(|e| e.envelope.len() as u64).sum());
+                Ok(response)
             }
 
             async fn pull(&self, account: AccountId, request: &PullRequest) -> Result<PullPage> {
@@ -891,6 +897,9 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The one connection every transaction runs on.
     writer: SqlitePool,
+    /// WAL checkpoints, on a connection of their own after every [`CHECKPOINT_AFTER_BYTES`]
+    /// of pushed envelopes, instead of inside the push that crosses `wal_autocheckpoint`.
+    checkpoints: Arc<WalCheckpointer>,
     config: RelayConfig,
     clock: WallClock,
 }
@@ -916,12 +925,13 @@ impl SqliteStore {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
-                // The writer's page cache holds the indexes' hot pages, and checkpoints every
-                // 8192 pages (32 MiB of WAL, truncated back to at most 64 MiB) write a page
-                // dirtied by many pushes back once. Durability is unchanged: every commit still
-                // syncs the WAL. See docs/performance.md (`hearth bench`, W3).
+                // The writer's page cache holds the indexes' hot pages. Checkpoints run on a
+                // connection of their own (`checkpoints`); the writer checkpoints by itself only
+                // past 32768 pages (128 MiB of WAL, truncated back to at most 64 MiB), should
+                // that one fall behind. Durability is unchanged: every commit still syncs the
+                // WAL. See docs/performance.md (`hearth bench`, W3).
                 .pragma("cache_size", format!("-{cache_kib}"))
-                .pragma("wal_autocheckpoint", "8192")
+                .pragma("wal_autocheckpoint", "32768")
                 .pragma("journal_size_limit", "67108864")
         };
         // Every transaction (pushes, pulls, which record the device's cursor, registrations)
@@ -962,9 +972,14 @@ impl SqliteStore {
         tx.commit()
             .await
             .map_err(|e| map_sqlx(e, "commit migration"))?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .connect_lazy_with(opts(READER_CACHE_KIB));
         Ok(Self {
             pool,
             writer,
+            checkpoints: Arc::new(WalCheckpointer::start(checkpointer, CHECKPOINT_AFTER_BYTES)),
             config,
             clock,
         })
@@ -974,7 +989,13 @@ impl SqliteStore {
         &self.writer
     }
 
+    /// Counts the envelope bytes of a push committed, for the checkpointer.
+    fn committed(&self, bytes: u64) {
+        self.checkpoints.committed(bytes);
+    }
+
     async fn close_pools(&self) {
+        self.checkpoints.stop().await;
         self.pool.close().await;
         self.writer.close().await;
     }
@@ -1009,6 +1030,9 @@ impl PostgresStore {
     fn write_pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// PostgreSQL checkpoints by itself, off the commit path.
+    fn committed(&self, _bytes: u64) {}
 
     async fn close_pools(&self) {
         self.pool.close().await;
