@@ -270,6 +270,10 @@ pub struct StoreInfo {
 struct Writer {
     state: DeviceState,
     encoded: Vec<u8>,
+    /// `state` may differ from what the storage holds: a commit of it failed or was
+    /// abandoned mid-way (its future dropped), so whether it landed is unknown. The next
+    /// holder reads the device state back from the storage ([`Store::lock_writer`]).
+    stale: bool,
 }
 
 struct Inner {
@@ -293,6 +297,8 @@ struct Inner {
     /// header is in the storage's metadata.
     sidecar: Option<PathBuf>,
     writer: tokio::sync::Mutex<Writer>,
+    /// Tasks waiting for `writer` ([`Store::writer_wanted`]).
+    writer_waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// An open, unlocked, encrypted record store. Cheap to clone; clones share one store.
@@ -444,7 +450,12 @@ impl Store {
                 padding: options.padding,
                 clock: options.clock,
                 sidecar,
-                writer: tokio::sync::Mutex::new(Writer { state, encoded }),
+                writer: tokio::sync::Mutex::new(Writer {
+                    state,
+                    encoded,
+                    stale: false,
+                }),
+                writer_waiting: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -499,7 +510,7 @@ impl Store {
     /// process changed it meanwhile. In the storage's metadata (one guarded commit) or in the
     /// key header file of a store encrypted at rest ([`sidecar::replace`]).
     async fn replace_keyring(&self, old: &Keyring, new: Keyring) -> Result<()> {
-        let _w = self.inner.writer.lock().await;
+        let _w = self.lock_writer().await;
         match &self.inner.sidecar {
             Some(path) => sidecar::replace(self.inner.cipher.as_ref(), path, old, &new)?,
             None => {
@@ -666,7 +677,7 @@ impl Store {
         };
         if let Some(keys_path) = self.inner.sidecar.clone() {
             // Hold the writer so no write of this handle interleaves with the key change.
-            let w = self.inner.writer.lock().await;
+            let w = self.lock_writer().await;
             let store =
                 sidecar::rotate(storage, cipher, keys_path, options, &old, next, new_root).await;
             drop(w);
@@ -677,7 +688,7 @@ impl Store {
         }
         drop(new_root);
         {
-            let _w = self.inner.writer.lock().await;
+            let _w = self.lock_writer().await;
             let mut meta = vec![
                 (META_KEYRING.to_owned(), Some(next.encode()?)),
                 (
@@ -849,7 +860,7 @@ impl Store {
     /// Facts about the store, safe to print.
     pub async fn info(&self) -> Result<StoreInfo> {
         let keyring = self.keyring()?;
-        let w = self.inner.writer.lock().await;
+        let w = self.lock_writer().await;
         Ok(StoreInfo {
             space: self.inner.keys.space,
             device: self.inner.device,
@@ -946,7 +957,7 @@ impl Store {
     pub async fn write(&self, batch: WriteBatch) -> Result<WriteSummary> {
         let inner = &*self.inner;
         let cipher = inner.cipher.as_ref();
-        let mut w = inner.writer.lock().await;
+        let mut w = self.lock_writer().await;
         let mut state = w.state.clone();
         let now = (inner.clock)();
         // Per record written: version, deleted, bookkeeping, local-only.
@@ -1061,9 +1072,12 @@ impl Store {
             batch.guards.push((META_DIGEST.to_owned(), Some(kept)));
             batch.meta.push((META_DIGEST.to_owned(), Some(d.to_vec())));
         }
+        // Stale until the commit is known to have landed (see [`Writer::stale`]).
+        w.stale = true;
         inner.storage.commit(batch).await?;
         w.state = state;
         w.encoded = encoded;
+        w.stale = false;
         Ok(summary)
     }
 
@@ -1154,7 +1168,7 @@ impl Store {
 
     /// Flushes and closes the storage.
     pub async fn close(self) -> Result<()> {
-        let _w = self.inner.writer.lock().await;
+        let _w = self.lock_writer().await;
         self.inner.storage.close().await
     }
 }
@@ -1166,6 +1180,9 @@ pub(crate) struct WriterGuard<'a> {
     store: &'a Store,
     guard: tokio::sync::MutexGuard<'a, Writer>,
     working: DeviceState,
+    /// The state digest as the batch staged last leaves it ([`Self::stage_replacing`]), for
+    /// the batch staged next while that one is being committed.
+    staged_digest: Option<Vec<u8>>,
 }
 
 impl WriterGuard<'_> {
@@ -1209,7 +1226,27 @@ impl WriterGuard<'_> {
         self.commit_inner(batch, Digest::Read).await
     }
 
-    async fn commit_inner(&mut self, mut batch: Batch, digest: Digest<'_>) -> Result<()> {
+    async fn commit_inner(&mut self, batch: Batch, digest: Digest<'_>) -> Result<()> {
+        let before = (
+            self.guard.state.clone(),
+            self.guard.encoded.clone(),
+            self.staged_digest.clone(),
+        );
+        let batch = self.stage(batch, digest).await?;
+        if let Err(e) = self.store.inner.storage.commit(batch).await {
+            // As before the batch for this guard's caller; stale for the next holder, in case
+            // the commit landed after all.
+            (self.guard.state, self.guard.encoded, self.staged_digest) = before;
+            return Err(e);
+        }
+        self.guard.stale = false;
+        Ok(())
+    }
+
+    /// Adds the working device state and the state digest's update to `batch`, guarded by
+    /// the ones before, and takes them as the current ones, unconfirmed ([`Writer::stale`])
+    /// until the batch is committed.
+    async fn stage(&mut self, mut batch: Batch, digest: Digest<'_>) -> Result<Batch> {
         let encoded = encode_state(&self.working)?;
         batch
             .guards
@@ -1217,19 +1254,47 @@ impl WriterGuard<'_> {
         batch
             .meta
             .push((META_DEVICE.to_owned(), Some(encoded.clone())));
-        match digest {
-            Digest::Keep => {}
-            Digest::Read => self.store.digest_update(&mut batch, None, None).await?,
-            Digest::Replacing(old, opened) => {
+        let kept = self.staged_digest.take();
+        let digest = match digest {
+            Digest::Keep => kept,
+            Digest::Read => {
                 self.store
-                    .digest_update(&mut batch, Some(old), Some(opened))
+                    .digest_update(&mut batch, None, None, kept)
                     .await?
             }
-        }
-        self.store.inner.storage.commit(batch).await?;
+            Digest::Replacing(old, opened) => {
+                self.store
+                    .digest_update(&mut batch, Some(old), Some(opened), kept)
+                    .await?
+            }
+        };
+        self.staged_digest = digest;
         self.guard.state = self.working.clone();
         self.guard.encoded = encoded;
-        Ok(())
+        self.guard.stale = true;
+        Ok(batch)
+    }
+
+    /// Prepares `batch` like [`Self::commit_replacing`] without committing it: the batch comes
+    /// back for the caller to commit ([`Store::commit_staged`]) while it goes on deciding
+    /// the next one with this guard, which takes the batch's device state and state digest as
+    /// the ones the next batch builds on. Staged batches must be committed one at a time, in
+    /// the order staged, each after the one before has succeeded (the next one's guards name
+    /// what this one writes), and [`Self::staged_committed`] called once each has; after a
+    /// failed or abandoned commit, drop the guard (the next holder reads the device state back
+    /// from the storage).
+    pub(crate) async fn stage_replacing(
+        &mut self,
+        batch: Batch,
+        old: &HashMap<RecordId, StoredRecord>,
+        opened: &Opened,
+    ) -> Result<Batch> {
+        self.stage(batch, Digest::Replacing(old, opened)).await
+    }
+
+    /// The batch staged last has been committed.
+    pub(crate) fn staged_committed(&mut self) {
+        self.guard.stale = false;
     }
 
     /// The store's state digest ([`crate::engine::head`]). Kept by every commit once it
@@ -1552,19 +1617,27 @@ impl Store {
     /// Adds to `batch` the state digest's change, when the store keeps one: each record the
     /// batch replaces or removes leaves the digest, each it writes enters it. Guarded, so a
     /// commit from another process in between fails the batch rather than skewing the digest.
+    /// Adds the state digest's update for `batch` to it, and returns the digest as it leaves
+    /// it (`None` when the store keeps none). `kept` is the digest as stored, if the caller
+    /// knows it (a staged batch not committed yet changes it); otherwise it is read.
     async fn digest_update(
         &self,
         batch: &mut Batch,
         known: Option<&HashMap<RecordId, StoredRecord>>,
         opened: Option<&Opened>,
-    ) -> Result<()> {
-        if batch.puts.is_empty() && batch.removes.is_empty() {
-            return Ok(());
-        }
+        kept: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
         let storage = &self.inner.storage;
-        let Some(current) = storage.meta_get(META_DIGEST).await? else {
-            return Ok(());
+        let current = match kept {
+            Some(kept) => Some(kept),
+            None => storage.meta_get(META_DIGEST).await?,
         };
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        if batch.puts.is_empty() && batch.removes.is_empty() {
+            return Ok(Some(current));
+        }
         let mut digest = decode_digest(&current)?;
         // What each record ends as: puts apply in order, then removes.
         let mut finals: BTreeMap<RecordId, Option<&StoredRecord>> = BTreeMap::new();
@@ -1601,20 +1674,58 @@ impl Store {
         batch
             .meta
             .push((META_DIGEST.to_owned(), Some(digest.to_vec())));
-        Ok(())
+        Ok(Some(digest.to_vec()))
     }
 }
 
 impl Store {
     /// Takes the write path exclusively (see [`WriterGuard`]).
     pub(crate) async fn writer(&self) -> WriterGuard<'_> {
-        let guard = self.inner.writer.lock().await;
+        let guard = self.lock_writer().await;
         let working = guard.state.clone();
         WriterGuard {
             store: self,
             guard,
             working,
+            staged_digest: None,
         }
+    }
+
+    /// Commits a batch staged by [`WriterGuard::stage_replacing`]. Needs no guard: the
+    /// batch's own guards keep it in order.
+    pub(crate) async fn commit_staged(&self, batch: Batch) -> Result<()> {
+        self.inner.storage.commit(batch).await
+    }
+
+    /// Whether a task is waiting for the write path: a long holder (a pull applying run after
+    /// run) lets it in between two runs.
+    pub(crate) fn writer_wanted(&self) -> bool {
+        self.inner.writer_waiting.load(Ordering::SeqCst) > 0
+    }
+
+    /// Locks the write path; reads the device state back from the storage when the last
+    /// holder left it unconfirmed ([`Writer::stale`]).
+    async fn lock_writer(&self) -> tokio::sync::MutexGuard<'_, Writer> {
+        let waiting = &self.inner.writer_waiting;
+        waiting.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.inner.writer.lock().await;
+        waiting.fetch_sub(1, Ordering::SeqCst);
+        if guard.stale {
+            match self.inner.storage.meta_get(META_DEVICE).await {
+                Ok(Some(encoded)) => match postcard::from_bytes::<DeviceState>(&encoded) {
+                    Ok(state) => {
+                        guard.state = state;
+                        guard.encoded = encoded;
+                        guard.stale = false;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "device state unreadable"),
+                },
+                // Left stale: the next commit's guard fails, and the next holder tries again.
+                Ok(None) => tracing::warn!("device state missing"),
+                Err(e) => tracing::warn!(error = %e, "reading the device state back failed"),
+            }
+        }
+        guard
     }
 
     /// The root key (for deriving backup keys).

@@ -172,3 +172,223 @@ async fn a_pull_failing_inside_a_run_keeps_the_pages_before_it() {
         "two pages, the failure, then the five pages left"
     );
 }
+
+/// A transport that runs a hook (once) before its first push goes out.
+struct BeforePush {
+    inner: Arc<MockTransport>,
+    hook:
+        tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
+}
+
+impl std::fmt::Debug for BeforePush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BeforePush").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Transport for BeforePush {
+    fn name(&self) -> &'static str {
+        "before-push"
+    }
+    async fn push(&self, request: PushRequest) -> Result<PushResponse> {
+        let hook = self.hook.lock().await.take();
+        if let Some(hook) = hook {
+            hook.await;
+        }
+        self.inner.push(request).await
+    }
+    async fn pull(&self, request: PullRequest) -> Result<PullPage> {
+        self.inner.pull(request).await
+    }
+    async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>> {
+        self.inner.get_key_backup(space).await
+    }
+    async fn put_key_backup(&self, space: SpaceId, blob: Vec<u8>) -> Result<()> {
+        self.inner.put_key_backup(space, blob).await
+    }
+    async fn share(&self, destination: &str, sealed: Vec<u8>) -> Result<()> {
+        self.inner.share(destination, sealed).await
+    }
+}
+
+async fn values(engine: &SyncEngine) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<_> = engine
+        .store()
+        .scan_page("notes", None, 100)
+        .await
+        .expect("scan")
+        .records
+        .into_iter()
+        .filter_map(|r| r.value.map(|v| (r.key, v)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A run is committed while the next one is decided; a record the next run holds again must
+/// be decided on the row the run before leaves, or a conflict is missed. The log here holds
+/// two concurrent versions of five records, A's then C's, in pages of five: A's versions, then
+/// A's head with four of C's, then C's last and C's head. Committing page by page, the second
+/// run holds four records of the first, and B must resolve them as A and C do (A's versions,
+/// written later, win under `lww`), keep its state digest, and settle with the others.
+#[tokio::test]
+async fn a_record_in_the_next_run_is_decided_on_the_row_the_run_before_commits() {
+    let world = World::new();
+    let a = std::sync::Arc::new(common::Device::first(&world, Faults::NONE, 1).await);
+    // C writes first; A writes later (so A's versions win) and pushes first: C's push, which
+    // runs A's round just before it goes out, does not name A's versions.
+    let storage_c: Arc<dyn sync_core::Storage> = Arc::new(sync_core::MemoryStorage::new());
+    let store_c = sync_core::Store::join(
+        storage_c,
+        common::SeededCipher::shared(3),
+        common::options(&world, &Arc::new(AtomicU64::new(0))),
+        &a.store.key_backup().expect("backup"),
+    )
+    .await
+    .expect("c joins");
+    world
+        .relay
+        .register_device(store_c.space(), store_c.device())
+        .expect("register c");
+    for i in 0..5 {
+        store_c
+            .put("notes", &format!("k{i}"), &json!({"by": "c"}))
+            .await
+            .expect("c writes");
+    }
+    world.advance(1_000);
+    for i in 0..5 {
+        a.store
+            .put("notes", &format!("k{i}"), &json!({"by": "a"}))
+            .await
+            .expect("a writes");
+    }
+    let a_syncs = a.clone();
+    let c = SyncEngine::new(
+        store_c,
+        Arc::new(BeforePush {
+            inner: Arc::new(MockTransport::new(world.relay.clone())),
+            hook: tokio::sync::Mutex::new(Some(Box::pin(async move {
+                a_syncs.engine.sync().await.expect("a syncs");
+            }))),
+        }),
+        SyncConfig::default(),
+    );
+    c.sync()
+        .await
+        .expect("c syncs, A's round just before its push");
+
+    let (counted, b) = joiner(&world, &a, 2, pages_of_five(1), |t| t).await;
+    // Each commit is still under way when the next run is looked up.
+    counted.slow_commits.store(true, Ordering::SeqCst);
+    let r = b.sync().await.expect("b syncs");
+    assert_eq!(r.conflicts_resolved, 5, "{r:?}");
+    assert_eq!(
+        counted.record_commits.load(Ordering::SeqCst),
+        3,
+        "a commit per run"
+    );
+    let expected: Vec<(String, serde_json::Value)> = (0..5)
+        .map(|i| (format!("k{i}"), json!({"by": "a"})))
+        .collect();
+    assert_eq!(values(&b).await, expected, "B resolves as the others do");
+    b.store()
+        .check()
+        .await
+        .expect("B's state digest matches its records");
+
+    // Everyone converges on A's versions.
+    for _ in 0..2 {
+        c.sync().await.expect("c syncs");
+        a.engine.sync().await.expect("a syncs");
+        b.sync().await.expect("b syncs");
+    }
+    assert_eq!(values(&c).await, expected);
+    assert_eq!(values(&a.engine).await, expected);
+    assert_eq!(values(&b).await, expected);
+}
+
+/// A run's commit fails while the next run is decided: the round fails with the storage's
+/// error, nothing after the last commit that landed counts, and the next round brings the rest
+/// with the device state and state digest intact, whether the failed commit was applied (its
+/// answer lost) or not.
+#[tokio::test]
+async fn a_commit_failing_in_the_middle_of_a_pull_loses_nothing_and_the_next_round_recovers() {
+    for landed in [false, true] {
+        let world = World::new();
+        let a = thirty(&world).await;
+        let (counted, engine) = joiner(&world, &a, 2, pages_of_five(1), |t| t).await;
+        counted.fail_record_commit.store(3, Ordering::SeqCst);
+        counted.fail_after_applying.store(landed, Ordering::SeqCst);
+        let err = engine.sync().await.expect_err("the third commit fails");
+        assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+        let r = engine.sync().await.expect("the next round");
+        assert_eq!(live_records(&engine).await, 30, "landed: {landed}, {r:?}");
+        engine
+            .store()
+            .check()
+            .await
+            .unwrap_or_else(|e| panic!("digest after a failed commit (landed: {landed}): {e}"));
+        // The device state is the stored one: a local write commits, and reaches A.
+        engine
+            .store()
+            .put("notes", "after", &json!({"landed": landed}))
+            .await
+            .expect("a local write after the failure");
+        engine.sync().await.expect("b pushes");
+        a.engine.sync().await.expect("a pulls");
+        assert_eq!(
+            a.store.get("notes", "after").await.expect("get"),
+            Some(json!({"landed": landed}))
+        );
+    }
+}
+
+/// A local write made while a pull applies run after run gets in between two runs (the pull
+/// lets the write path go when a writer waits, instead of holding it to the end of the log),
+/// and nothing of either is lost: every pulled record and the local write are there, the state
+/// digest holds, and the write reaches A. The write is started at the pull's second commit,
+/// when the pull holds the write path, and the pull commits six runs in all.
+#[tokio::test]
+async fn a_local_write_during_a_long_pull_gets_in_between_two_runs() {
+    let world = World::new();
+    let a = thirty(&world).await;
+    let (counted, engine) = joiner(&world, &a, 2, pages_of_five(1), |t| t).await;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    *counted.gate.lock().expect("gate") = Some((2, wake.clone(), open.clone()));
+    let store = engine.store().clone();
+    let counts = counted.clone();
+    let write = tokio::spawn(async move {
+        wake.notified().await;
+        // Set before the write asks for the write path; on this single-threaded runtime the
+        // pull resumes only once the write waits for it.
+        open.store(true, Ordering::SeqCst);
+        store
+            .put("local", "w", &json!("during"))
+            .await
+            .expect("a local write during the pull");
+        counts.record_commits.load(Ordering::SeqCst)
+    });
+    let r = engine.sync().await.expect("b syncs");
+    assert_eq!(r.pulled, 30, "{r:?}");
+    let commits_at_write = write.await.expect("the write task");
+    assert_eq!(
+        counted.record_commits.load(Ordering::SeqCst),
+        7,
+        "six runs and the write"
+    );
+    assert!(
+        commits_at_write < 7,
+        "the write waited for the whole pull ({commits_at_write} record commits when it landed)"
+    );
+    assert_eq!(live_records(&engine).await, 30);
+    engine.store().check().await.expect("state digest");
+    engine.sync().await.expect("b pushes its write");
+    a.engine.sync().await.expect("a pulls");
+    assert_eq!(
+        a.store.get("local", "w").await.expect("get"),
+        Some(json!("during"))
+    );
+}

@@ -268,12 +268,30 @@ impl Device {
     }
 }
 
-/// Memory storage that counts the commits that store records and the reads of row states.
+/// A record commit (counted from 1), the `Notify` it wakes, and the flag it waits for.
+pub type Gate = (
+    usize,
+    Arc<tokio::sync::Notify>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+/// Memory storage that counts the commits that store records and the reads of row states,
+/// and can fail one of those commits, or make each of them wait for the runtime once.
 #[derive(Debug, Default)]
 pub struct Counting {
     inner: MemoryStorage,
     pub record_commits: AtomicUsize,
     pub state_reads: AtomicUsize,
+    /// The record commit (counted from 1 across this storage's life) that fails; 0 for none.
+    pub fail_record_commit: AtomicUsize,
+    /// Whether that commit is applied before it fails (its answer lost, as when the process
+    /// cannot tell whether a commit landed).
+    pub fail_after_applying: std::sync::atomic::AtomicBool,
+    /// Record commits yield to the runtime before they apply, as a real database's do.
+    pub slow_commits: std::sync::atomic::AtomicBool,
+    /// A record commit (counted from 1) that, before it applies, wakes the first `Notify` and
+    /// then yields to the runtime until the flag is set.
+    pub gate: Mutex<Option<Gate>>,
 }
 
 #[async_trait]
@@ -318,11 +336,37 @@ impl Storage for Counting {
         self.inner.meta_get(key).await
     }
     async fn commit(&self, batch: Batch) -> Result<()> {
-        let records = !batch.puts.is_empty();
-        self.inner.commit(batch).await?;
-        if records {
-            self.record_commits.fetch_add(1, Ordering::SeqCst);
+        use std::sync::atomic::Ordering::SeqCst;
+        if batch.puts.is_empty() {
+            return self.inner.commit(batch).await;
         }
+        if self.slow_commits.load(SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        let n = self.record_commits.load(SeqCst) + 1;
+        let gate = {
+            let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            match gate.as_ref() {
+                Some((at, ..)) if *at == n => gate.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, wake, open)) = gate {
+            wake.notify_one();
+            while !open.load(SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        }
+        if n == self.fail_record_commit.load(SeqCst) {
+            self.fail_record_commit.store(0, SeqCst);
+            if self.fail_after_applying.load(SeqCst) {
+                self.inner.commit(batch).await?;
+                self.record_commits.fetch_add(1, SeqCst);
+            }
+            return Err(sync_core::Error::new(sync_core::ErrorKind::Io, "disk error").temporary());
+        }
+        self.inner.commit(batch).await?;
+        self.record_commits.fetch_add(1, SeqCst);
         Ok(())
     }
 }
