@@ -297,8 +297,6 @@ struct Inner {
     /// header is in the storage's metadata.
     sidecar: Option<PathBuf>,
     writer: tokio::sync::Mutex<Writer>,
-    /// Tasks waiting for `writer` ([`Store::writer_wanted`]).
-    writer_waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// An open, unlocked, encrypted record store. Cheap to clone; clones share one store.
@@ -455,7 +453,6 @@ impl Store {
                     encoded,
                     stale: false,
                 }),
-                writer_waiting: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -1180,9 +1177,6 @@ pub(crate) struct WriterGuard<'a> {
     store: &'a Store,
     guard: tokio::sync::MutexGuard<'a, Writer>,
     working: DeviceState,
-    /// The state digest as the batch staged last leaves it ([`Self::stage_replacing`]), for
-    /// the batch staged next while that one is being committed.
-    staged_digest: Option<Vec<u8>>,
 }
 
 impl WriterGuard<'_> {
@@ -1226,27 +1220,7 @@ impl WriterGuard<'_> {
         self.commit_inner(batch, Digest::Read).await
     }
 
-    async fn commit_inner(&mut self, batch: Batch, digest: Digest<'_>) -> Result<()> {
-        let before = (
-            self.guard.state.clone(),
-            self.guard.encoded.clone(),
-            self.staged_digest.clone(),
-        );
-        let batch = self.stage(batch, digest).await?;
-        if let Err(e) = self.store.inner.storage.commit(batch).await {
-            // As before the batch for this guard's caller; stale for the next holder, in case
-            // the commit landed after all.
-            (self.guard.state, self.guard.encoded, self.staged_digest) = before;
-            return Err(e);
-        }
-        self.guard.stale = false;
-        Ok(())
-    }
-
-    /// Adds the working device state and the state digest's update to `batch`, guarded by
-    /// the ones before, and takes them as the current ones, unconfirmed ([`Writer::stale`])
-    /// until the batch is committed.
-    async fn stage(&mut self, mut batch: Batch, digest: Digest<'_>) -> Result<Batch> {
+    async fn commit_inner(&mut self, mut batch: Batch, digest: Digest<'_>) -> Result<()> {
         let encoded = encode_state(&self.working)?;
         batch
             .guards
@@ -1254,47 +1228,22 @@ impl WriterGuard<'_> {
         batch
             .meta
             .push((META_DEVICE.to_owned(), Some(encoded.clone())));
-        let kept = self.staged_digest.take();
-        let digest = match digest {
-            Digest::Keep => kept,
-            Digest::Read => {
-                self.store
-                    .digest_update(&mut batch, None, None, kept)
-                    .await?
-            }
+        match digest {
+            Digest::Keep => {}
+            Digest::Read => self.store.digest_update(&mut batch, None, None).await?,
             Digest::Replacing(old, opened) => {
                 self.store
-                    .digest_update(&mut batch, Some(old), Some(opened), kept)
+                    .digest_update(&mut batch, Some(old), Some(opened))
                     .await?
             }
-        };
-        self.staged_digest = digest;
+        }
+        // Stale until the commit is known to have landed (see [`Writer::stale`]).
+        self.guard.stale = true;
+        self.store.inner.storage.commit(batch).await?;
         self.guard.state = self.working.clone();
         self.guard.encoded = encoded;
-        self.guard.stale = true;
-        Ok(batch)
-    }
-
-    /// Prepares `batch` like [`Self::commit_replacing`] without committing it: the batch comes
-    /// back for the caller to commit ([`Store::commit_staged`]) while it goes on deciding
-    /// the next one with this guard, which takes the batch's device state and state digest as
-    /// the ones the next batch builds on. Staged batches must be committed one at a time, in
-    /// the order staged, each after the one before has succeeded (the next one's guards name
-    /// what this one writes), and [`Self::staged_committed`] called once each has; after a
-    /// failed or abandoned commit, drop the guard (the next holder reads the device state back
-    /// from the storage).
-    pub(crate) async fn stage_replacing(
-        &mut self,
-        batch: Batch,
-        old: &HashMap<RecordId, StoredRecord>,
-        opened: &Opened,
-    ) -> Result<Batch> {
-        self.stage(batch, Digest::Replacing(old, opened)).await
-    }
-
-    /// The batch staged last has been committed.
-    pub(crate) fn staged_committed(&mut self) {
         self.guard.stale = false;
+        Ok(())
     }
 
     /// The store's state digest ([`crate::engine::head`]). Kept by every commit once it
@@ -1617,27 +1566,19 @@ impl Store {
     /// Adds to `batch` the state digest's change, when the store keeps one: each record the
     /// batch replaces or removes leaves the digest, each it writes enters it. Guarded, so a
     /// commit from another process in between fails the batch rather than skewing the digest.
-    /// Adds the state digest's update for `batch` to it, and returns the digest as it leaves
-    /// it (`None` when the store keeps none). `kept` is the digest as stored, if the caller
-    /// knows it (a staged batch not committed yet changes it); otherwise it is read.
     async fn digest_update(
         &self,
         batch: &mut Batch,
         known: Option<&HashMap<RecordId, StoredRecord>>,
         opened: Option<&Opened>,
-        kept: Option<Vec<u8>>,
-    ) -> Result<Option<Vec<u8>>> {
-        let storage = &self.inner.storage;
-        let current = match kept {
-            Some(kept) => Some(kept),
-            None => storage.meta_get(META_DIGEST).await?,
-        };
-        let Some(current) = current else {
-            return Ok(None);
-        };
+    ) -> Result<()> {
         if batch.puts.is_empty() && batch.removes.is_empty() {
-            return Ok(Some(current));
+            return Ok(());
         }
+        let storage = &self.inner.storage;
+        let Some(current) = storage.meta_get(META_DIGEST).await? else {
+            return Ok(());
+        };
         let mut digest = decode_digest(&current)?;
         // What each record ends as: puts apply in order, then removes.
         let mut finals: BTreeMap<RecordId, Option<&StoredRecord>> = BTreeMap::new();
@@ -1674,42 +1615,15 @@ impl Store {
         batch
             .meta
             .push((META_DIGEST.to_owned(), Some(digest.to_vec())));
-        Ok(Some(digest.to_vec()))
+        Ok(())
     }
 }
 
 impl Store {
-    /// Takes the write path exclusively (see [`WriterGuard`]).
-    pub(crate) async fn writer(&self) -> WriterGuard<'_> {
-        let guard = self.lock_writer().await;
-        let working = guard.state.clone();
-        WriterGuard {
-            store: self,
-            guard,
-            working,
-            staged_digest: None,
-        }
-    }
-
-    /// Commits a batch staged by [`WriterGuard::stage_replacing`]. Needs no guard: the
-    /// batch's own guards keep it in order.
-    pub(crate) async fn commit_staged(&self, batch: Batch) -> Result<()> {
-        self.inner.storage.commit(batch).await
-    }
-
-    /// Whether a task is waiting for the write path: a long holder (a pull applying run after
-    /// run) lets it in between two runs.
-    pub(crate) fn writer_wanted(&self) -> bool {
-        self.inner.writer_waiting.load(Ordering::SeqCst) > 0
-    }
-
     /// Locks the write path; reads the device state back from the storage when the last
     /// holder left it unconfirmed ([`Writer::stale`]).
     async fn lock_writer(&self) -> tokio::sync::MutexGuard<'_, Writer> {
-        let waiting = &self.inner.writer_waiting;
-        waiting.fetch_add(1, Ordering::SeqCst);
         let mut guard = self.inner.writer.lock().await;
-        waiting.fetch_sub(1, Ordering::SeqCst);
         if guard.stale {
             match self.inner.storage.meta_get(META_DEVICE).await {
                 Ok(Some(encoded)) => match postcard::from_bytes::<DeviceState>(&encoded) {
@@ -1726,6 +1640,17 @@ impl Store {
             }
         }
         guard
+    }
+
+    /// Takes the write path exclusively (see [`WriterGuard`]).
+    pub(crate) async fn writer(&self) -> WriterGuard<'_> {
+        let guard = self.lock_writer().await;
+        let working = guard.state.clone();
+        WriterGuard {
+            store: self,
+            guard,
+            working,
+        }
     }
 
     /// The root key (for deriving backup keys).

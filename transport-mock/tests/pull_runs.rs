@@ -226,8 +226,9 @@ async fn values(engine: &SyncEngine) -> Vec<(String, serde_json::Value)> {
     out
 }
 
-/// A run is committed while the next one is decided; a record the next run holds again must
-/// be decided on the row the run before leaves, or a conflict is missed. The log here holds
+/// A record the next run holds again must be decided on the row the run before leaves (a pull
+/// that decided a run before the one ahead of it was committed would miss the conflict: one
+/// was tried, see docs/performance.md). The log here holds
 /// two concurrent versions of five records, A's then C's, in pages of five: A's versions, then
 /// A's head with four of C's, then C's last and C's head. Committing page by page, the second
 /// run holds four records of the first, and B must resolve them as A and C do (A's versions,
@@ -280,7 +281,7 @@ async fn a_record_in_the_next_run_is_decided_on_the_row_the_run_before_commits()
         .expect("c syncs, A's round just before its push");
 
     let (counted, b) = joiner(&world, &a, 2, pages_of_five(1), |t| t).await;
-    // Each commit is still under way when the next run is looked up.
+    // Commits yield to the runtime, as a real database's do.
     counted.slow_commits.store(true, Ordering::SeqCst);
     let r = b.sync().await.expect("b syncs");
     assert_eq!(r.conflicts_resolved, 5, "{r:?}");
@@ -309,10 +310,11 @@ async fn a_record_in_the_next_run_is_decided_on_the_row_the_run_before_commits()
     assert_eq!(values(&b).await, expected);
 }
 
-/// A run's commit fails while the next run is decided: the round fails with the storage's
-/// error, nothing after the last commit that landed counts, and the next round brings the rest
-/// with the device state and state digest intact, whether the failed commit was applied (its
-/// answer lost) or not.
+/// A run's commit fails in the middle of a pull: the round fails with the storage's error,
+/// nothing after the last commit that landed counts, and the next round brings the rest with
+/// the device state and state digest intact, whether the failed commit was applied (its answer
+/// lost) or not. Applied, it holds a device state the writer did not take as its own: the next
+/// writer reads it back rather than be refused as "changed by another writer".
 #[tokio::test]
 async fn a_commit_failing_in_the_middle_of_a_pull_loses_nothing_and_the_next_round_recovers() {
     for landed in [false, true] {
@@ -346,8 +348,7 @@ async fn a_commit_failing_in_the_middle_of_a_pull_loses_nothing_and_the_next_rou
 }
 
 /// A local write made while a pull applies run after run gets in between two runs (the pull
-/// lets the write path go when a writer waits, instead of holding it to the end of the log),
-/// and nothing of either is lost: every pulled record and the local write are there, the state
+/// takes the write path run by run, not for the whole log), and nothing of either is lost: every pulled record and the local write are there, the state
 /// digest holds, and the write reaches A. The write is started at the pull's second commit,
 /// when the pull holds the write path, and the pull commits six runs in all.
 #[tokio::test]

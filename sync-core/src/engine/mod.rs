@@ -547,18 +547,13 @@ async fn commit_acks(
 
 /// [`META_OWN_HEAD_SERVER`]'s value: the newest `MAX_OWN_HEADS` of `seqs`, deduplicated.
 fn own_heads(mut seqs: Vec<u64>) -> Result<Vec<u8>> {
-    trim_own_heads(&mut seqs);
-    encode(&seqs)
-}
-
-/// Keeps the newest [`MAX_OWN_HEADS`] distinct server sequences of this device's heads, in order.
-fn trim_own_heads(seqs: &mut Vec<u64>) {
     seqs.retain(|s| *s != 0);
     seqs.sort_unstable();
     seqs.dedup();
     if seqs.len() > MAX_OWN_HEADS {
         seqs.drain(..seqs.len() - MAX_OWN_HEADS);
     }
+    encode(&seqs)
 }
 
 fn decode_or_default<T: for<'de> Deserialize<'de> + Default>(bytes: Option<Vec<u8>>) -> Result<T> {
@@ -582,107 +577,6 @@ struct PageCtx {
     rows: HashMap<RecordId, StoredRecord>,
     conflicts: Vec<RecordId>,
     epoch: u32,
-}
-
-/// The metadata a pull's runs read and write, carried from one run to the next while the
-/// pull holds the write path ([`SyncEngine::pull_carry`]).
-struct PullCarry {
-    epoch: u32,
-    seen: BTreeMap<DeviceId, u64>,
-    conflicts: Vec<RecordId>,
-    /// Other devices' heads, read at the first one pulled.
-    heads: Option<BTreeMap<DeviceId, StoredHead>>,
-    /// [`META_OWN_HEAD_SERVER`], read at the first own head served.
-    own_heads: Option<Vec<u64>>,
-}
-
-/// The write side of a pull. Runs are decided under the store's write path, held from one
-/// run to the next, and each run's batch is committed while the next run is looked up and
-/// decided: the device's storage and its engine work side by side instead of taking turns.
-/// What that needs: the metadata the runs read is carried ([`PullCarry`]), not read back; a
-/// run with a record of the batch in flight waits for that commit before its lookup; the
-/// write path's device state and state digest follow the staged batch
-/// ([`crate::store::WriterGuard::stage_replacing`]). The write path is let go (after the
-/// commit in flight) when another task waits for it, before anything else writes the pull's
-/// metadata, and at the end.
-#[derive(Default)]
-struct ApplyLane<'a> {
-    held: Option<(crate::store::WriterGuard<'a>, PullCarry)>,
-    in_flight: Option<InFlight<'a>>,
-}
-
-/// A staged batch being committed.
-struct InFlight<'a> {
-    /// The records it writes.
-    ids: std::collections::HashSet<RecordId>,
-    commit: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>,
-}
-
-impl<'a> ApplyLane<'a> {
-    /// Waits for the commit in flight, if any.
-    async fn settle(&mut self) -> Result<()> {
-        let Some(f) = self.in_flight.take() else {
-            return Ok(());
-        };
-        match f.commit.await {
-            Ok(()) => {
-                if let Some((w, _)) = &mut self.held {
-                    w.staged_committed();
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // Whether it landed is unknown: the next holder reads the device state back.
-                self.held = None;
-                Err(e)
-            }
-        }
-    }
-
-    /// Waits for the commit in flight, then lets the write path go.
-    async fn drain(&mut self) -> Result<()> {
-        let settled = self.settle().await;
-        self.held = None;
-        settled
-    }
-
-    /// Awaits `fetch` while the commit in flight goes on; once that has landed with the
-    /// fetch still under way, the write path is let go rather than held across the network.
-    async fn commit_while<F: std::future::Future + Unpin>(
-        &mut self,
-        fetch: F,
-    ) -> Result<F::Output> {
-        let Some(f) = self.in_flight.as_mut() else {
-            return Ok(fetch.await);
-        };
-        match futures::future::select(f.commit.as_mut(), fetch).await {
-            futures::future::Either::Left((committed, fetch)) => {
-                self.in_flight = None;
-                match committed {
-                    Ok(()) => {
-                        if let Some((w, _)) = &mut self.held {
-                            w.staged_committed();
-                        }
-                        self.held = None;
-                        Ok(fetch.await)
-                    }
-                    Err(e) => {
-                        self.held = None;
-                        Err(e)
-                    }
-                }
-            }
-            futures::future::Either::Right((fetched, _)) => Ok(fetched),
-        }
-    }
-}
-
-/// A pulled run decided: the batch that applies it, and the rows it replaces and the versions
-/// opened, for the state digest's update ([`crate::store::WriterGuard::stage_replacing`]).
-struct Decided {
-    batch: Batch,
-    stored: HashMap<RecordId, StoredRecord>,
-    opened: Opened,
 }
 
 impl SyncEngine {
@@ -1133,52 +1027,18 @@ impl SyncEngine {
     /// Pulls and applies pages up to the end of the log: from the stored cursor
     /// ([`Walk::Cursor`]), or from 0 ([`Walk::Refetch`]).
     async fn pull_all(&self, report: &mut SyncReport, pending: u64, walk: Walk) -> Result<()> {
-        let cursor = match walk {
+        let mut cursor = match walk {
             Walk::Refetch => 0,
             _ => self.meta_u64(META_CURSOR).await?,
         };
-        let first = self.pull_opened(cursor).await?;
-        let mut lane = ApplyLane::default();
-        let walked = self
-            .pull_runs(&mut lane, cursor, first, report, pending, walk)
-            .await;
-        // Whatever ended the walk, the commit in flight ends before the write path is let go.
-        let drained = lane.drain().await;
-        let floor = walked?;
-        drained?;
-        self.collect_tombstones(floor, report).await?;
-        self.check_heads(report).await
-    }
-
-    /// Walks the log from `cursor` (whose first run is `first`) to its end, applying each run
-    /// through `lane`, and returns the highest collection floor served. The caller drains the
-    /// lane, on success or failure.
-    async fn pull_runs<'a>(
-        &'a self,
-        lane: &mut ApplyLane<'a>,
-        mut cursor: u64,
-        first: OpenedRun,
-        report: &mut SyncReport,
-        pending: u64,
-        walk: Walk,
-    ) -> Result<u64> {
-        let (mut page, mut failed, mut ahead) = first;
-        let mut lane = lane;
-        // The log the runs applied so far were checked against.
-        let mut log: Option<LogId> = None;
+        let (mut page, mut failed, mut ahead) = self.pull_opened(cursor).await?;
         loop {
-            if log != Some(page.log_id) {
-                // Replacing the log writes the cursor and what was seen: after the commit in
-                // flight, not beside it.
-                lane.drain().await?;
-                if self.log_replaced(&page, report).await?.is_some() {
-                    // A new log: the re-sync set up above walks it (the round's caller runs it).
-                    return Err(Error::new(
-                        ErrorKind::ResyncRequired,
-                        "the server's log was replaced; re-syncing from 0",
-                    ));
-                }
-                log = Some(page.log_id);
+            if self.log_replaced(&page, report).await?.is_some() {
+                // A new log: the re-sync set up above walks it (the round's caller runs it).
+                return Err(Error::new(
+                    ErrorKind::ResyncRequired,
+                    "the server's log was replaced; re-syncing from 0",
+                ));
             }
             check_page(cursor, &page)?;
             let more = page.more;
@@ -1187,9 +1047,7 @@ impl SyncEngine {
             let skipped_only = page.envelopes.is_empty() && next_cursor > cursor;
             let apply = async {
                 if skipped_only {
-                    // Only this device's own envelopes were passed over: just move the cursor
-                    // (after the commit in flight, which writes it too).
-                    lane.drain().await?;
+                    // Only this device's own envelopes were passed over: just move the cursor.
                     self.store
                         .storage()
                         .commit(Batch {
@@ -1199,14 +1057,10 @@ impl SyncEngine {
                         .await?;
                 }
                 if !page.envelopes.is_empty() {
-                    self.apply_run(lane, page, ahead, report, walk).await?;
+                    self.apply_page(page, ahead, report, walk).await?;
                     self.progress(report, pending);
                 }
-                if self.store.writer_wanted() {
-                    // A local write (or another task) waits for the write path: let it in.
-                    lane.drain().await?;
-                }
-                Ok::<_, Error>(lane)
+                Ok::<_, Error>(())
             };
             if let Some(e) = failed.take() {
                 // The run ended early on an error: what arrived before it is applied (the
@@ -1216,106 +1070,30 @@ impl SyncEngine {
             }
             if !more {
                 apply.await?;
-                return Ok(floor);
+                self.collect_tombstones(floor, report).await?;
+                return self.check_heads(report).await;
             }
-            // Pipelined: the next run is fetched while this one is decided and the one before
-            // committed (at most one run ahead, so memory stays bounded by three runs), so the
-            // server's work and this device's overlap. The next request names this run's end
-            // as its cursor before this run is committed; should the commit fail, the round
-            // fails, and the next round starts again from the stored cursor (a server that
-            // collected tombstones in between answers ResyncRequired, and the re-sync handles
-            // it). The stall watchdog times each request.
-            let mut fetch = std::pin::pin!(self.pull_opened(next_cursor));
+            // Pipelined: the next run is fetched while this one is applied (at most one run
+            // ahead, so memory stays bounded by two runs), so the server's work and this
+            // device's overlap. The next request names this run's end as its cursor before
+            // this run is committed; should the commit fail, the round fails, and the next
+            // round starts again from the stored cursor (a server that collected tombstones
+            // in between answers ResyncRequired, and the re-sync handles it). The stall
+            // watchdog times each request.
+            let fetch = std::pin::pin!(self.pull_opened(next_cursor));
             let apply = std::pin::pin!(apply);
-            (page, failed, ahead) = match futures::future::select(apply, fetch.as_mut()).await {
-                futures::future::Either::Left((applied, _)) => {
-                    // This run's commit goes on while the next run arrives.
-                    lane = applied?;
-                    lane.commit_while(fetch).await??
+            (page, failed, ahead) = match futures::future::select(apply, fetch).await {
+                futures::future::Either::Left((applied, fetch)) => {
+                    applied?;
+                    fetch.await?
                 }
                 futures::future::Either::Right((fetched, apply)) => {
-                    lane = apply.await?;
+                    apply.await?;
                     fetched?
                 }
             };
             cursor = next_cursor;
         }
-    }
-
-    /// Applies one pulled run through `lane`: looks its rows up, decides it while the run
-    /// before commits, and stages its batch as the one in flight (see [`ApplyLane`]).
-    async fn apply_run<'a>(
-        &'a self,
-        lane: &mut ApplyLane<'a>,
-        page: PullPage,
-        ahead: Vec<Option<Payload>>,
-        report: &mut SyncReport,
-        mode: Walk,
-    ) -> Result<()> {
-        let ids: Vec<RecordId> = page.envelopes.iter().map(|e| e.record).collect();
-        if lane
-            .in_flight
-            .as_ref()
-            .is_some_and(|f| ids.iter().any(|id| f.ids.contains(id)))
-        {
-            // A record of the run in flight comes again: its lookup must see that commit.
-            lane.settle().await?;
-        }
-        if lane.held.is_none() {
-            let w = self.store.writer().await;
-            let carry = self.pull_carry(mode).await?;
-            lane.held = Some((w, carry));
-        }
-        let ApplyLane { held, in_flight } = lane;
-        let Some((w, carry)) = held.as_mut() else {
-            return Err(Error::internal("the pull lost its write path"));
-        };
-        let committing = in_flight.take();
-        let had_commit = committing.is_some();
-        let decide = async {
-            // No row of this run is in the commit in flight: the lookup reads them as the
-            // batch will find them, whether that commit lands before it or after.
-            let existing = self.store.storage().get_many_for_commit(&ids).await?;
-            self.decide_run(w, carry, page, ahead, existing, report, mode)
-                .await
-        };
-        let commit = async {
-            match committing {
-                Some(f) => f.commit.await,
-                None => Ok(()),
-            }
-        };
-        let (decided, committed) = futures::future::join(decide, commit).await;
-        if let Err(e) = committed {
-            // Whether it landed is unknown: the write path is let go, and its next holder
-            // reads the device state back.
-            *held = None;
-            return Err(e);
-        }
-        let staged = match decided {
-            Ok(d) => {
-                if had_commit {
-                    w.staged_committed();
-                }
-                w.stage_replacing(d.batch, &d.stored, &d.opened).await
-            }
-            Err(e) => Err(e),
-        };
-        let batch = match staged {
-            Ok(batch) => batch,
-            Err(e) => {
-                if had_commit {
-                    w.staged_committed();
-                }
-                *held = None;
-                return Err(e);
-            }
-        };
-        *in_flight = Some(InFlight {
-            ids: batch.puts.iter().map(|r| r.id).collect(),
-            commit: Box::pin(self.store.commit_staged(batch)),
-        });
-        Ok(())
     }
 
     /// [`Self::pull_run`], with the run's envelopes then opened (decrypted, authenticated,
@@ -1407,66 +1185,36 @@ impl SyncEngine {
         Ok((p, v))
     }
 
-    /// Applies one pulled page and advances the cursor, in one transaction, as `mode` says
-    /// (a re-sync's walk, one page at a time).
-    async fn apply_page(&self, page: PullPage, report: &mut SyncReport, mode: Walk) -> Result<()> {
+    /// Applies one pulled page and advances the cursor, in one transaction, as `mode` says.
+    /// `ahead` holds the page's envelopes opened already, in order, if they were (see
+    /// [`Self::pull_opened`]); the rest are opened here.
+    async fn apply_page(
+        &self,
+        page: PullPage,
+        ahead: Vec<Option<Payload>>,
+        report: &mut SyncReport,
+        mode: Walk,
+    ) -> Result<()> {
         let mut w = self.store.writer().await;
-        let mut carry = self.pull_carry(mode).await?;
         let ids: Vec<RecordId> = page.envelopes.iter().map(|e| e.record).collect();
         let existing = self.store.storage().get_many_for_commit(&ids).await?;
-        let decided = self
-            .decide_run(&mut w, &mut carry, page, Vec::new(), existing, report, mode)
-            .await?;
-        w.commit_replacing(decided.batch, &decided.stored, &decided.opened)
-            .await
-    }
-
-    /// What a pull carries from one run to the next while it holds the write path: read at
-    /// the start, then kept here, since the run before may still be committing when the next
-    /// one is decided.
-    async fn pull_carry(&self, mode: Walk) -> Result<PullCarry> {
-        Ok(PullCarry {
+        // The rows as stored, for the state digest's update at the commit.
+        let stored: HashMap<RecordId, StoredRecord> = ids
+            .iter()
+            .zip(existing)
+            .filter_map(|(id, r)| r.map(|r| (*id, r)))
+            .collect();
+        let mut ctx = PageCtx {
+            rows: stored.clone(),
+            conflicts: self.conflict_ids().await?,
             epoch: match mode {
                 Walk::Resync(e) | Walk::Reupload(e) => e,
                 Walk::Cursor | Walk::Refetch => self.meta_u64(META_EPOCH).await? as u32,
             },
-            seen: decode_or_default(self.store.storage().meta_get(META_SEEN).await?)?,
-            conflicts: self.conflict_ids().await?,
-            heads: None,
-            own_heads: None,
-        })
-    }
-
-    /// Decides what one pulled run (`page`) changes, as `mode` says, and returns the batch
-    /// that applies it and advances the cursor, with what its commit needs for the state
-    /// digest. `existing` holds the run's rows as they will be when the batch is committed
-    /// (in the order of the page's envelopes); `ahead` the envelopes opened already, in order,
-    /// if they were (see [`Self::pull_opened`]), and the rest are opened here. `carry` holds
-    /// the metadata the run reads and leaves it as the batch writes it.
-    #[allow(clippy::too_many_arguments)]
-    async fn decide_run(
-        &self,
-        w: &mut crate::store::WriterGuard<'_>,
-        carry: &mut PullCarry,
-        page: PullPage,
-        ahead: Vec<Option<Payload>>,
-        existing: Vec<Option<StoredRecord>>,
-        report: &mut SyncReport,
-        mode: Walk,
-    ) -> Result<Decided> {
-        // The rows as stored, for the state digest's update at the commit.
-        let stored: HashMap<RecordId, StoredRecord> = page
-            .envelopes
-            .iter()
-            .zip(existing)
-            .filter_map(|(e, r)| r.map(|r| (e.record, r)))
-            .collect();
-        let mut ctx = PageCtx {
-            rows: stored.clone(),
-            conflicts: std::mem::take(&mut carry.conflicts),
-            epoch: carry.epoch,
         };
-        let seen = &mut carry.seen;
+        let mut seen: BTreeMap<DeviceId, u64> =
+            decode_or_default(self.store.storage().meta_get(META_SEEN).await?)?;
+        let mut heads: Option<BTreeMap<DeviceId, StoredHead>> = None;
         let mut touched: Vec<RecordId> = Vec::new();
         // Versions decrypted here, so the digest upkeep at the commit need not decrypt again.
         let mut opened = Opened::default();
@@ -1563,10 +1311,9 @@ impl SyncEngine {
                     // This device's own head, served by a walk: the next head names it.
                     own_heads_served.push(e.server_seq);
                 } else {
-                    // Read once a pull holds the write path: until then no run wrote them.
-                    let heads = match &mut carry.heads {
+                    let heads = match &mut heads {
                         Some(h) => h,
-                        None => carry.heads.insert(decode_or_default(
+                        None => heads.insert(decode_or_default(
                             self.store.storage().meta_get(META_HEADS).await?,
                         )?),
                     };
@@ -1630,7 +1377,7 @@ impl SyncEngine {
                 Causality::Concurrent => {
                     let remote = version_of(&payload)?;
                     self.resolve_concurrent(
-                        w,
+                        &mut w,
                         &mut ctx,
                         local_row,
                         sync,
@@ -1694,7 +1441,7 @@ impl SyncEngine {
                     // The server serves only an older version of what this device holds (and
                     // acknowledged, or pulled, before): it lost the newer one. Up again.
                     report.reuploaded += 1;
-                    self.requeued(w, row)?
+                    self.requeued(&mut w, row)?
                 } else {
                     row
                 }
@@ -1712,32 +1459,28 @@ impl SyncEngine {
             .collect();
         let mut meta = vec![
             (META_CURSOR.to_owned(), Some(encode(&page.next_cursor)?)),
-            (META_SEEN.to_owned(), Some(encode(&*seen)?)),
+            (META_SEEN.to_owned(), Some(encode(&seen)?)),
             (META_CONFLICTS.to_owned(), Some(encode(&ctx.conflicts)?)),
         ];
-        carry.conflicts = ctx.conflicts;
-        if let Some(heads) = &carry.heads {
-            meta.push((META_HEADS.to_owned(), Some(encode(heads)?)));
+        if let Some(heads) = heads {
+            meta.push((META_HEADS.to_owned(), Some(encode(&heads)?)));
         }
-        if !own_heads_served.is_empty() && carry.own_heads.is_none() {
-            carry.own_heads = Some(decode_or_default(
-                self.store.storage().meta_get(META_OWN_HEAD_SERVER).await?,
-            )?);
-        }
-        if let Some(older) = &mut carry.own_heads {
+        if !own_heads_served.is_empty() {
+            let mut older: Vec<u64> =
+                decode_or_default(self.store.storage().meta_get(META_OWN_HEAD_SERVER).await?)?;
             older.extend(own_heads_served);
-            trim_own_heads(older);
-            meta.push((META_OWN_HEAD_SERVER.to_owned(), Some(encode(&*older)?)));
+            meta.push((META_OWN_HEAD_SERVER.to_owned(), Some(own_heads(older)?)));
         }
-        Ok(Decided {
-            batch: Batch {
+        w.commit_replacing(
+            Batch {
                 puts,
                 meta,
                 ..Batch::default()
             },
-            stored,
-            opened,
-        })
+            &stored,
+            &opened,
+        )
+        .await
     }
 
     /// Checks, at the end of the log, what other devices' heads say against what this device
@@ -2388,7 +2131,7 @@ impl SyncEngine {
             let more = page.more;
             if !page.envelopes.is_empty() {
                 cursor = page.next_cursor;
-                self.apply_page(page, report, walk).await?;
+                self.apply_page(page, Vec::new(), report, walk).await?;
                 self.progress(report, pending);
             }
             if !more {
