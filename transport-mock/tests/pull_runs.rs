@@ -18,21 +18,47 @@ use sync_core::{
 };
 use transport_mock::{Faults, MockTransport};
 
+/// Runs once before a push goes out.
+type Hook = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The device's mock transport, counting pulls; the `fail_at`-th pull (from 1) fails with a
-/// temporary error, once.
-#[derive(Debug)]
-struct FailingPull {
+/// temporary error, once; `before_push` runs (once) before the first push goes out.
+struct Hooked {
     inner: Arc<MockTransport>,
     pulls: AtomicUsize,
     fail_at: usize,
+    before_push: tokio::sync::Mutex<Option<Hook>>,
+}
+
+impl Hooked {
+    fn new(inner: Arc<MockTransport>) -> Self {
+        Self {
+            inner,
+            pulls: AtomicUsize::new(0),
+            fail_at: 0,
+            before_push: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooked")
+            .field("fail_at", &self.fail_at)
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
-impl Transport for FailingPull {
+impl Transport for Hooked {
     fn name(&self) -> &'static str {
-        "failing-pull"
+        "hooked"
     }
     async fn push(&self, request: PushRequest) -> Result<PushResponse> {
+        let hook = self.before_push.lock().await.take();
+        if let Some(hook) = hook {
+            hook.await;
+        }
         self.inner.push(request).await
     }
     async fn pull(&self, request: PullRequest) -> Result<PullPage> {
@@ -148,10 +174,9 @@ async fn a_pull_failing_inside_a_run_keeps_the_pages_before_it() {
     let a = thirty(&world).await;
     let failing = std::sync::OnceLock::new();
     let (counted, engine) = joiner(&world, &a, 2, pages_of_five(16 << 20), |t| {
-        let f = Arc::new(FailingPull {
-            inner: t,
-            pulls: AtomicUsize::new(0),
+        let f = Arc::new(Hooked {
             fail_at: 3,
+            ..Hooked::new(t)
         });
         let _ = failing.set(f.clone());
         f
@@ -171,45 +196,6 @@ async fn a_pull_failing_inside_a_run_keeps_the_pages_before_it() {
         Some(3 + 5),
         "two pages, the failure, then the five pages left"
     );
-}
-
-/// A transport that runs a hook (once) before its first push goes out.
-struct BeforePush {
-    inner: Arc<MockTransport>,
-    hook:
-        tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
-}
-
-impl std::fmt::Debug for BeforePush {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BeforePush").finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl Transport for BeforePush {
-    fn name(&self) -> &'static str {
-        "before-push"
-    }
-    async fn push(&self, request: PushRequest) -> Result<PushResponse> {
-        let hook = self.hook.lock().await.take();
-        if let Some(hook) = hook {
-            hook.await;
-        }
-        self.inner.push(request).await
-    }
-    async fn pull(&self, request: PullRequest) -> Result<PullPage> {
-        self.inner.pull(request).await
-    }
-    async fn get_key_backup(&self, space: SpaceId) -> Result<Option<Vec<u8>>> {
-        self.inner.get_key_backup(space).await
-    }
-    async fn put_key_backup(&self, space: SpaceId, blob: Vec<u8>) -> Result<()> {
-        self.inner.put_key_backup(space, blob).await
-    }
-    async fn share(&self, destination: &str, sealed: Vec<u8>) -> Result<()> {
-        self.inner.share(destination, sealed).await
-    }
 }
 
 async fn values(engine: &SyncEngine) -> Vec<(String, serde_json::Value)> {
@@ -239,19 +225,17 @@ async fn a_record_in_the_next_run_is_decided_on_the_row_the_run_before_commits()
     let a = std::sync::Arc::new(common::Device::first(&world, Faults::NONE, 1).await);
     // C writes first; A writes later (so A's versions win) and pushes first: C's push, which
     // runs A's round just before it goes out, does not name A's versions.
-    let storage_c: Arc<dyn sync_core::Storage> = Arc::new(sync_core::MemoryStorage::new());
-    let store_c = sync_core::Store::join(
-        storage_c,
-        common::SeededCipher::shared(3),
-        common::options(&world, &Arc::new(AtomicU64::new(0))),
-        &a.store.key_backup().expect("backup"),
-    )
-    .await
-    .expect("c joins");
-    world
-        .relay
-        .register_device(store_c.space(), store_c.device())
-        .expect("register c");
+    let a_syncs = a.clone();
+    let (_, c) = joiner(&world, &a, 3, SyncConfig::default(), |t| {
+        Arc::new(Hooked {
+            before_push: tokio::sync::Mutex::new(Some(Box::pin(async move {
+                a_syncs.engine.sync().await.expect("a syncs");
+            }))),
+            ..Hooked::new(t)
+        })
+    })
+    .await;
+    let store_c = c.store().clone();
     for i in 0..5 {
         store_c
             .put("notes", &format!("k{i}"), &json!({"by": "c"}))
@@ -265,17 +249,6 @@ async fn a_record_in_the_next_run_is_decided_on_the_row_the_run_before_commits()
             .await
             .expect("a writes");
     }
-    let a_syncs = a.clone();
-    let c = SyncEngine::new(
-        store_c,
-        Arc::new(BeforePush {
-            inner: Arc::new(MockTransport::new(world.relay.clone())),
-            hook: tokio::sync::Mutex::new(Some(Box::pin(async move {
-                a_syncs.engine.sync().await.expect("a syncs");
-            }))),
-        }),
-        SyncConfig::default(),
-    );
     c.sync()
         .await
         .expect("c syncs, A's round just before its push");
