@@ -430,6 +430,15 @@ async fn a_second_writer_on_the_same_file_is_detected() {
     one.put("notes", "c", &json!(3))
         .await
         .expect("first writer continues");
+    // Refused until reopened, not once: a refused commit wrote nothing, so the second handle's
+    // state is not taken for stale and read back from the file.
+    assert_eq!(
+        two.put("notes", "d", &json!(4))
+            .await
+            .err()
+            .map(|e| e.kind()),
+        Some(ErrorKind::Conflict)
+    );
 }
 
 /// A cipher that claims a byte format other than hearth's (it is orion inside), to open a store

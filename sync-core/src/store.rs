@@ -270,9 +270,11 @@ pub struct StoreInfo {
 struct Writer {
     state: DeviceState,
     encoded: Vec<u8>,
-    /// `state` may differ from what the storage holds: a commit of it failed or was
-    /// abandoned mid-way (its future dropped), so whether it landed is unknown. The next
-    /// holder reads the device state back from the storage ([`Store::lock_writer`]).
+    /// `state` may differ from what the storage holds: a commit of it failed (other than by
+    /// a guard that no longer held, which writes nothing) or was abandoned mid-way (its future
+    /// dropped), so whether it landed is unknown. The next holder reads the device state back
+    /// from the storage ([`Store::lock_writer`]). A guard that failed leaves it as it was: a
+    /// second writer of the same file stays refused until the store is reopened.
     stale: bool,
 }
 
@@ -1070,8 +1072,14 @@ impl Store {
             batch.meta.push((META_DIGEST.to_owned(), Some(d.to_vec())));
         }
         // Stale until the commit is known to have landed (see [`Writer::stale`]).
-        w.stale = true;
-        inner.storage.commit(batch).await?;
+        let was_stale = std::mem::replace(&mut w.stale, true);
+        if let Err(e) = inner.storage.commit(batch).await {
+            // A guard that no longer holds refuses the batch whole: nothing landed.
+            if e.kind() == ErrorKind::Conflict {
+                w.stale = was_stale;
+            }
+            return Err(e);
+        }
         w.state = state;
         w.encoded = encoded;
         w.stale = false;
@@ -1238,8 +1246,14 @@ impl WriterGuard<'_> {
             }
         }
         // Stale until the commit is known to have landed (see [`Writer::stale`]).
-        self.guard.stale = true;
-        self.store.inner.storage.commit(batch).await?;
+        let was_stale = std::mem::replace(&mut self.guard.stale, true);
+        if let Err(e) = self.store.inner.storage.commit(batch).await {
+            // A guard that no longer holds refuses the batch whole: nothing landed.
+            if e.kind() == ErrorKind::Conflict {
+                self.guard.stale = was_stale;
+            }
+            return Err(e);
+        }
         self.guard.state = self.working.clone();
         self.guard.encoded = encoded;
         self.guard.stale = false;
