@@ -326,15 +326,23 @@ async fn register_space(
         .as_deref()
         .map(space_from_path)
         .transpose()?;
-    let new = app
-        .store
-        .register_space(account, space, fingerprint)
-        .await?;
-    if let Some(old) = replaces {
-        // The old space stops taking uploads: devices still on the old key must re-join.
-        app.store.retire_space(account, old, Some(space)).await?;
-        tracing::info!("space registered as a successor; the old one is retired");
-    }
+    let new = match replaces {
+        None => {
+            app.store
+                .register_space(account, space, fingerprint)
+                .await?
+        }
+        Some(old) => {
+            // One transaction: the old space stops taking uploads (devices still on the old
+            // key must re-join), or, refused, nothing is registered.
+            let new = app
+                .store
+                .register_successor(account, space, fingerprint, old)
+                .await?;
+            tracing::info!("space registered as a successor; the old one is retired");
+            new
+        }
+    };
     json(
         if new {
             StatusCode::CREATED

@@ -59,6 +59,21 @@ async fn a_rotated_key_retires_the_old_space_and_stale_devices_are_told_to_rejoi
         .expect("rotate");
     let new_space = rotated.space();
     assert_ne!(new_space, old_space);
+    // Naming a space that does not exist is refused, and registers nothing.
+    let err = http
+        .register_successor(new_space, rotated.key_fingerprint(), SpaceId([0x99; 16]))
+        .await
+        .expect_err("no such space to replace");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        !http
+            .spaces()
+            .await
+            .expect("spaces")
+            .iter()
+            .any(|s| s.space == new_space),
+        "a refused replacement registers nothing"
+    );
     http.register_successor(new_space, rotated.key_fingerprint(), old_space)
         .await
         .expect("register the successor");
@@ -92,11 +107,12 @@ async fn a_rotated_key_retires_the_old_space_and_stale_devices_are_told_to_rejoi
         before,
         "nothing stored in the retired space"
     );
-    // Straight at the server, past the client's own check: 409 for pushes, pulls, device
-    // registration and key backups of the retired space.
+    // Straight at the server: 409 for pushes, pulls, device registration and key backups of
+    // the retired space. The push goes as a raw body, since the typed client checks the
+    // space's key (and learns it is retired) before it pushes.
     let raw = common::http(&url, &account.token);
     let from = b.from();
-    let push = raw.push(PushRequest {
+    let body = sync_core::wire::encode_push_request(&PushRequest {
         from,
         envelopes: vec![OutgoingEnvelope {
             record: RecordId([1; 32]),
@@ -106,8 +122,20 @@ async fn a_rotated_key_retires_the_old_space_and_stale_devices_are_told_to_rejoi
             envelope: vec![0; 64],
         }],
         settle: None,
-    });
-    assert_eq!(push.await.expect_err("push").kind(), ErrorKind::WrongKey);
+    })
+    .expect("encode");
+    let refused = reqwest::Client::new()
+        .post(format!("{url}/v1/spaces/{}/push", old_space.to_hex()))
+        .bearer_auth(&account.token)
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), reqwest::StatusCode::CONFLICT);
+    let answer: serde_json::Value =
+        serde_json::from_str(&refused.text().await.expect("body")).expect("a JSON error");
+    assert_eq!(answer["code"], "space_retired", "{answer}");
+    assert_eq!(answer["successor"], new_space.to_hex(), "{answer}");
     let pull = raw.pull(PullRequest {
         from,
         cursor: 0,
@@ -355,6 +383,61 @@ async fn retirement_rules(store: Arc<dyn ServerStore>) {
         kind(store.space(them, s1).await.map(|_| ())),
         ErrorKind::Forbidden
     );
+    // A successor and the retirement of what it replaces are one step: refused, nothing of
+    // the new space is registered.
+    let s3 = SpaceId([0x55; 16]);
+    let registered = |r: sync_core::Result<bool>| r.map(|_| ());
+    for (old, why, expected) in [
+        (theirs, "another account's space", ErrorKind::Forbidden),
+        (SpaceId([0x44; 16]), "a missing space", ErrorKind::NotFound),
+        (s3, "itself", ErrorKind::InvalidInput),
+    ] {
+        assert_eq!(
+            kind(registered(
+                store.register_successor(me, s3, [4; 32], old).await
+            )),
+            expected,
+            "replacing {why}"
+        );
+        assert_eq!(
+            store.space(me, s3).await.expect("space"),
+            None,
+            "replacing {why} registered nothing"
+        );
+    }
+    assert_eq!(
+        kind(registered(
+            store.register_successor(me, s1, [1; 32], s2).await
+        )),
+        ErrorKind::WrongKey,
+        "a retired space cannot succeed another"
+    );
+    assert!(
+        !store
+            .space(me, s2)
+            .await
+            .expect("s2")
+            .expect("exists")
+            .retired,
+        "a refused successor retires nothing"
+    );
+    assert!(
+        store
+            .register_successor(me, s3, [4; 32], s2)
+            .await
+            .expect("successor"),
+        "the successor is new"
+    );
+    assert!(
+        !store
+            .register_successor(me, s3, [4; 32], s2)
+            .await
+            .expect("again"),
+        "idempotent"
+    );
+    let info = store.space(me, s2).await.expect("s2").expect("exists");
+    assert!(info.retired);
+    assert_eq!(info.successor, Some(s3));
     store.close().await;
 }
 

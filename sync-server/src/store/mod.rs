@@ -99,6 +99,18 @@ pub trait ServerStore: Send + Sync + fmt::Debug + 'static {
         fingerprint: [u8; 32],
     ) -> Result<bool>;
 
+    /// [`ServerStore::register_space`] of `space` as the successor of `old` (after a key
+    /// rotation), retiring `old` in the same transaction: a refused replacement (`old` missing,
+    /// another account's, `space` itself, or `space` refused) registers nothing. `old` already
+    /// retired keeps its first successor.
+    async fn register_successor(
+        &self,
+        account: AccountId,
+        space: SpaceId,
+        fingerprint: [u8; 32],
+        old: SpaceId,
+    ) -> Result<bool>;
+
     /// The spaces of an account.
     async fn spaces(&self, account: AccountId) -> Result<Vec<SpaceInfo>>;
 

@@ -701,6 +701,40 @@ macro_rules! sql_store {
                 Ok(new)
             }
 
+            async fn register_successor(
+                &self,
+                account: AccountId,
+                space: SpaceId,
+                fingerprint: [u8; 32],
+                old: SpaceId,
+            ) -> Result<bool> {
+                if old == space {
+                    return Err(Error::invalid("a space cannot succeed itself"));
+                }
+                let now = now_i64(&self.clock);
+                let mut tx = self.begin().await?;
+                // The old space first (the order `retire_space` locks them in): refused, it
+                // leaves nothing registered.
+                let old_row = Self::lock_space(&mut tx, account, old, false)
+                    .await?
+                    .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such space to replace"))?;
+                let row = Self::lock_bound(&mut tx, account, space).await?;
+                row.refuse_retired()?;
+                let new = row.fingerprint.is_none();
+                Self::check_key(&mut tx, space, &row, &fingerprint, true).await?;
+                if old_row.retired.is_none() {
+                    sqlx::query("UPDATE spaces SET retired = $2, successor = $3 WHERE id = $1")
+                        .bind(&old.0[..])
+                        .bind(now)
+                        .bind(&space.0[..])
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| map_sqlx(e, "retire space"))?;
+                }
+                tx.commit().await.map_err(|e| map_sqlx(e, "commit space"))?;
+                Ok(new)
+            }
+
             async fn spaces(&self, account: AccountId) -> Result<Vec<SpaceInfo>> {
                 let rows = sqlx::query(
                     "SELECT id, fingerprint, retired, successor FROM spaces WHERE account = $1 ORDER BY id",
