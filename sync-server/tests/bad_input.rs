@@ -7,11 +7,11 @@ use common::{Device, PASS};
 use reqwest::StatusCode;
 use serde_json::json;
 use sync_core::{
-    DeviceId, ErrorKind, OutgoingEnvelope, PullRequest, PushRequest, RecordId, SpaceRef, Transport,
-    WriteBatch, wire,
+    DeviceId, ErrorKind, OutgoingEnvelope, PullRequest, PushRequest, RecordId, SpaceId, SpaceRef,
+    Transport, WriteBatch, wire,
 };
 use sync_server::{RunningServer, Server};
-use transport_http::HttpTransport;
+use transport_http::{HttpOptions, HttpTransport};
 
 async fn server(dir: &std::path::Path) -> RunningServer {
     Server::builder()
@@ -74,7 +74,13 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
     assert_eq!(before.envelopes, 20 + 1, "20 records and A's head");
     let push_url = format!("{url}/v1/spaces/{}/push", space.to_hex());
     let pull_url = format!("{url}/v1/spaces/{}/pull", space.to_hex());
-    let good_push = wire::encode_push_request(&push_of(a.from(), 1, 10)).expect("encode");
+    // The refused bodies come from a device that never pushed, so one stored by mistake
+    // would show in the count at the end (A's own sequences would be taken as replays).
+    let fresh = SpaceRef {
+        device: DeviceId([0xD0; 16]),
+        ..a.from()
+    };
+    let good_push = wire::encode_push_request(&push_of(fresh, 1, 10)).expect("encode");
 
     // Missing, malformed and wrong tokens: 401 / Unauthorized.
     for auth in [None, Some("Bearer nonsense"), Some("Basic abc")] {
@@ -147,7 +153,7 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
             .send()
     };
     // Garbage, truncated, trailing bytes, unknown version, another space in the body.
-    let mut truncated = wire::encode_push_request(&push_of(a.from(), 3, 100)).expect("encode");
+    let mut truncated = wire::encode_push_request(&push_of(fresh, 3, 100)).expect("encode");
     truncated.truncate(truncated.len() - 7);
     let mut future = good_push.clone();
     future[0] = 9;
@@ -156,7 +162,7 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
     v1[0] = 1;
     let mut trailing = good_push.clone();
     trailing.push(0);
-    let mut elsewhere = a.from();
+    let mut elsewhere = fresh;
     elsewhere.space = sync_core::SpaceId([0x55; 16]);
     let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
         (
@@ -184,7 +190,7 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
         (
             "a pull where a push belongs",
             wire::encode_pull_request(&PullRequest {
-                from: a.from(),
+                from: fresh,
                 cursor: 0,
                 limit: 1,
                 include_own: false,
@@ -194,13 +200,44 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
         ),
         (
             "oversized body",
-            wire::encode_push_request(&push_of(a.from(), 10, 10_000)).expect("encode"),
+            wire::encode_push_request(&push_of(fresh, 10, 10_000)).expect("encode"),
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
         ),
     ];
     for (what, body, status, kind) in cases {
         let (s, k) = status_and_kind(send(push_url.clone(), body).await.expect("send")).await;
+        assert_eq!((s, k.as_str()), (status, kind), "{what}");
+    }
+    // Well-formed pushes the server itself must refuse: the typed client checks the space's
+    // key before it pushes (and Mallory's check already fails), so these go as raw bodies.
+    let mut wrong_key = fresh;
+    wrong_key.fingerprint = [0x77; 32];
+    let mallory_bearer = format!("Bearer {}", mallory.token);
+    for (what, bearer, body, status, kind) in [
+        (
+            "another account's space",
+            &mallory_bearer,
+            good_push.clone(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "another key than the space's",
+            &bearer,
+            wire::encode_push_request(&push_of(wrong_key, 1, 10)).expect("encode"),
+            StatusCode::CONFLICT,
+            "wrong_key",
+        ),
+    ] {
+        let r = raw
+            .post(&push_url)
+            .header("authorization", bearer.as_str())
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let (s, k) = status_and_kind(r).await;
         assert_eq!((s, k.as_str()), (status, kind), "{what}");
     }
     // The same through the typed client: one envelope over the body limit.
@@ -305,5 +342,62 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
         .await
         .expect("healthz");
     assert_eq!(health.status(), StatusCode::OK);
+    server.stop().await.expect("stop");
+}
+
+/// A client whose push size is above the server's body limit (8 MiB against 64 KiB here)
+/// learns the limit from the `413`: a push of large envelopes goes again in smaller parts,
+/// each stored once, and the next push starts at the smaller size.
+#[tokio::test]
+async fn a_push_above_the_servers_body_limit_goes_again_in_smaller_parts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = server(dir.path()).await;
+    let url = server.url();
+    let account = HttpTransport::register_account(&url)
+        .await
+        .expect("account");
+    let t = HttpTransport::with_options(&url, &account.token, HttpOptions::default())
+        .expect("transport");
+    let from = SpaceRef {
+        space: SpaceId([0x21; 16]),
+        device: DeviceId([0x22; 16]),
+        fingerprint: [0x23; 32],
+    };
+    t.register_space(from.space, from.fingerprint)
+        .await
+        .expect("space");
+    let refused = || async {
+        let metrics = reqwest::get(format!("{url}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        metrics
+            .lines()
+            .find(|l| l.starts_with("hearth_errors_total{class=\"too_large\"}"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // 12 envelopes of 12,000 B: 144 KB in one body, over the 64 KiB limit.
+    let first = t.push(push_of(from, 12, 12_000)).await.expect("push");
+    assert_eq!(first.assigned.len(), 12);
+    assert!(first.assigned.iter().all(|(_, s)| *s > 0), "{first:?}");
+    let after_first = refused().await;
+    assert!(after_first >= 1, "the first part was refused");
+    let stats = server.store().space_stats(from.space).await.expect("stats");
+    assert_eq!(stats.envelopes, 12, "each envelope stored once");
+    // The next push (a replay here, answered the same) starts at the learned size.
+    let again = t.push(push_of(from, 12, 12_000)).await.expect("again");
+    assert_eq!(again, first);
+    assert_eq!(refused().await, after_first, "no more refusals");
+    // One envelope over the limit is refused for good.
+    let mut one = push_of(from, 1, 70_000);
+    one.envelopes[0].seq = 13;
+    assert_eq!(
+        t.push(one).await.err().map(|e| e.kind()),
+        Some(ErrorKind::TooLarge)
+    );
     server.stop().await.expect("stop");
 }

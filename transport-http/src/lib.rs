@@ -30,6 +30,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ pub struct HttpOptions {
     /// Largest push body sent in one request: a larger push is split into several requests
     /// (safe, since push is idempotent by device and sequence), so a batch of large records
     /// does not hit the server's body limit. An envelope larger than this still goes alone.
+    /// A server whose limit is lower answers `413`: the part is sent again in halves, and
+    /// this transport keeps to the smaller size from then on.
     pub max_push_bytes: usize,
     /// Largest response body read: a server that announces or sends more gets a permanent
     /// [`ErrorKind::TooLarge`] and the rest is not read, so a hostile server cannot exhaust
@@ -115,7 +118,8 @@ pub struct HttpTransport {
     client: reqwest::Client,
     base: String,
     token: String,
-    max_push_bytes: usize,
+    /// The push body size in use: [`HttpOptions::max_push_bytes`], lowered by each `413`.
+    push_budget: Arc<AtomicUsize>,
     max_response_bytes: usize,
     /// (space, fingerprint) pairs whose key this transport has compared with the server's
     /// record of the space: checked once before the first upload.
@@ -309,7 +313,7 @@ impl HttpTransport {
             client: client(options)?,
             base: base(base_url)?,
             token: token.into(),
-            max_push_bytes: options.max_push_bytes.max(1),
+            push_budget: Arc::new(AtomicUsize::new(options.max_push_bytes.max(1))),
             max_response_bytes: options.max_response_bytes.max(1),
             verified: Arc::default(),
         })
@@ -567,26 +571,45 @@ impl Transport for HttpTransport {
         let url = self.space_url(&request.from.space, "/push");
         let mut rest = &request.envelopes[..];
         while !rest.is_empty() || assigned.is_empty() {
-            // As many envelopes as fit in max_push_bytes (at least one).
+            // As many envelopes as fit in the push budget (at least one).
+            let budget = self.push_budget.load(Ordering::Relaxed);
             let mut size = 2 + 64 + 1 + 8 + 4;
             let mut n = 0;
             for e in rest {
                 let more = 47 + 8 * e.supersedes.len() + e.envelope.len();
-                if n > 0 && size + more > self.max_push_bytes {
+                if n > 0 && size + more > budget {
                     break;
                 }
                 size += more;
                 n += 1;
             }
-            let part = PushRequest {
+            let mut part = PushRequest {
                 from: request.from,
                 envelopes: rest[..n].to_vec(),
                 settle: settle.take(),
             };
-            rest = &rest[n..];
-            let b = self
+            let b = match self
                 .wire_call(url.clone(), wire::encode_push_request(&part)?)
-                .await?;
+                .await
+            {
+                Ok(b) => b,
+                // The server's body limit is below the budget: nothing of the part was
+                // stored, so it goes again in halves (each refusal halves it, down to one
+                // envelope, which is refused for good).
+                Err(e) if e.kind() == ErrorKind::TooLarge && n > 1 => {
+                    let smaller = (size / 2).max(1);
+                    self.push_budget.fetch_min(smaller, Ordering::Relaxed);
+                    tracing::info!(
+                        refused = size,
+                        budget = smaller,
+                        "the server refused a push body as too large; sending smaller parts"
+                    );
+                    settle = part.settle.take();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            rest = &rest[n..];
             let response = wire::decode_push_response(&b)?;
             if response.assigned.len() != part.envelopes.len() {
                 return Err(Error::corrupt(
