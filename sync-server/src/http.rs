@@ -555,5 +555,12 @@ pub(crate) fn router(app: Arc<App>, max_body: usize) -> Router {
         .fallback(|| async {
             ApiError(Error::new(ErrorKind::NotFound, "no such endpoint")).into_response()
         })
+        // A known endpoint with another method: 405, with the same JSON error as the rest.
+        .method_not_allowed_fallback(|| async {
+            let mut r =
+                ApiError(Error::invalid("this endpoint does not take that method")).into_response();
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            r
+        })
         .with_state(app)
 }

@@ -292,6 +292,22 @@ async fn bad_requests_get_clear_statuses_and_typed_errors_and_store_nothing() {
     )
     .await;
     assert_eq!((s, k.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    // A known endpoint with another method: 405, a JSON error too.
+    let r = raw
+        .get(&push_url)
+        .header("authorization", bearer.clone())
+        .send()
+        .await
+        .expect("send");
+    let json_body = r
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/json");
+    let (s, k) = status_and_kind(r).await;
+    assert_eq!(
+        (s, k.as_str(), json_body),
+        (StatusCode::METHOD_NOT_ALLOWED, "invalid_input", true)
+    );
 
     // A replayed push of A's sequences 1 and 2 (even with other bytes): answered with the
     // numbers they are stored under, stored nothing.

@@ -142,3 +142,111 @@ async fn the_sqlite_store_checkpoints_beside_its_pushes() {
     assert_eq!(seen, per_push * pushes);
     store.close().await;
 }
+
+/// Pulls `from` to the end of the log, then once more from there, which records its cursor
+/// at the end (a pull tells the server what the device has applied up to its cursor).
+async fn pull_to_end(store: &dyn ServerStore, account: AccountId, from: sync_core::SpaceRef) {
+    let mut cursor = 0;
+    loop {
+        let page = store
+            .pull(
+                account,
+                &sync_core::PullRequest {
+                    from,
+                    cursor,
+                    limit: 100,
+                    include_own: false,
+                },
+            )
+            .await
+            .expect("pull");
+        let done = !page.more && page.next_cursor == cursor;
+        cursor = page.next_cursor;
+        if done {
+            return;
+        }
+    }
+}
+
+/// A device that registered and never pulled holds back the collection of tombstones (within
+/// the horizon), on both stores: the relay suite cannot see this, since registering a device
+/// is the server's own step, not the relay trait's.
+async fn a_registered_device_that_never_pulled_holds_tombstones(store: Arc<dyn ServerStore>) {
+    use sync_core::{DeviceId, OutgoingEnvelope, PushRequest, RecordId, SpaceId, SpaceRef};
+    let account = AccountId([8; 16]);
+    store
+        .create_account(account, [1; 32])
+        .await
+        .expect("account");
+    let device = |d: u8| SpaceRef {
+        space: SpaceId([9; 16]),
+        device: DeviceId([d; 16]),
+        fingerprint: [4; 32],
+    };
+    let (a, b, silent) = (device(1), device(2), device(3));
+    store
+        .register_space(account, a.space, a.fingerprint)
+        .await
+        .expect("space");
+    for d in [a, b, silent] {
+        store.register_device(account, &d).await.expect("device");
+    }
+    let envelope = |seq, supersedes, tombstone| OutgoingEnvelope {
+        record: RecordId([5; 32]),
+        seq,
+        supersedes,
+        tombstone,
+        envelope: vec![7; 48],
+    };
+    let written = store
+        .push(
+            account,
+            &PushRequest::new(a, vec![envelope(1, Vec::new(), false)]),
+        )
+        .await
+        .expect("write");
+    let stored = written.assigned[0].1;
+    store
+        .push(
+            account,
+            &PushRequest::new(a, vec![envelope(2, vec![stored], true)]),
+        )
+        .await
+        .expect("delete");
+    let tombstones = || async { store.space_stats(a.space).await.expect("stats").tombstones };
+    assert_eq!(tombstones().await, 1);
+    pull_to_end(store.as_ref(), account, a).await;
+    pull_to_end(store.as_ref(), account, b).await;
+    assert_eq!(
+        tombstones().await,
+        1,
+        "kept: the silent device has not seen the delete"
+    );
+    pull_to_end(store.as_ref(), account, silent).await;
+    assert_eq!(tombstones().await, 0, "collected once every device saw it");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_tombstones_for_a_device_that_never_pulled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock: sync_core::store::WallClock = Arc::new(|| 1_700_000_000_000);
+    let store = SqliteStore::open(
+        &dir.path().join("server.db"),
+        sync_core::RelayConfig::default(),
+        clock,
+    )
+    .await
+    .expect("open");
+    a_registered_device_that_never_pulled_holds_tombstones(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_tombstones_for_a_device_that_never_pulled() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let clock: sync_core::store::WallClock = Arc::new(|| 1_700_000_000_000);
+    let store = common::postgres_store(&url, sync_core::RelayConfig::default(), clock).await;
+    a_registered_device_that_never_pulled_holds_tombstones(store).await;
+}

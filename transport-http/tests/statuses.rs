@@ -4,6 +4,7 @@
 //! limit, whether it announces the size or streams without one.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -209,4 +210,38 @@ async fn no_server_is_a_temporary_unavailable() {
         .expect_err("refused");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.is_temporary());
+}
+
+/// A server that accepts the connection and never answers: the request timeout ends the
+/// call with a temporary `Unavailable` (the retry layer tries again), not a hang.
+#[tokio::test]
+async fn a_server_that_never_answers_is_a_temporary_unavailable_after_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        // Read nothing, write nothing: hold every connection open.
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let t = HttpTransport::with_options(
+        &format!("http://{addr}"),
+        "token",
+        HttpOptions {
+            request_timeout: Duration::from_millis(300),
+            ..HttpOptions::default()
+        },
+    )
+    .expect("transport");
+    // The outer bound only keeps a broken client from hanging the suite.
+    let err = tokio::time::timeout(Duration::from_secs(120), t.pull(pull()))
+        .await
+        .expect("the client's own timeout ends the call")
+        .expect_err("timed out");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_temporary(), "{err}");
+    held.abort();
 }
