@@ -41,7 +41,9 @@
 //!
 //! ## File
 //!
-//! WAL journal, `synchronous = NORMAL`, a 16 MiB page cache, checkpoints every 8192 pages, every
+//! WAL journal, `synchronous = NORMAL`, a 16 MiB page cache, checkpoints off the commit path on
+//! a connection and thread of their own after every ~8 MiB of envelopes (the writer's own past
+//! 16384 pages of WAL; the `checkpoint` module), every
 //! [`Batch`] in one `BEGIN IMMEDIATE` transaction with its guards checked first, multi-row
 //! puts as an update of the row the id names, else an insert. Schema (version 3,
 //! `PRAGMA user_version`, `PRAGMA application_id` "HRTH"), identical to `backend-sqlite`'s,
@@ -76,6 +78,7 @@
 //! Registered as `"sqlcipher"`; its registry entry says it needs a page key.
 #![deny(missing_docs)]
 
+mod checkpoint;
 mod worker;
 
 use std::collections::HashMap;
@@ -91,6 +94,7 @@ use sync_core::{
 };
 use zeroize::Zeroizing;
 
+use crate::checkpoint::Checkpointer;
 use crate::worker::Worker;
 
 /// `PRAGMA application_id` of hearth stores: "HRTH".
@@ -159,6 +163,9 @@ const ROW_OF: &str =
 #[derive(Debug, Clone)]
 pub struct SqlcipherStorage {
     worker: Arc<Worker>,
+    /// WAL checkpoints beside the commits (`checkpoint` module); `None` while a re-key runs,
+    /// or if its connection could not be opened (the writer then checkpoints by itself).
+    checkpoints: Arc<tokio::sync::RwLock<Option<Checkpointer>>>,
     path: PathBuf,
 }
 
@@ -373,7 +380,13 @@ fn open_connection(path: &Path, create: bool, page_key: &SecretKey) -> Result<Co
     // See backend-sqlite and docs/performance.md for the cache and checkpoint sizes.
     conn.execute_batch(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -16384; \
-         PRAGMA wal_autocheckpoint = 8192; PRAGMA journal_size_limit = 67108864;",
+         PRAGMA journal_size_limit = 67108864;",
+    )
+    .map_err(|e| map_sql(e, "configure store"))?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        checkpoint::WRITER_AUTOCHECKPOINT_PAGES,
     )
     .map_err(|e| map_sql(e, "configure store"))?;
 
@@ -825,12 +838,15 @@ impl SqlcipherStorage {
         let path = path.as_ref().to_path_buf();
         let key = page_key.clone();
         let open_path = path.clone();
-        let worker = Worker::start(path.clone(), move || {
+        let worker = Worker::start(path.clone(), "hearth-sqlcipher", move || {
             open_connection(&open_path, create, &key)
         })
         .await?;
         Ok(Self {
             worker: Arc::new(worker),
+            checkpoints: Arc::new(tokio::sync::RwLock::new(
+                start_checkpointer(&path, page_key).await,
+            )),
             path,
         })
     }
@@ -1003,9 +1019,14 @@ impl Storage for SqlcipherStorage {
         if batch.is_empty() && batch.guards.is_empty() {
             return Ok(());
         }
+        let bytes = batch_bytes(&batch);
         self.worker
             .call(move |conn| commit_batch(conn, &batch))
-            .await
+            .await?;
+        if let Some(c) = self.checkpoints.read().await.as_ref() {
+            c.committed(bytes);
+        }
+        Ok(())
     }
 
     async fn check(&self) -> Result<()> {
@@ -1013,23 +1034,60 @@ impl Storage for SqlcipherStorage {
     }
 
     async fn rekey(&self, page_key: &SecretKey) -> Result<()> {
+        // The checkpointer holds the old key: it stops first (a checkpoint under way
+        // finishes), and a new one starts with the new key after the re-key.
+        let mut checkpoints = self.checkpoints.write().await;
+        if let Some(c) = checkpoints.take() {
+            let _ = c.close().await;
+        }
         let key = page_key.clone();
         let path = self.path.clone();
         let result = self
             .worker
             .call(move |conn| rekey_connection(conn, &path, &key))
             .await;
-        if result.is_err() {
+        match &result {
+            Ok(()) => *checkpoints = start_checkpointer(&self.path, page_key).await,
             // The connection may hold the new key for writes and the old one for reads: no
             // further job may run on it. (Closing an already closed store is harmless.)
-            let _ = self.worker.close().await;
+            Err(_) => {
+                let _ = self.worker.close().await;
+            }
         }
         result
     }
 
     async fn close(&self) -> Result<()> {
+        // The checkpointer's connection first, so the store's, closing last, folds the WAL
+        // into the file.
+        if let Some(c) = self.checkpoints.write().await.take() {
+            let _ = c.close().await;
+        }
         self.worker.close().await
     }
+}
+
+/// The store's checkpointer, or `None` (logged) when its connection cannot be opened: the
+/// writer then checkpoints by itself, as SQLite does by default.
+async fn start_checkpointer(path: &Path, page_key: &SecretKey) -> Option<Checkpointer> {
+    match Checkpointer::start(path, page_key).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no background checkpointer; the writer checkpoints by itself");
+            None
+        }
+    }
+}
+
+/// Roughly the bytes of new and replaced rows a batch writes, what the checkpointer counts: as
+/// in backend-sqlite, only puts (acknowledgements and metadata rewrite a few dozen bytes a row
+/// and are left to the writer's own checkpoint).
+fn batch_bytes(batch: &Batch) -> u64 {
+    batch
+        .puts
+        .iter()
+        .map(|r| (r.envelope.len() + r.sync.len()) as u64)
+        .sum()
 }
 
 fn open_registered(

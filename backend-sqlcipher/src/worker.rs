@@ -33,9 +33,9 @@ fn stopped_error() -> Error {
 }
 
 impl Worker {
-    /// Starts the thread, runs `open` on it, and returns once the connection is open (or the
-    /// error `open` returned).
-    pub(crate) async fn start<F>(path: PathBuf, open: F) -> Result<Self>
+    /// Starts the thread (named `name`), runs `open` on it, and returns once the connection is
+    /// open (or the error `open` returned).
+    pub(crate) async fn start<F>(path: PathBuf, name: &str, open: F) -> Result<Self>
     where
         F: FnOnce() -> Result<Connection> + Send + 'static,
     {
@@ -43,7 +43,7 @@ impl Worker {
         let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
         let (closed_tx, closed_rx) = oneshot::channel::<Result<()>>();
         std::thread::Builder::new()
-            .name("hearth-sqlcipher".to_owned())
+            .name(name.to_owned())
             .spawn(move || {
                 let mut conn = match open() {
                     Ok(conn) => {
@@ -97,6 +97,21 @@ impl Worker {
         });
         sender.send(job).map_err(|_| closed_error())?;
         rx.await.map_err(|_| stopped_error())?
+    }
+
+    /// Sends `f` to the connection thread without waiting for it. Fails only when the worker
+    /// is closed.
+    pub(crate) fn submit<F>(&self, f: F) -> Result<()>
+    where
+        F: FnOnce(&mut Connection) + Send + 'static,
+    {
+        let sender = self
+            .jobs
+            .lock()
+            .map_err(|_| Error::internal("store lock poisoned"))?
+            .clone()
+            .ok_or_else(closed_error)?;
+        sender.send(Box::new(f)).map_err(|_| closed_error())
     }
 
     /// Stops accepting jobs, lets the ones already sent finish, closes the connection and waits

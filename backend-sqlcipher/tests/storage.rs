@@ -466,3 +466,73 @@ async fn migrated_in_place(version: i64, schema: &str) {
         ]
     );
 }
+
+/// Commits copy themselves back into the database file without the writer checkpointing, on
+/// the page key in use: 40 MiB of records, in batches of 1 MiB, stay below the writer's own
+/// checkpoint (128 MiB of WAL), so only the background checkpointer can have moved them into
+/// the main file; after a re-key, the next 40 MiB move too (its new connection holds the new
+/// key). Everything reads back after reopening, and the file passes its integrity check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_copies_commits_into_the_database_file_across_a_rekey() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ckpt.db");
+    let s = SqlcipherStorage::open(&path, true, &key(1))
+        .await
+        .expect("create");
+    // Ids in order, so the indexes grow at their ends and the WAL holds about what was
+    // written (random ids dirty index pages all over, and the WAL would pass the writer's own
+    // threshold).
+    let id = |n: u32| {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&n.to_be_bytes());
+        RecordId(b)
+    };
+    let (per_batch, batches) = (1024u32, 40u32);
+    let fill = |from: u32| {
+        let s = &s;
+        async move {
+            for b in 0..batches {
+                let mut batch = Batch::default();
+                for i in 0..per_batch {
+                    let n = from + b * per_batch + i;
+                    batch.puts.push(StoredRecord {
+                        id: id(n),
+                        collection: CollectionId([3; 32]),
+                        envelope: vec![(n % 251) as u8; 1024],
+                        deleted: false,
+                        pending_seq: None,
+                        sync: Vec::new(),
+                    });
+                }
+                s.commit(batch).await.expect("commit");
+            }
+        }
+    };
+    fill(0).await;
+    let first = sync_core::testkit::file_grown_to(&path, 24 << 20).await;
+    assert!(
+        first >= 24 << 20,
+        "the database file holds {first} bytes after 40 MiB of commits: nothing was checkpointed"
+    );
+    s.rekey(&key(2)).await.expect("rekey");
+    // The re-key folded the WAL into the file; from here only the new checkpointer copies.
+    let rekeyed = std::fs::metadata(&path).expect("file").len();
+    fill(batches * per_batch).await;
+    let second = sync_core::testkit::file_grown_to(&path, rekeyed + (24 << 20)).await;
+    assert!(
+        second >= rekeyed + (24 << 20),
+        "the database file grew from {rekeyed} to {second} bytes after 40 MiB of commits on the new key"
+    );
+    s.close().await.expect("close");
+    let s = SqlcipherStorage::open(&path, false, &key(2))
+        .await
+        .expect("reopen with the new key");
+    let all = s.scan_all(None, 200_000).await.expect("scan");
+    assert_eq!(all.len(), (2 * batches * per_batch) as usize);
+    for n in (0..2 * batches * per_batch).step_by(997) {
+        let r = s.get(&id(n)).await.expect("get").expect("present");
+        assert_eq!(r.envelope, vec![(n % 251) as u8; 1024]);
+    }
+    s.check().await.expect("integrity");
+    s.close().await.expect("close");
+}

@@ -397,18 +397,11 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
         }
         s.commit(batch).await.expect("commit");
     }
-    let main_len = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     // The checkpointer runs beside the commits; give its last request time to finish.
-    for _ in 0..200 {
-        if main_len() >= 32 << 20 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let main_len = sync_core::testkit::file_grown_to(&path, 32 << 20).await;
     assert!(
-        main_len() >= 32 << 20,
-        "the database file holds {} bytes after 48 MiB of commits: nothing was checkpointed",
-        main_len()
+        main_len >= 32 << 20,
+        "the database file holds {main_len} bytes after 48 MiB of commits: nothing was checkpointed"
     );
     for n in (0..batches * per_batch).step_by(997) {
         let r = s.get(&id(n)).await.expect("get").expect("present");

@@ -92,18 +92,11 @@ async fn the_sqlite_store_checkpoints_beside_its_pushes() {
             .await
             .expect("push");
     }
-    let main_len = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     // The checkpointer runs beside the pushes; give its last request time to finish.
-    for _ in 0..200 {
-        if main_len() >= 32 << 20 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let main_len = sync_core::testkit::file_grown_to(&path, 32 << 20).await;
     assert!(
-        main_len() >= 32 << 20,
-        "the database file holds {} bytes after 48 MiB of pushes: nothing was checkpointed",
-        main_len()
+        main_len >= 32 << 20,
+        "the database file holds {main_len} bytes after 48 MiB of pushes: nothing was checkpointed"
     );
     store.close().await;
     let store = open().await.expect("reopen");
