@@ -1019,7 +1019,7 @@ impl Storage for SqlcipherStorage {
         if batch.is_empty() && batch.guards.is_empty() {
             return Ok(());
         }
-        let bytes = batch_bytes(&batch);
+        let bytes = batch.put_bytes();
         self.worker
             .call(move |conn| commit_batch(conn, &batch))
             .await?;
@@ -1077,17 +1077,6 @@ async fn start_checkpointer(path: &Path, page_key: &SecretKey) -> Option<Checkpo
             None
         }
     }
-}
-
-/// Roughly the bytes of new and replaced rows a batch writes, what the checkpointer counts: as
-/// in backend-sqlite, only puts (acknowledgements and metadata rewrite a few dozen bytes a row
-/// and are left to the writer's own checkpoint).
-fn batch_bytes(batch: &Batch) -> u64 {
-    batch
-        .puts
-        .iter()
-        .map(|r| (r.envelope.len() + r.sync.len()) as u64)
-        .sum()
 }
 
 fn open_registered(

@@ -85,12 +85,7 @@ impl Worker {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let sender = self
-            .jobs
-            .lock()
-            .map_err(|_| Error::internal("store lock poisoned"))?
-            .clone()
-            .ok_or_else(closed_error)?;
+        let sender = self.sender()?;
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let _ = tx.send(f(conn));
@@ -105,13 +100,16 @@ impl Worker {
     where
         F: FnOnce(&mut Connection) + Send + 'static,
     {
-        let sender = self
-            .jobs
+        self.sender()?.send(Box::new(f)).map_err(|_| closed_error())
+    }
+
+    /// The job channel, unless the worker is closed.
+    fn sender(&self) -> Result<mpsc::Sender<Job>> {
+        self.jobs
             .lock()
             .map_err(|_| Error::internal("store lock poisoned"))?
             .clone()
-            .ok_or_else(closed_error)?;
-        sender.send(Box::new(f)).map_err(|_| closed_error())
+            .ok_or_else(closed_error)
     }
 
     /// Stops accepting jobs, lets the ones already sent finish, closes the connection and waits

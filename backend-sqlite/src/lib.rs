@@ -127,7 +127,7 @@ const READER_CACHE_KIB: u32 = 2 * 1024;
 /// Reader connections at most.
 const READERS: u32 = 3;
 
-/// Committed bytes (as [`batch_bytes`] estimates them) after which the writer asks the
+/// Committed bytes (as [`Batch::put_bytes`] estimates them) after which the writer asks the
 /// checkpointer to copy the WAL back into the database.
 const CHECKPOINT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
 /// WAL pages at which the writer checkpoints by itself, in its commit (SQLite's
@@ -144,19 +144,6 @@ pub struct SqliteStorage {
     readers: SqlitePool,
     checkpoints: Arc<WalCheckpointer>,
     path: PathBuf,
-}
-
-/// Roughly the bytes of new and replaced rows a batch writes: what [`WalCheckpointer`] counts. Only
-/// envelopes count; each also dirties a page of each index over the ids, so they are what fills
-/// the WAL. Acknowledgements, bookkeeping and metadata rewrite a few dozen bytes a row, and are
-/// left to the writer's own checkpoint: counted here, they asked for a checkpoint every few
-/// pushes, each with two syncs, for a WAL of a few pages.
-fn batch_bytes(batch: &Batch) -> u64 {
-    batch
-        .puts
-        .iter()
-        .map(|r| (r.envelope.len() + r.sync.len()) as u64)
-        .sum()
 }
 
 /// Maps a sqlx error to hearth's error, by SQLite result code. The message names the operation;
@@ -1037,7 +1024,7 @@ impl Storage for SqliteStorage {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| map_sqlx(e, "begin transaction"))?;
-        let bytes = batch_bytes(&batch);
+        let bytes = batch.put_bytes();
         match Self::apply(&mut tx, batch).await {
             Ok(()) => {
                 tx.commit().await.map_err(|e| map_sqlx(e, "commit"))?;
