@@ -263,6 +263,38 @@ macro_rules! sql_store {
                 }
             }
 
+            /// Binds `space` to `account` and claims its fingerprint (see
+            /// [`ServerStore::register_space`]); true when the space was new.
+            async fn register_in(
+                tx: &mut Transaction<'static, $db>,
+                account: AccountId,
+                space: SpaceId,
+                fingerprint: &[u8; 32],
+            ) -> Result<bool> {
+                let row = Self::lock_bound(tx, account, space).await?;
+                row.refuse_retired()?;
+                let new = row.fingerprint.is_none();
+                Self::check_key(tx, space, &row, fingerprint, true).await?;
+                Ok(new)
+            }
+
+            /// Marks `space` retired at `now`, naming `successor`.
+            async fn mark_retired(
+                tx: &mut Transaction<'static, $db>,
+                space: SpaceId,
+                now: i64,
+                successor: Option<SpaceId>,
+            ) -> Result<()> {
+                sqlx::query("UPDATE spaces SET retired = $2, successor = $3 WHERE id = $1")
+                    .bind(&space.0[..])
+                    .bind(now)
+                    .bind(successor.as_ref().map(|s| &s.0[..]))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| map_sqlx(e, "retire space"))?;
+                Ok(())
+            }
+
             /// Drops tombstones every active device has pulled past; returns the new floor.
             async fn collect(
                 tx: &mut Transaction<'static, $db>,
@@ -693,10 +725,7 @@ macro_rules! sql_store {
                 fingerprint: [u8; 32],
             ) -> Result<bool> {
                 let mut tx = self.begin().await?;
-                let row = Self::lock_bound(&mut tx, account, space).await?;
-                row.refuse_retired()?;
-                let new = row.fingerprint.is_none();
-                Self::check_key(&mut tx, space, &row, &fingerprint, true).await?;
+                let new = Self::register_in(&mut tx, account, space, &fingerprint).await?;
                 tx.commit().await.map_err(|e| map_sqlx(e, "commit space"))?;
                 Ok(new)
             }
@@ -718,18 +747,9 @@ macro_rules! sql_store {
                 let old_row = Self::lock_space(&mut tx, account, old, false)
                     .await?
                     .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such space to replace"))?;
-                let row = Self::lock_bound(&mut tx, account, space).await?;
-                row.refuse_retired()?;
-                let new = row.fingerprint.is_none();
-                Self::check_key(&mut tx, space, &row, &fingerprint, true).await?;
+                let new = Self::register_in(&mut tx, account, space, &fingerprint).await?;
                 if old_row.retired.is_none() {
-                    sqlx::query("UPDATE spaces SET retired = $2, successor = $3 WHERE id = $1")
-                        .bind(&old.0[..])
-                        .bind(now)
-                        .bind(&space.0[..])
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| map_sqlx(e, "retire space"))?;
+                    Self::mark_retired(&mut tx, old, now, Some(space)).await?;
                 }
                 tx.commit().await.map_err(|e| map_sqlx(e, "commit space"))?;
                 Ok(new)
@@ -808,13 +828,7 @@ macro_rules! sql_store {
                     // Already retired: idempotent, and the first successor stays.
                     return Ok(());
                 }
-                sqlx::query("UPDATE spaces SET retired = $2, successor = $3 WHERE id = $1")
-                    .bind(&space.0[..])
-                    .bind(now)
-                    .bind(successor.as_ref().map(|s| &s.0[..]))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| map_sqlx(e, "retire space"))?;
+                Self::mark_retired(&mut tx, space, now, successor).await?;
                 tx.commit().await.map_err(|e| map_sqlx(e, "commit retirement"))?;
                 Ok(())
             }
