@@ -134,6 +134,10 @@ async fn the_sqlite_store_checkpoints_beside_its_pushes() {
     }
     assert_eq!(seen, per_push * pushes);
     store.close().await;
+    // A new server file has the relay's page size (bytes 16-17 of the SQLite header).
+    let header = std::fs::read(&path).expect("read the database file");
+    let page_size = u32::from(u16::from_be_bytes([header[16], header[17]]));
+    assert_eq!(page_size, sync_server::store::SQLITE_PAGE_SIZE);
 }
 
 /// Pulls `from` to the end of the log, then once more from there, which records its cursor

@@ -30,7 +30,9 @@ use sync_core::{
 
 mod sql;
 
-pub use sql::{PostgresStore, SCHEMA_VERSION, SqliteStore, mark_restored, open_store};
+pub use sql::{
+    PostgresStore, SCHEMA_VERSION, SQLITE_PAGE_SIZE, SqliteStore, mark_restored, open_store,
+};
 pub use sync_core::SpaceRetired;
 
 /// An account: the owner of spaces, authenticated by a bearer token.
