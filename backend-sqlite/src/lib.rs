@@ -291,23 +291,57 @@ fn state_update_sql(n: usize) -> String {
     )
 }
 
-/// Sets the bookkeeping of `n` rows by row id: (row, sync) each.
-fn sync_update_sql(n: usize) -> String {
-    let values = vec!["(?, ?)"; n].join(", ");
+/// The rows of the records among `n` (id prefix, id, ...) tuples, found by id, as a
+/// materialized table `m (row, column3, ...)` of the tuples' further columns: the prefix of a
+/// statement that updates `record_state` `FROM m`. Materialized, so SQLite looks up each
+/// tuple's record and then its state by row id, instead of scanning the states.
+fn rows_by_id_cte(n: usize, extra: &[&str]) -> String {
+    let tuple = format!("(?, ?{})", ", ?".repeat(extra.len()));
+    let values = vec![tuple.as_str(); n].join(", ");
+    let columns: String = extra
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!(", v.column{} AS {name}", i + 3))
+        .collect();
     format!(
-        "UPDATE record_state SET sync = v.column2 FROM (VALUES {values}) AS v \
-         WHERE record_state.row = v.column1"
+        "WITH m AS MATERIALIZED (SELECT r.row AS row{columns} FROM (VALUES {values}) AS v \
+         CROSS JOIN records AS r INDEXED BY records_by_id \
+         ON substr(r.id, 1, 8) = v.column1 AND r.id = v.column2) "
     )
 }
 
-/// Acknowledges `n` rows by row id and sets their bookkeeping: (row, seq, sync) each; the
-/// pending write is cleared where its sequence still matches.
+/// Sets the bookkeeping of the stored rows among `n` (id prefix, id, sync) tuples; ids that
+/// are not stored are left out.
+fn sync_update_sql(n: usize) -> String {
+    format!(
+        "{}UPDATE record_state SET sync = m.sync FROM m WHERE record_state.row = m.row",
+        rows_by_id_cte(n, &["sync"])
+    )
+}
+
+/// Acknowledges the stored rows among `n` (id prefix, id, seq, sync) tuples and sets their
+/// bookkeeping; the pending write is cleared where its sequence still matches.
 fn ack_sync_update_sql(n: usize) -> String {
+    format!(
+        "{}UPDATE record_state SET pending_seq = CASE WHEN record_state.pending_seq = m.seq \
+         THEN NULL ELSE record_state.pending_seq END, sync = m.sync FROM m \
+         WHERE record_state.row = m.row",
+        rows_by_id_cte(n, &["seq", "sync"])
+    )
+}
+
+/// Acknowledges the rows among `n` (seq, id, sync) tuples whose pending write is still that
+/// sequence, and sets their bookkeeping. Found through the pending sequences, whose index is
+/// ordered as the outbox was read, not through the random-keyed ids; the rows left out (no
+/// longer pending at that sequence) take [`ack_sync_update_sql`].
+fn ack_pending_update_sql(n: usize) -> String {
     let values = vec!["(?, ?, ?)"; n].join(", ");
     format!(
-        "UPDATE record_state SET pending_seq = CASE WHEN record_state.pending_seq = v.column2 \
-         THEN NULL ELSE record_state.pending_seq END, sync = v.column3 FROM (VALUES {values}) AS v \
-         WHERE record_state.row = v.column1"
+        "WITH m AS MATERIALIZED (SELECT s.row AS row, v.column3 AS sync FROM (VALUES {values}) AS v \
+         CROSS JOIN record_state AS s INDEXED BY record_state_pending ON s.pending_seq = v.column1 \
+         CROSS JOIN records AS r ON r.row = s.row AND r.id = v.column2) \
+         UPDATE record_state SET pending_seq = NULL, sync = m.sync FROM m \
+         WHERE record_state.row = m.row"
     )
 }
 
@@ -689,20 +723,37 @@ impl SqliteStorage {
             .into_iter()
             .filter(|(id, _)| !joined.contains(id))
             .collect();
+        // One statement per chunk finds the rows and updates them: nothing comes back
+        // (sqlx hands every returned row from its worker thread to this task one at a time,
+        // which cost more than the lookups). The rows are found by their pending sequence;
+        // only a chunk in which some row is no longer pending at its sequence goes again by
+        // id (which updates the rows already done to what they are).
         for chunk in both.chunks(PUT_CHUNK) {
-            let existing = row_ids(tx, chunk.iter().map(|(id, _)| id)).await?;
-            let mut found = Vec::with_capacity(chunk.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(ack_pending_update_sql(chunk.len())));
             for (id, sync) in chunk {
-                if let (Some(rowid), Some(Some(seq))) = (existing.get(id), acked.get(id)) {
-                    found.push((*rowid, seq_to_sql(*seq)?, &sync[..]));
-                }
+                let seq = acked.get(id).copied().flatten().ok_or_else(|| {
+                    Error::internal("an acknowledgement joined to bookkeeping went missing")
+                })?;
+                q = q.bind(seq_to_sql(seq)?).bind(&id.0[..]).bind(&sync[..]);
             }
-            if found.is_empty() {
+            let done = q
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| map_sqlx(e, "acknowledge writes"))?
+                .rows_affected();
+            if done == chunk.len() as u64 {
                 continue;
             }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(ack_sync_update_sql(found.len())));
-            for (rowid, seq, sync) in found {
-                q = q.bind(rowid).bind(seq).bind(sync);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(ack_sync_update_sql(chunk.len())));
+            for (id, sync) in chunk {
+                let seq = acked.get(id).copied().flatten().ok_or_else(|| {
+                    Error::internal("an acknowledgement joined to bookkeeping went missing")
+                })?;
+                q = q
+                    .bind(id_prefix(id))
+                    .bind(&id.0[..])
+                    .bind(seq_to_sql(seq)?)
+                    .bind(&sync[..]);
             }
             q.execute(&mut **tx)
                 .await
@@ -722,20 +773,11 @@ impl SqliteStorage {
                 .await
                 .map_err(|e| map_sqlx(e, "acknowledge write"))?;
         }
-        // Bookkeeping: per chunk, the rows' ids by prefix, then one UPDATE by row id (as for
-        // puts); rows that do not exist are left out.
+        // Bookkeeping: one statement per chunk, as above; ids not stored are left out.
         for chunk in syncs.chunks(PUT_CHUNK) {
-            let existing = row_ids(tx, chunk.iter().map(|(id, _)| id)).await?;
-            let found: Vec<(i64, &[u8])> = chunk
-                .iter()
-                .filter_map(|(id, sync)| existing.get(id).map(|rowid| (*rowid, &sync[..])))
-                .collect();
-            if found.is_empty() {
-                continue;
-            }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sync_update_sql(found.len())));
-            for (rowid, sync) in found {
-                q = q.bind(rowid).bind(sync);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sync_update_sql(chunk.len())));
+            for (id, sync) in chunk {
+                q = q.bind(id_prefix(id)).bind(&id.0[..]).bind(&sync[..]);
             }
             q.execute(&mut **tx)
                 .await
@@ -1135,8 +1177,9 @@ mod plans {
     use sqlx::sqlite::SqlitePoolOptions;
 
     use super::{
-        COLUMNS, JOIN_STATE, RECORDS_INDEXES, RECORDS_TABLE, STATE_TABLE, ack_sql,
-        ack_sync_update_sql, put_update_sql, row_ids_sql, state_update_sql, sync_update_sql,
+        COLUMNS, JOIN_STATE, RECORDS_INDEXES, RECORDS_TABLE, STATE_TABLE, ack_pending_update_sql,
+        ack_sql, ack_sync_update_sql, put_update_sql, row_ids_sql, state_update_sql,
+        sync_update_sql,
     };
 
     /// SQLite's plan for `sql`, one line per step.
@@ -1184,6 +1227,7 @@ mod plans {
             state_update_sql(3),
             sync_update_sql(3),
             ack_sync_update_sql(3),
+            ack_pending_update_sql(3),
             ack_sql(3),
         ]
         .into_iter()

@@ -359,7 +359,7 @@ where
 /// commits after a push): each acknowledgement clears the pending write only where its
 /// sequence matches, and the bookkeeping is set either way; an id acknowledged twice, one
 /// acknowledged without bookkeeping, bookkeeping without an acknowledgement and an absent id
-/// behave as they do alone. The rows are removed again afterwards.
+/// (acknowledged at another row's pending sequence) behave as they do alone. The rows are removed again afterwards.
 async fn acks_with_bookkeeping(s: &dyn Storage, name: &str) {
     let c = CollectionId([0xA7; 32]);
     let mut b = Batch::default();
@@ -378,10 +378,11 @@ async fn acks_with_bookkeeping(s: &dyn Storage, name: &str) {
     b.acks.push((rid(302), 7));
     b.acks.push((rid(302), 302));
     b.syncs.push((rid(302), b"s302".to_vec()));
-    // Acknowledged alone; bookkeeping alone; absent.
+    // Acknowledged alone; bookkeeping alone; absent, acknowledged at the sequence another
+    // row (304) is pending at, which must stay pending and keep its own bookkeeping.
     b.acks.push((rid(303), 303));
     b.syncs.push((rid(304), b"s304".to_vec()));
-    b.acks.push((rid(9997), 1));
+    b.acks.push((rid(9997), 304));
     b.syncs.push((rid(9997), b"nobody".to_vec()));
     s.commit(b).await.expect("acks with bookkeeping");
     let ids: Vec<RecordId> = (300..305).map(rid).chain([rid(9997)]).collect();
