@@ -366,3 +366,39 @@ async fn a_local_write_during_a_long_pull_gets_in_between_two_runs() {
         Some(json!("during"))
     );
 }
+
+/// Records of several collections pulled in one run land each in its own collection: a
+/// scan of one collection on the joining device finds exactly that collection's keys (the
+/// engine remembers each collection's blind id for the rest of the run).
+#[tokio::test]
+async fn records_of_several_collections_in_one_run_keep_their_collections() {
+    let world = World::new();
+    let a = Device::first(&world, Faults::NONE, 1).await;
+    let collections = ["notes", "tags", "people"];
+    for i in 0..30 {
+        let c = collections[i % collections.len()];
+        a.store
+            .put(c, &format!("{c}-{i:02}"), &json!({"i": i}))
+            .await
+            .expect("put");
+    }
+    a.engine.sync().await.expect("a syncs");
+    let (_, engine) = joiner(&world, &a, 2, pages_of_five(16 << 20), |t| t).await;
+    let r = engine.sync().await.expect("b syncs");
+    assert_eq!(r.pulled, 30, "{r:?}");
+    for c in collections {
+        let keys: Vec<String> = engine
+            .store()
+            .scan(c, None, 100)
+            .await
+            .expect("scan")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let expected: Vec<String> = (0..30)
+            .filter(|i| collections[i % collections.len()] == c)
+            .map(|i| format!("{c}-{i:02}"))
+            .collect();
+        assert_eq!(keys, expected, "collection {c}");
+    }
+}
