@@ -729,12 +729,18 @@ impl SqliteStorage {
         // only a chunk in which some row is no longer pending at its sequence goes again by
         // id (which updates the rows already done to what they are).
         for chunk in both.chunks(PUT_CHUNK) {
+            let chunk = chunk
+                .iter()
+                .map(|(id, sync)| match acked.get(id) {
+                    Some(Some(seq)) => Ok((id, seq_to_sql(*seq)?, &sync[..])),
+                    _ => Err(Error::internal(
+                        "an acknowledgement joined to bookkeeping went missing",
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
             let mut q = sqlx::query(sqlx::AssertSqlSafe(ack_pending_update_sql(chunk.len())));
-            for (id, sync) in chunk {
-                let seq = acked.get(id).copied().flatten().ok_or_else(|| {
-                    Error::internal("an acknowledgement joined to bookkeeping went missing")
-                })?;
-                q = q.bind(seq_to_sql(seq)?).bind(&id.0[..]).bind(&sync[..]);
+            for (id, seq, sync) in &chunk {
+                q = q.bind(*seq).bind(&id.0[..]).bind(*sync);
             }
             let done = q
                 .execute(&mut **tx)
@@ -745,15 +751,8 @@ impl SqliteStorage {
                 continue;
             }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(ack_sync_update_sql(chunk.len())));
-            for (id, sync) in chunk {
-                let seq = acked.get(id).copied().flatten().ok_or_else(|| {
-                    Error::internal("an acknowledgement joined to bookkeeping went missing")
-                })?;
-                q = q
-                    .bind(id_prefix(id))
-                    .bind(&id.0[..])
-                    .bind(seq_to_sql(seq)?)
-                    .bind(&sync[..]);
+            for (id, seq, sync) in &chunk {
+                q = q.bind(id_prefix(id)).bind(&id.0[..]).bind(*seq).bind(*sync);
             }
             q.execute(&mut **tx)
                 .await
