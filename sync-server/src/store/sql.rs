@@ -990,10 +990,6 @@ impl SqliteStore {
                 // behind. Durability is unchanged: every commit still syncs the WAL. See
                 // docs/performance.md (`hearth bench`, W3).
                 .pragma("cache_size", format!("-{cache_kib}"))
-                .pragma(
-                    "wal_autocheckpoint",
-                    (WRITER_AUTOCHECKPOINT_BYTES / SQLITE_PAGE_SIZE).to_string(),
-                )
                 .pragma("journal_size_limit", "67108864")
         };
         // Every transaction (pushes, pulls, which record the device's cursor, registrations)
@@ -1006,6 +1002,22 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            // The threshold in pages follows the file's own page size: a file made before
+            // `SQLITE_PAGE_SIZE` was raised keeps its 4 KiB pages.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    let pages = i64::from(WRITER_AUTOCHECKPOINT_BYTES) / page.max(512);
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "PRAGMA wal_autocheckpoint = {pages}"
+                    )))
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect_with(opts(WRITER_CACHE_KIB))
             .await
             .map_err(|e| map_sqlx(e, "open the server database"))?;
