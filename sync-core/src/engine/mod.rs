@@ -1184,9 +1184,8 @@ impl SyncEngine {
             .await
             .map_err(|_| page_err("a pull"))?
         };
-        let bytes_of = |page: &PullPage| -> usize {
-            page.envelopes.iter().map(|e| e.envelope.len()).sum()
-        };
+        let bytes_of =
+            |page: &PullPage| -> usize { page.envelopes.iter().map(|e| e.envelope.len()).sum() };
         let mut run = pull(cursor).await?;
         let mut bytes = bytes_of(&run);
         // Nothing is asked after a first page the caller will refuse.
