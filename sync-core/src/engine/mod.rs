@@ -9,8 +9,8 @@
 //!    envelope is opened and checked (authentic, bound to its record, its origin and sequence
 //!    consistent, not older than what this device already saw of its origin); one that fails
 //!    is rejected and reported, never applied, and the rest of the run goes on. The next run
-//!    is fetched while one is applied (one run ahead at most), each of its pages opened on a
-//!    blocking thread as soon as it arrives.
+//!    is fetched, and its envelopes opened on a blocking thread, while one is applied (one run
+//!    ahead at most).
 //! 2. **Resolve**: a remote version that dominates the local one replaces it; one the local
 //!    version dominates is ignored; concurrent versions go to the collection's strategy. An
 //!    automatic resolution gets the pointwise maximum of both version vectors (so devices that
@@ -43,8 +43,7 @@ use crate::storage::{Batch, RowState, StoredRecord};
 use crate::store::{Opened, Store, WriteBatch, record_from_payload};
 use crate::strategy::{Conflict, ConflictStrategy, Resolution, Version, apply_resolution};
 use crate::transport::{
-    HeldEnvelope, OutgoingEnvelope, PullPage, PullRequest, PushRequest, RemoteEnvelope, SpaceRef,
-    Transport,
+    HeldEnvelope, OutgoingEnvelope, PullPage, PullRequest, PushRequest, SpaceRef, Transport,
 };
 use crate::{Payload, Record};
 
@@ -463,10 +462,6 @@ fn open_checked(store: &Store, id: &RecordId, envelope: &[u8]) -> Result<Payload
 /// envelopes opened ahead of the apply (`None` where opening failed: the apply opens those
 /// again, and rejects them with the reason).
 type OpenedRun = (PullPage, Option<Error>, Vec<Option<Payload>>);
-
-/// One pulled page being opened ahead of the apply: its envelopes and what opening them gave,
-/// in the same order.
-type Opening = tokio::task::JoinHandle<(Vec<RemoteEnvelope>, Vec<Option<Payload>>)>;
 
 /// The version a payload holds, its value parsed.
 fn version_of(p: &Payload) -> Result<Version> {
@@ -1122,55 +1117,36 @@ impl SyncEngine {
         }
     }
 
-    /// [`Self::pull_run`], with the run's envelopes opened (decrypted, authenticated, decoded)
-    /// on blocking threads, each page as soon as it arrives: while one run is applied and
-    /// committed, the next is fetched and opened beside it instead of after it, and a page is
-    /// opened while the next page of its run is fetched. The run is held once either way (each
-    /// page's envelopes go to its opening and come back with it). Opening is the same whenever
-    /// it is done (a store's keys do not change while it is open), and an envelope that fails
-    /// here is opened again by the apply, which rejects it with the reason.
+    /// [`Self::pull_run`], with the run's envelopes then opened (decrypted, authenticated,
+    /// decoded) on a blocking thread: while one run is applied and committed, the next is
+    /// fetched and opened beside it instead of after it. Opening is the same whenever it is
+    /// done (a store's keys do not change while it is open), and an envelope that fails here is
+    /// opened again by the apply, which rejects it with the reason.
     async fn pull_opened(&self, cursor: u64) -> Result<OpenedRun> {
-        let mut openings = Vec::new();
-        let (mut run, failed) = self.pull_run(cursor, &mut openings).await?;
-        let mut ahead = Vec::with_capacity(run.envelopes.len());
-        for opening in openings {
-            let (envelopes, opened) = opening
-                .await
-                .map_err(|e| Error::internal("opening pulled envelopes failed").with_source(e))?;
-            run.envelopes.extend(envelopes);
-            ahead.extend(opened);
-        }
-        Ok((run, failed, ahead))
-    }
-
-    /// Opens `envelopes` on a blocking thread ([`Self::pull_opened`]).
-    fn open_ahead(&self, envelopes: Vec<RemoteEnvelope>) -> Opening {
+        let (page, failed) = self.pull_run(cursor).await?;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let opened = envelopes
+        let (page, ahead) = tokio::task::spawn_blocking(move || {
+            let ahead = page
+                .envelopes
                 .iter()
                 .map(|e| open_checked(&store, &e.record, &e.envelope).ok())
                 .collect();
-            (envelopes, opened)
+            (page, ahead)
         })
+        .await
+        .map_err(|e| Error::internal("opening pulled envelopes failed").with_source(e))?;
+        Ok((page, failed, ahead))
     }
 
     /// Pulls from `cursor` the pages to apply in one transaction, joined into one: pages
     /// follow while the server has more, their envelopes stay under
     /// [`SyncConfig::apply_bytes`] and they name the log the first one names (a page of
     /// another log is left for the next call, whose first page it then is, and where the
-    /// caller sees the log replaced). Each page's envelopes, once checked, are handed to
-    /// [`Self::open_ahead`], pushed to `openings` in order; the page returned has none (the
-    /// caller puts them back). The first page is returned unchecked, for the caller to check
-    /// the log and then the page (nothing is joined to a first page that fails that check);
-    /// each later one is checked against the cursor it answers before it is joined. An error
-    /// after the first page ends the run: it comes back beside the pages that arrived, so
-    /// those are applied before the round fails.
-    async fn pull_run(
-        &self,
-        cursor: u64,
-        openings: &mut Vec<Opening>,
-    ) -> Result<(PullPage, Option<Error>)> {
+    /// caller sees the log replaced). The first page is returned unchecked, for the caller to
+    /// check the log and then the page (nothing is joined to a first page that fails that
+    /// check); each later one is checked against the cursor it answers before it is joined. An error after the first page ends the run: it comes back
+    /// beside the pages that arrived, so those are applied before the round fails.
+    async fn pull_run(&self, cursor: u64) -> Result<(PullPage, Option<Error>)> {
         let pull = |cursor: u64| async move {
             tokio::time::timeout(
                 self.config.stall_timeout,
@@ -1184,15 +1160,12 @@ impl SyncEngine {
             .await
             .map_err(|_| page_err("a pull"))?
         };
-        let bytes_of =
-            |page: &PullPage| -> usize { page.envelopes.iter().map(|e| e.envelope.len()).sum() };
         let mut run = pull(cursor).await?;
-        let mut bytes = bytes_of(&run);
+        let mut bytes: usize = run.envelopes.iter().map(|e| e.envelope.len()).sum();
         // Nothing is asked after a first page the caller will refuse.
         let joinable = check_page(cursor, &run).is_ok();
-        openings.push(self.open_ahead(std::mem::take(&mut run.envelopes)));
         while joinable && run.more && bytes < self.config.apply_bytes {
-            let mut next = match pull(run.next_cursor).await {
+            let next = match pull(run.next_cursor).await {
                 Ok(next) if next.log_id != run.log_id => break,
                 Ok(next) => match check_page(run.next_cursor, &next) {
                     Ok(()) => next,
@@ -1200,8 +1173,12 @@ impl SyncEngine {
                 },
                 Err(e) => return Ok((run, Some(e))),
             };
-            bytes += bytes_of(&next);
-            openings.push(self.open_ahead(std::mem::take(&mut next.envelopes)));
+            bytes += next
+                .envelopes
+                .iter()
+                .map(|e| e.envelope.len())
+                .sum::<usize>();
+            run.envelopes.extend(next.envelopes);
             run.next_cursor = next.next_cursor;
             run.more = next.more;
             run.gc_floor = run.gc_floor.max(next.gc_floor);
