@@ -359,7 +359,8 @@ where
 /// commits after a push): each acknowledgement clears the pending write only where its
 /// sequence matches, and the bookkeeping is set either way; an id acknowledged twice, one
 /// acknowledged without bookkeeping, bookkeeping without an acknowledgement and an absent id
-/// (acknowledged at another row's pending sequence) behave as they do alone. The rows are removed again afterwards.
+/// (acknowledged at another row's pending sequence) behave as they do alone. The rows are
+/// removed again afterwards.
 async fn acks_with_bookkeeping(s: &dyn Storage, name: &str) {
     let c = CollectionId([0xA7; 32]);
     let mut b = Batch::default();
