@@ -45,12 +45,14 @@
 //! a connection and thread of their own after every ~8 MiB of envelopes (the writer's own past
 //! 16384 pages of WAL; the `checkpoint` module), every
 //! [`Batch`] in one `BEGIN IMMEDIATE` transaction with its guards checked first, multi-row
-//! puts as an update of the row the id names, else an insert. Schema (version 3,
+//! puts as an update of the row the id names, else an insert. Schema (version 4,
 //! `PRAGMA user_version`, `PRAGMA application_id` "HRTH"), identical to `backend-sqlite`'s,
-//! whose documentation says why the indexes hold prefixes of the blind ids (every lookup
-//! re-checks the full id on the row; scans order by `(prefix, id)`, the order of the full ids)
-//! and why a record's state sits in a table of its own beside its envelope (acknowledging a
-//! push rewrites small rows, not the pages of the envelopes; here every page written is also
+//! whose documentation says why only one index is keyed by id, and by a prefix of it (every
+//! lookup re-checks the full id on the row; `scan_all` orders by `(prefix, id)`, the order of
+//! the full ids), why a collection's scan is in row order (a pull's inserts land at the end of
+//! its index; a walk's position survives the removal of the record it stopped at), and why a
+//! record's state sits in a table of its own beside its envelope (acknowledging a push
+//! rewrites small rows, not the pages of the envelopes; here every page written is also
 //! encrypted and authenticated):
 //!
 //! ```sql
@@ -58,14 +60,15 @@
 //!                       deleted INTEGER NOT NULL, envelope BLOB NOT NULL);
 //! CREATE TABLE record_state (row INTEGER PRIMARY KEY, pending_seq INTEGER, sync BLOB NOT NULL);
 //! CREATE INDEX records_by_id ON records (substr(id, 1, 8));
-//! CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8));
+//! CREATE INDEX records_by_collection ON records (substr(collection, 1, 4));
 //! CREATE INDEX record_state_pending ON record_state (pending_seq) WHERE pending_seq IS NOT NULL;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
 //! ```
 //!
 //! A version-1 store (a `UNIQUE` full id, `records_by_collection (collection, id)`) or
-//! version-2 store (one `records` table holding the state too) is rebuilt into version 3 in one
-//! transaction when it is opened, row ids kept.
+//! version-2 store (one `records` table holding the state too) is rebuilt in one transaction
+//! when it is opened, row ids kept; a version-3 store (`records_by_collection` keyed by id
+//! prefix) has that index rebuilt.
 //!
 //! [`Storage::check`] runs `PRAGMA cipher_integrity_check` (every page's HMAC) and
 //! `PRAGMA integrity_check` (the b-trees).
@@ -90,7 +93,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use sync_core::{
     Batch, Capabilities, CollectionId, Error, ErrorKind, OutboxEntry, RecordId, Result, RowState,
-    SecretKey, Storage, StorageOptions, StoredRecord,
+    ScanPos, SecretKey, Storage, StorageOptions, StoredRecord,
 };
 use zeroize::Zeroizing;
 
@@ -100,7 +103,7 @@ use crate::worker::Worker;
 /// `PRAGMA application_id` of hearth stores: "HRTH".
 pub const APPLICATION_ID: i64 = 0x4852_5448;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// SQLCipher page size of hearth stores, in bytes. Part of the file format: SQLCipher cannot read
 /// it from the (encrypted) header, so every open sets it. SQLCipher reserves 80 bytes of every
 /// page for its IV and HMAC; with its default 4 KiB pages, three rows of a ~1 KiB record no
@@ -113,7 +116,7 @@ const STATE_TABLE: &str =
     "CREATE TABLE record_state (row INTEGER PRIMARY KEY, pending_seq INTEGER, sync BLOB NOT NULL)";
 const RECORDS_INDEXES: &[&str] = &[
     "CREATE INDEX records_by_id ON records (substr(id, 1, 8))",
-    "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8))",
+    "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4))",
     "CREATE INDEX record_state_pending ON record_state (pending_seq) WHERE pending_seq IS NOT NULL",
 ];
 const META_TABLE: &str = "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)";
@@ -131,7 +134,13 @@ const MIGRATE_TO_3: &[&str] = &[
     "ALTER TABLE records_v3 RENAME TO records",
 ];
 
-/// Bytes of a record id in the key of `records_by_id` and `records_by_collection`.
+/// Version 3 to 4: the collection index keyed by row (implicitly) instead of id prefix.
+const MIGRATE_3_TO_4: &[&str] = &[
+    "DROP INDEX records_by_collection",
+    "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4))",
+];
+
+/// Bytes of a record id in the key of `records_by_id`.
 const ID_PREFIX: usize = 8;
 
 fn id_prefix(id: &RecordId) -> &[u8] {
@@ -520,11 +529,21 @@ fn prepare_schema(conn: &mut Connection, create: bool) -> Result<()> {
                 to = SCHEMA_VERSION,
                 "migrating the store's schema"
             );
-            for stmt in MIGRATE_TO_3.iter().chain(RECORDS_INDEXES) {
+            let steps: Vec<&str> = if v < 3 {
+                MIGRATE_TO_3
+                    .iter()
+                    .chain(RECORDS_INDEXES)
+                    .copied()
+                    .collect()
+            } else {
+                MIGRATE_3_TO_4.to_vec()
+            };
+            for stmt in steps {
                 tx.execute(stmt, [])
                     .map_err(|e| map_sql(e, "migrate the store's schema"))?;
             }
-            tx.execute_batch("PRAGMA user_version = 3;")
+            // PRAGMAs cannot take bound parameters; the version is our constant.
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
                 .map_err(|e| map_sql(e, "migrate the store's schema"))?;
             return tx
                 .commit()
@@ -570,7 +589,9 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
     // Puts, one after the other (statements are prepared once and run in-process, so a row a
     // statement costs little here): the row with that id, found by its prefix and the full id,
     // has its envelope and its state updated, else both rows are inserted under one row id. A
-    // later put of the same id in the batch replaces the earlier one. The collection is not
+    // later put of the same id in the batch replaces the earlier one, and only it is written, so
+    // a new record's row follows its last put (the order `Storage::scan` promises). The
+    // collection is not
     // updated: a blind id is derived from its collection, so it never changes, and naming an
     // indexed column would rewrite its index entry.
     if !batch.puts.is_empty() {
@@ -591,7 +612,14 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
         let mut insert_state = tx
             .prepare_cached("INSERT INTO record_state (row, pending_seq, sync) VALUES (?1, ?2, ?3)")
             .map_err(|e| map_sql(e, "write records"))?;
-        for r in &batch.puts {
+        let mut last_put = std::collections::HashMap::with_capacity(batch.puts.len());
+        for (i, r) in batch.puts.iter().enumerate() {
+            last_put.insert(r.id, i);
+        }
+        for (i, r) in batch.puts.iter().enumerate() {
+            if last_put.get(&r.id) != Some(&i) {
+                continue;
+            }
             let pending = r.pending_seq.map(seq_to_sql).transpose()?;
             let existing: Option<i64> = find
                 .query_row(rusqlite::params![id_prefix(&r.id), &r.id.0[..]], |row| {
@@ -914,33 +942,46 @@ impl Storage for SqlcipherStorage {
     async fn scan(
         &self,
         collection: &CollectionId,
-        after: Option<&RecordId>,
+        after: Option<ScanPos>,
         limit: usize,
         include_deleted: bool,
-    ) -> Result<Vec<StoredRecord>> {
+    ) -> Result<Vec<(ScanPos, StoredRecord)>> {
         let collection = *collection;
-        let after = after.copied();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Positions are rows (from 1); a position past every row has nothing after it.
+        let Ok(after) = i64::try_from(after.map_or(0, |p| p.0)) else {
+            return Ok(Vec::new());
+        };
         self.worker
             .call(move |conn| {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM records AS r INDEXED BY records_by_collection \
+                    "SELECT {COLUMNS}, r.row FROM records AS r INDEXED BY records_by_collection \
                      {JOIN_STATE} WHERE substr(r.collection, 1, 4) = ?1 AND r.collection = ?2 \
-                     AND substr(r.id, 1, 8) >= ?3 AND (substr(r.id, 1, 8) > ?3 OR r.id > ?4) {} \
-                     ORDER BY substr(r.id, 1, 8), r.id LIMIT ?5",
+                     AND r.row > ?3 {} ORDER BY r.row LIMIT ?4",
                     if include_deleted {
                         ""
                     } else {
                         "AND r.deleted = 0"
                     }
                 );
-                let (prefix, after) = scan_start(after.as_ref());
-                query_records(
-                    conn,
-                    &sql,
-                    rusqlite::params![&collection.0[..4], &collection.0[..], prefix, after, limit],
-                    "scan records",
-                )
+                const WHAT: &str = "scan records";
+                let mut stmt = conn.prepare_cached(&sql).map_err(|e| map_sql(e, WHAT))?;
+                let mut rows = stmt
+                    .query(rusqlite::params![
+                        &collection.0[..4],
+                        &collection.0[..],
+                        after,
+                        limit
+                    ])
+                    .map_err(|e| map_sql(e, WHAT))?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().map_err(|e| map_sql(e, WHAT))? {
+                    let pos: i64 = row.get(6).map_err(|e| map_sql(e, "read row"))?;
+                    let pos =
+                        u64::try_from(pos).map_err(|_| Error::corrupt("a negative row id"))?;
+                    out.push((ScanPos(pos), row_to_record(row)?));
+                }
+                Ok(out)
             })
             .await
     }

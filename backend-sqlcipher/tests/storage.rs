@@ -348,36 +348,68 @@ fn keyed_connection(path: &Path) -> rusqlite::Connection {
 }
 
 /// A version-1 store (a `UNIQUE` full id, `records_by_collection (collection, id)`; made here by
-/// rebuilding a new store's tables the old way under the same key) is rebuilt into version 3
-/// when opened: every row and pending write kept, the old indexes gone.
+/// rebuilding a new store's tables the old way under the same key) is rebuilt into the current
+/// version when opened: every row and pending write kept, the old indexes gone.
 #[tokio::test]
 async fn a_version_1_store_is_migrated_in_place() {
     migrated_in_place(
         1,
-        "CREATE TABLE records_old (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL);
-         CREATE INDEX records_by_collection ON records_old (collection, id);
-         CREATE INDEX records_pending ON records_old (pending_seq) WHERE pending_seq IS NOT NULL;",
+        &one_table(
+            "CREATE TABLE records_old (id BLOB NOT NULL UNIQUE, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL);
+             CREATE INDEX records_by_collection ON records_old (collection, id);
+             CREATE INDEX records_pending ON records_old (pending_seq) WHERE pending_seq IS NOT NULL;",
+        ),
     )
     .await;
 }
 
-/// A version-2 store (one `records` table with the state in it, prefix indexes) is rebuilt into
-/// version 3 the same way.
+/// A version-2 store (one `records` table with the state in it, prefix indexes) is rebuilt the
+/// same way.
 #[tokio::test]
 async fn a_version_2_store_is_migrated_in_place() {
     migrated_in_place(
         2,
-        "CREATE TABLE records_old (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL);
-         CREATE INDEX records_by_id ON records_old (substr(id, 1, 8));
-         CREATE INDEX records_by_collection ON records_old (substr(collection, 1, 4), substr(id, 1, 8));
-         CREATE INDEX records_pending ON records_old (pending_seq) WHERE pending_seq IS NOT NULL;",
+        &one_table(
+            "CREATE TABLE records_old (id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, pending_seq INTEGER, envelope BLOB NOT NULL, sync BLOB NOT NULL);
+             CREATE INDEX records_by_id ON records_old (substr(id, 1, 8));
+             CREATE INDEX records_by_collection ON records_old (substr(collection, 1, 4), substr(id, 1, 8));
+             CREATE INDEX records_pending ON records_old (pending_seq) WHERE pending_seq IS NOT NULL;",
+        ),
     )
     .await;
 }
 
-/// Fills a new store, rebuilds its records as `schema` (which creates `records_old`) says,
-/// marks it `version`, opens it, and checks everything survived the migration.
-async fn migrated_in_place(version: i64, schema: &str) {
+/// A version-3 store (`records_by_collection` keyed by id prefix) has that index rebuilt in
+/// row order, everything else kept.
+#[tokio::test]
+async fn a_version_3_store_is_migrated_in_place() {
+    migrated_in_place(
+        3,
+        "DROP INDEX records_by_collection;
+         CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8));",
+    )
+    .await;
+}
+
+/// The statements that turn a current store into a one-table store (versions 1 and 2): `schema`
+/// creates `records_old` and its indexes.
+fn one_table(schema: &str) -> String {
+    format!(
+        "DROP INDEX records_by_id;
+         DROP INDEX records_by_collection;
+         {schema}
+         INSERT INTO records_old (rowid, id, collection, deleted, pending_seq, envelope, sync)
+           SELECT r.row, r.id, r.collection, r.deleted, s.pending_seq, r.envelope, s.sync
+           FROM records AS r JOIN record_state AS s ON s.row = r.row;
+         DROP TABLE records;
+         DROP TABLE record_state;
+         ALTER TABLE records_old RENAME TO records;"
+    )
+}
+
+/// Fills a new store, turns it back into an older one with `downgrade`, marks it `version`,
+/// opens it, and checks everything survived the migration.
+async fn migrated_in_place(version: i64, downgrade: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("old.db");
     let s = SqlcipherStorage::open(&path, true, &key(7))
@@ -392,15 +424,7 @@ async fn migrated_in_place(version: i64, schema: &str) {
         let conn = keyed_connection(&path);
         conn.execute_batch(&format!(
             "BEGIN;
-             DROP INDEX records_by_id;
-             DROP INDEX records_by_collection;
-             {schema}
-             INSERT INTO records_old (rowid, id, collection, deleted, pending_seq, envelope, sync)
-               SELECT r.row, r.id, r.collection, r.deleted, s.pending_seq, r.envelope, s.sync
-               FROM records AS r JOIN record_state AS s ON s.row = r.row;
-             DROP TABLE records;
-             DROP TABLE record_state;
-             ALTER TABLE records_old RENAME TO records;
+             {downgrade}
              PRAGMA user_version = {version};
              COMMIT;"
         ))
@@ -421,6 +445,25 @@ async fn migrated_in_place(version: i64, schema: &str) {
     assert!(
         scanned.windows(2).all(|w| w[0].id < w[1].id),
         "whole-id order"
+    );
+    // The collection's scan walks the rows in the order they were written, in pages.
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .scan(&CollectionId([9; 32]), after, 64, true)
+            .await
+            .expect("scan");
+        let Some((pos, _)) = page.last() else { break };
+        after = Some(*pos);
+        walked.extend(page.into_iter().map(|(_, r)| r.envelope));
+    }
+    assert_eq!(
+        walked,
+        (0..200u32)
+            .map(|i| format!("envelope {i}").into_bytes())
+            .collect::<Vec<_>>(),
+        "the collection in row order"
     );
     assert_eq!(s.outbox_len().await.expect("outbox"), 200);
     let outbox = s.outbox(0, 1000).await.expect("outbox");
@@ -464,6 +507,17 @@ async fn migrated_in_place(version: i64, schema: &str) {
             "records_by_collection",
             "records_by_id"
         ]
+    );
+    let collection_index: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'records_by_collection'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index");
+    assert_eq!(
+        collection_index,
+        "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4))"
     );
 }
 

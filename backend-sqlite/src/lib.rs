@@ -20,7 +20,7 @@
 //! a deleted flag, the pending device sequence, and metadata whose secret parts are sealed.
 //! No collection name, record key or value is ever written in plaintext.
 //!
-//! Schema (version 3, `PRAGMA user_version`; the file is marked with `PRAGMA application_id`
+//! Schema (version 4, `PRAGMA user_version`; the file is marked with `PRAGMA application_id`
 //! so a database that is not a hearth store is refused rather than modified):
 //!
 //! ```sql
@@ -28,7 +28,7 @@
 //!                       deleted INTEGER NOT NULL, envelope BLOB NOT NULL);
 //! CREATE TABLE record_state (row INTEGER PRIMARY KEY, pending_seq INTEGER, sync BLOB NOT NULL);
 //! CREATE INDEX records_by_id ON records (substr(id, 1, 8));
-//! CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8));
+//! CREATE INDEX records_by_collection ON records (substr(collection, 1, 4));
 //! CREATE INDEX record_state_pending ON record_state (pending_seq) WHERE pending_seq IS NOT NULL;
 //! CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
 //! ```
@@ -41,18 +41,25 @@
 //! version 2, where the whole row was one. `row` is an explicit `INTEGER PRIMARY KEY` because
 //! `VACUUM` may renumber implicit row ids, and the two tables are joined on it.
 //!
-//! Blind ids are uniformly random, so every new record lands on a random page of each index
-//! over them, and once the indexes outgrow the page cache each commit of a page of records
-//! dirties about one index page per record per index, written to the WAL and again at the
-//! checkpoint. The indexes therefore hold short prefixes: the first 8 bytes of the record id
-//! and the first 4 of the collection id (~12 and ~17 bytes an entry, against ~42 and ~75 for
-//! the full ids of version 1), so they stay several times smaller and more of them stays
-//! cached. A prefix is not unique: every lookup re-checks the full id on the row, a write
-//! finds the rows it replaces by prefix and compares full ids, and scans order by
-//! `(prefix, id)`, which is the order of the full ids. Versions 1 (full-id `UNIQUE` on `id`,
-//! `records_by_collection (collection, id)`) and 2 (one `records` table with `pending_seq` and
-//! `sync`) are rebuilt into version 3 in one transaction when the store is opened, row ids
-//! kept (`a_version_1_store_is_migrated_in_place`, `a_version_2_store_is_migrated_in_place`).
+//! Blind ids are uniformly random, so every new record lands on a random page of an index over
+//! them, and once the index outgrows the page cache each commit of a page of records dirties
+//! about one index page per record, written to the WAL and again at the checkpoint. So only
+//! one index is keyed by id, and it holds a short prefix: the first 8 bytes of the record id
+//! (~12 bytes an entry, against ~42 for the full id of version 1), so it stays several times
+//! smaller and more of it stays cached. A prefix is not unique: every lookup re-checks the full
+//! id on the row, and a write finds the rows it replaces by prefix and compares full ids;
+//! [`Storage::scan_all`] orders by `(prefix, id)`, which is the order of the full ids. A
+//! collection's scan ([`Storage::scan`]) is in `row` order: its index holds the collection
+//! id's first 4 bytes and, as every SQLite index does, the row, so the records a pull inserts
+//! (numbered after the largest row) land at its end, and a walk's position (the row) survives
+//! the removal of the record it stopped at. In version 3 that index was keyed by id prefix
+//! too, and written at a random page per record like the other.
+//!
+//! Older files are migrated in one transaction when the store is opened: versions 1 (full-id
+//! `UNIQUE` on `id`, `records_by_collection (collection, id)`) and 2 (one `records` table with
+//! `pending_seq` and `sync`) are rebuilt, row ids kept
+//! (`a_version_1_store_is_migrated_in_place`, `a_version_2_store_is_migrated_in_place`);
+//! version 3 has its collection index rebuilt (`a_version_3_store_is_migrated_in_place`).
 //!
 //! Registered as `"sqlite"`.
 #![deny(missing_docs)]
@@ -73,20 +80,20 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use sync_core::{
     Batch, Capabilities, CollectionId, Error, ErrorKind, OutboxEntry, RecordId, Result, RowState,
-    Storage, StorageOptions, StoredRecord,
+    ScanPos, Storage, StorageOptions, StoredRecord,
 };
 
 /// `PRAGMA application_id` of hearth stores: "HRTH".
 pub const APPLICATION_ID: i64 = 0x4852_5448;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const RECORDS_TABLE: &str = "CREATE TABLE records (row INTEGER PRIMARY KEY, id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, envelope BLOB NOT NULL)";
 const STATE_TABLE: &str =
     "CREATE TABLE record_state (row INTEGER PRIMARY KEY, pending_seq INTEGER, sync BLOB NOT NULL)";
 const RECORDS_INDEXES: &[&str] = &[
     "CREATE INDEX records_by_id ON records (substr(id, 1, 8))",
-    "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8))",
+    "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4))",
     "CREATE INDEX record_state_pending ON record_state (pending_seq) WHERE pending_seq IS NOT NULL",
 ];
 const META_TABLE: &str = "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)";
@@ -104,7 +111,13 @@ const MIGRATE_TO_3: &[&str] = &[
     "ALTER TABLE records_v3 RENAME TO records",
 ];
 
-/// Bytes of a record id in the key of `records_by_id` and `records_by_collection`.
+/// Version 3 to 4: the collection index keyed by row (implicitly) instead of id prefix.
+const MIGRATE_3_TO_4: &[&str] = &[
+    "DROP INDEX records_by_collection",
+    "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4))",
+];
+
+/// Bytes of a record id in the key of `records_by_id`.
 const ID_PREFIX: usize = 8;
 
 fn id_prefix(id: &RecordId) -> &[u8] {
@@ -541,17 +554,28 @@ impl SqliteStorage {
                     to = SCHEMA_VERSION,
                     "migrating the store's schema"
                 );
-                let steps = MIGRATE_TO_3
-                    .iter()
-                    .chain(RECORDS_INDEXES)
-                    .copied()
-                    .chain(["PRAGMA user_version = 3"]);
+                let steps: Vec<&str> = if v < 3 {
+                    MIGRATE_TO_3
+                        .iter()
+                        .chain(RECORDS_INDEXES)
+                        .copied()
+                        .collect()
+                } else {
+                    MIGRATE_3_TO_4.to_vec()
+                };
                 for stmt in steps {
                     sqlx::query(stmt)
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| map_sqlx(e, "migrate the store's schema"))?;
                 }
+                // PRAGMAs cannot take bound parameters; the version is our constant.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA user_version = {SCHEMA_VERSION}"
+                )))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(e, "migrate the store's schema"))?;
                 return tx
                     .commit()
                     .await
@@ -968,34 +992,40 @@ impl Storage for SqliteStorage {
     async fn scan(
         &self,
         collection: &CollectionId,
-        after: Option<&RecordId>,
+        after: Option<ScanPos>,
         limit: usize,
         include_deleted: bool,
-    ) -> Result<Vec<StoredRecord>> {
+    ) -> Result<Vec<(ScanPos, StoredRecord)>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Positions are rows (from 1); a position past every row has nothing after it.
+        let Ok(after) = i64::try_from(after.map_or(0, |p| p.0)) else {
+            return Ok(Vec::new());
+        };
         let sql = format!(
-            "SELECT {COLUMNS} FROM records AS r INDEXED BY records_by_collection {JOIN_STATE} \
-             WHERE substr(r.collection, 1, 4) = ? AND r.collection = ? \
-             AND substr(r.id, 1, 8) >= ? AND (substr(r.id, 1, 8) > ? OR r.id > ?) {} \
-             ORDER BY substr(r.id, 1, 8), r.id LIMIT ?",
+            "SELECT r.row AS row, {COLUMNS} FROM records AS r INDEXED BY records_by_collection \
+             {JOIN_STATE} WHERE substr(r.collection, 1, 4) = ? AND r.collection = ? \
+             AND r.row > ? {} ORDER BY r.row LIMIT ?",
             if include_deleted {
                 ""
             } else {
                 "AND r.deleted = 0"
             }
         );
-        let (prefix, after) = scan_start(after);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&collection.0[..4])
             .bind(&collection.0[..])
-            .bind(prefix)
-            .bind(prefix)
             .bind(after)
             .bind(limit)
             .fetch_all(&self.readers)
             .await
             .map_err(|e| map_sqlx(e, "scan records"))?;
-        rows.iter().map(row_to_record).collect()
+        rows.iter()
+            .map(|row| {
+                let pos: i64 = row.try_get("row").map_err(|e| map_sqlx(e, "read row"))?;
+                let pos = u64::try_from(pos).map_err(|_| Error::corrupt("a negative row id"))?;
+                Ok((ScanPos(pos), row_to_record(row)?))
+            })
+            .collect()
     }
 
     async fn scan_all(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<StoredRecord>> {

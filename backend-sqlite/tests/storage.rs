@@ -182,8 +182,8 @@ async fn sqlite_reports_its_heap_and_its_page_caches_share_of_it() {
 }
 
 /// A store written with schema version 1 (a `UNIQUE` full id, `records_by_collection` on the
-/// full ids) is rebuilt into version 3 (prefix indexes, the state beside the envelopes) when
-/// opened: every row, pending write and metadata value is kept, and reads, scans and writes
+/// full ids) is rebuilt into the current version (prefix indexes, the state beside the
+/// envelopes, the collection index in row order) when opened: every row, pending write and metadata value is kept, and reads, scans and writes
 /// behave as on a new store.
 #[tokio::test]
 async fn a_version_1_store_is_migrated_in_place() {
@@ -199,7 +199,7 @@ async fn a_version_1_store_is_migrated_in_place() {
 }
 
 /// A store written with schema version 2 (one `records` table, prefix indexes) is rebuilt
-/// into version 3 the same way.
+/// the same way.
 #[tokio::test]
 async fn a_version_2_store_is_migrated_in_place() {
     migrated_in_place(
@@ -209,6 +209,23 @@ async fn a_version_2_store_is_migrated_in_place() {
             "CREATE INDEX records_by_id ON records (substr(id, 1, 8))",
             "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8))",
             "CREATE INDEX records_pending ON records (pending_seq) WHERE pending_seq IS NOT NULL",
+        ],
+    )
+    .await;
+}
+
+/// A store written with schema version 3 (the collection index keyed by id prefix) has that
+/// index rebuilt in row order, everything else kept.
+#[tokio::test]
+async fn a_version_3_store_is_migrated_in_place() {
+    migrated_in_place(
+        3,
+        &[
+            "CREATE TABLE records (row INTEGER PRIMARY KEY, id BLOB NOT NULL, collection BLOB NOT NULL, deleted INTEGER NOT NULL, envelope BLOB NOT NULL)",
+            "CREATE TABLE record_state (row INTEGER PRIMARY KEY, pending_seq INTEGER, sync BLOB NOT NULL)",
+            "CREATE INDEX records_by_id ON records (substr(id, 1, 8))",
+            "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4), substr(id, 1, 8))",
+            "CREATE INDEX record_state_pending ON record_state (pending_seq) WHERE pending_seq IS NOT NULL",
         ],
     )
     .await;
@@ -243,11 +260,11 @@ async fn migrated_in_place(version: i64, schema: &[&str]) {
             .filename(&path)
             .create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(opts).await.expect("connect");
-        let version = format!("PRAGMA user_version = {version}");
+        let set_version = format!("PRAGMA user_version = {version}");
         for stmt in schema.iter().copied().chain([
             "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)",
             "PRAGMA application_id = 1213355080",
-            &version,
+            &set_version,
             "INSERT INTO meta VALUES ('hearth.device', x'0102')",
         ]) {
             sqlx::query(sqlx::AssertSqlSafe(stmt))
@@ -255,17 +272,36 @@ async fn migrated_in_place(version: i64, schema: &[&str]) {
                 .await
                 .expect("old schema");
         }
-        for r in &rows {
-            sqlx::query("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)")
-                .bind(&r.id.0[..])
-                .bind(&r.collection.0[..])
-                .bind(i64::from(r.deleted))
-                .bind(r.pending_seq.map(|s| s as i64))
-                .bind(&r.envelope[..])
-                .bind(&r.sync[..])
-                .execute(&pool)
-                .await
-                .expect("old row");
+        for (n, r) in rows.iter().enumerate() {
+            if version < 3 {
+                sqlx::query("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)")
+                    .bind(&r.id.0[..])
+                    .bind(&r.collection.0[..])
+                    .bind(i64::from(r.deleted))
+                    .bind(r.pending_seq.map(|s| s as i64))
+                    .bind(&r.envelope[..])
+                    .bind(&r.sync[..])
+                    .execute(&pool)
+                    .await
+                    .expect("old row");
+            } else {
+                sqlx::query("INSERT INTO records VALUES (?, ?, ?, ?, ?)")
+                    .bind(n as i64 + 1)
+                    .bind(&r.id.0[..])
+                    .bind(&r.collection.0[..])
+                    .bind(i64::from(r.deleted))
+                    .bind(&r.envelope[..])
+                    .execute(&pool)
+                    .await
+                    .expect("old row");
+                sqlx::query("INSERT INTO record_state VALUES (?, ?, ?)")
+                    .bind(n as i64 + 1)
+                    .bind(r.pending_seq.map(|s| s as i64))
+                    .bind(&r.sync[..])
+                    .execute(&pool)
+                    .await
+                    .expect("old state");
+            }
         }
         pool.close().await;
     }
@@ -304,6 +340,26 @@ async fn migrated_in_place(version: i64, schema: &[&str]) {
         .map(|r| r.id)
         .collect();
     assert_eq!(scanned, sorted, "whole-id order");
+    let collection_index: String = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'records_by_collection'",
+    )
+    .fetch_one(s.pool())
+    .await
+    .expect("index");
+    assert_eq!(
+        collection_index,
+        "CREATE INDEX records_by_collection ON records (substr(collection, 1, 4))"
+    );
+    // The collection's scan walks the rows in the order they were written, in pages.
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.scan(&notes, after, 64, true).await.expect("scan");
+        let Some((pos, _)) = page.last() else { break };
+        after = Some(*pos);
+        walked.extend(page.into_iter().map(|(_, r)| r));
+    }
+    assert_eq!(walked, rows, "the collection in row order");
     assert_eq!(s.outbox_len().await.expect("outbox"), 60);
     let outbox = s.outbox(0, 1000).await.expect("outbox");
     let mut pending: Vec<(u64, &StoredRecord)> = rows
@@ -358,7 +414,7 @@ async fn migrated_in_place(version: i64, schema: &[&str]) {
     assert_eq!(s.scan_all(None, 1000).await.expect("scan").len(), 300);
     s.check().await.expect("integrity");
     s.close().await.expect("close");
-    // Opening again finds version 3 and changes nothing.
+    // Opening again finds the current version and changes nothing.
     let s = SqliteStorage::open(&path, false).await.expect("reopen");
     assert_eq!(s.scan_all(None, 1000).await.expect("scan").len(), 300);
     s.close().await.expect("close");

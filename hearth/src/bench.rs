@@ -608,7 +608,7 @@ async fn digest(store: &Store) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     let mut after = None;
     loop {
-        let page = store.scan_page("docs", after.as_ref(), 1000).await?;
+        let page = store.scan_page("docs", after, 1000).await?;
         for r in page.records {
             if let Some(v) = r.value {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -767,7 +767,7 @@ pub async fn sync_workloads(
     let mut seen = vec![false; n];
     let mut after = None;
     loop {
-        let page = b.scan_page("docs", after.as_ref(), 1000).await?;
+        let page = b.scan_page("docs", after, 1000).await?;
         for r in page.records {
             let i = index_of(&r.key)
                 .filter(|&i| i < n && !seen[i])

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use hearth::crypto_orion::OrionCipher;
-use hearth::storage::{Batch, Capabilities, OutboxEntry, StoredRecord};
+use hearth::storage::{Batch, Capabilities, OutboxEntry, ScanPos, StoredRecord};
 use hearth::{
     CollectionId, Error, ErrorKind, KdfCost, MemoryStorage, OpenOptions, RecordId, Storage, Store,
     WriteBatch,
@@ -39,10 +39,10 @@ impl Storage for CrashAfter {
     async fn scan(
         &self,
         c: &CollectionId,
-        a: Option<&RecordId>,
+        a: Option<ScanPos>,
         l: usize,
         d: bool,
-    ) -> hearth::Result<Vec<StoredRecord>> {
+    ) -> hearth::Result<Vec<(ScanPos, StoredRecord)>> {
         self.inner.scan(c, a, l, d).await
     }
     async fn scan_all(&self, a: Option<&RecordId>, l: usize) -> hearth::Result<Vec<StoredRecord>> {

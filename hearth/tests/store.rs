@@ -261,10 +261,7 @@ async fn scan_is_ordered_filtered_and_limited() {
     let mut seen = 0;
     let mut after = None;
     loop {
-        let page = store
-            .scan_page("notes", after.as_ref(), 100)
-            .await
-            .expect("page");
+        let page = store.scan_page("notes", after, 100).await.expect("page");
         seen += page.records.len();
         match page.next {
             Some(n) => after = Some(n),

@@ -67,7 +67,7 @@ pub use privacy::{
 };
 pub use relay::{MemoryRelay, Relay, RelayBackup, RelayConfig, RelayStats, SpaceRetired};
 pub use storage::{
-    Batch, Capabilities, OutboxEntry, RowState, Storage, StorageOptions, StoredRecord,
+    Batch, Capabilities, OutboxEntry, RowState, ScanPos, Storage, StorageOptions, StoredRecord,
 };
 pub use store::{OpenOptions, Page, Store, StoreBuilder, StoreInfo, WriteBatch, WriteSummary};
 pub use strategy::{

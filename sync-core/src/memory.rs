@@ -1,13 +1,15 @@
 //! An in-memory [`Storage`] for tests and simulations. Nothing survives the process.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{CollectionId, RecordId};
-use crate::storage::{Batch, Capabilities, OutboxEntry, Storage, StorageOptions, StoredRecord};
+use crate::storage::{
+    Batch, Capabilities, OutboxEntry, ScanPos, Storage, StorageOptions, StoredRecord,
+};
 
 /// Storage held in memory: the same semantics as the persistent ones, without a disk.
 #[derive(Debug, Default)]
@@ -18,7 +20,12 @@ pub struct MemoryStorage {
 #[derive(Debug, Default)]
 struct Inner {
     records: HashMap<RecordId, StoredRecord>,
-    by_collection: BTreeSet<(CollectionId, RecordId)>,
+    /// Each stored record's scan position.
+    positions: HashMap<RecordId, u64>,
+    /// Scan order: (collection, position) → record.
+    by_collection: BTreeMap<(CollectionId, u64), RecordId>,
+    /// The position the next new record gets.
+    next_pos: u64,
     outbox: BTreeMap<u64, RecordId>,
     meta: HashMap<String, Vec<u8>>,
     closed: bool,
@@ -48,7 +55,9 @@ impl MemoryStorage {
 impl Inner {
     fn remove_row(&mut self, id: &RecordId) {
         if let Some(old) = self.records.remove(id) {
-            self.by_collection.remove(&(old.collection, old.id));
+            if let Some(pos) = self.positions.remove(id) {
+                self.by_collection.remove(&(old.collection, pos));
+            }
             if let Some(seq) = old.pending_seq {
                 self.outbox.remove(&seq);
             }
@@ -78,21 +87,24 @@ impl Storage for MemoryStorage {
     async fn scan(
         &self,
         collection: &CollectionId,
-        after: Option<&RecordId>,
+        after: Option<ScanPos>,
         limit: usize,
         include_deleted: bool,
-    ) -> Result<Vec<StoredRecord>> {
+    ) -> Result<Vec<(ScanPos, StoredRecord)>> {
         let g = self.lock()?;
-        let start = (*collection, after.copied().unwrap_or(RecordId([0; 32])));
+        let start = match after {
+            Some(ScanPos(u64::MAX)) => return Ok(Vec::new()),
+            Some(ScanPos(p)) => p + 1,
+            None => 0,
+        };
         let out = g
             .by_collection
-            .range(start..)
-            .take_while(|(c, _)| c == collection)
-            .filter(|(_, id)| after != Some(id))
-            .filter_map(|(_, id)| g.records.get(id))
-            .filter(|r| include_deleted || !r.deleted)
+            .range((*collection, start)..)
+            .take_while(|((c, _), _)| c == collection)
+            .filter_map(|((_, pos), id)| g.records.get(id).map(|r| (ScanPos(*pos), r)))
+            .filter(|(_, r)| include_deleted || !r.deleted)
             .take(limit)
-            .cloned()
+            .map(|(pos, r)| (pos, r.clone()))
             .collect();
         Ok(out)
     }
@@ -148,9 +160,27 @@ impl Storage for MemoryStorage {
                 ));
             }
         }
-        for rec in batch.puts {
+        // A new record's position is taken at the last put of its id in the batch, as the
+        // persistent storages number them.
+        let mut last_put = HashMap::with_capacity(batch.puts.len());
+        for (i, rec) in batch.puts.iter().enumerate() {
+            last_put.insert(rec.id, i);
+        }
+        for (i, rec) in batch.puts.into_iter().enumerate() {
+            if last_put.get(&rec.id) != Some(&i) {
+                continue;
+            }
+            let pos = match g.positions.get(&rec.id) {
+                Some(&pos) => pos,
+                None => {
+                    let pos = g.next_pos;
+                    g.next_pos += 1;
+                    pos
+                }
+            };
             g.remove_row(&rec.id);
-            g.by_collection.insert((rec.collection, rec.id));
+            g.positions.insert(rec.id, pos);
+            g.by_collection.insert((rec.collection, pos), rec.id);
             if let Some(seq) = rec.pending_seq {
                 g.outbox.insert(seq, rec.id);
             }

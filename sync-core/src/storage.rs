@@ -34,6 +34,12 @@ impl Capabilities {
     }
 }
 
+/// A record's position in its collection's [`Storage::scan`] order: where a walk over the
+/// collection resumes. Meaningful only to the storage that returned it; it says nothing about
+/// the record's id, key or contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ScanPos(pub u64);
+
 /// A record row as storage keeps it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredRecord {
@@ -226,15 +232,25 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
             .collect())
     }
 
-    /// Up to `limit` records of `collection` with ids strictly after `after`, ordered by id.
+    /// Up to `limit` records of `collection` whose positions are after `after` (from the
+    /// start without one), in the order of their positions, each with its position.
     /// Tombstones are included only when `include_deleted`.
+    ///
+    /// A record's [`ScanPos`] is given when it is first stored, greater than that of every
+    /// record stored then (within a batch, in the order of its puts, an id put twice counting
+    /// at its last put), and kept for as long as the record is stored: a replacement or a
+    /// tombstone does not move it. So a walk resumed after a position goes on where it was,
+    /// also when the record at that position has been removed since; a record stored during
+    /// the walk may or may not be seen by it. Storing a collection's records in the order they
+    /// arrive (not by random blind id) keeps its index growing at one end as a large pull
+    /// writes it.
     async fn scan(
         &self,
         collection: &CollectionId,
-        after: Option<&RecordId>,
+        after: Option<ScanPos>,
         limit: usize,
         include_deleted: bool,
-    ) -> Result<Vec<StoredRecord>>;
+    ) -> Result<Vec<(ScanPos, StoredRecord)>>;
 
     /// Up to `limit` records of every collection with ids strictly after `after`, ordered by id,
     /// tombstones included: for maintenance walks (re-sync sweeps, tombstone collection).

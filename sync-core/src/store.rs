@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::keyring::Keyring;
 use crate::model::{CollectionId, DeviceId, HlcClock, Record, RecordId, SpaceId, VersionVector};
 use crate::registry;
-use crate::storage::{Batch, Storage, StorageOptions, StoredRecord};
+use crate::storage::{Batch, ScanPos, Storage, StorageOptions, StoredRecord};
 
 pub mod sidecar;
 
@@ -236,14 +236,15 @@ pub struct WriteSummary {
     pub last_seq: u64,
 }
 
-/// A page of records in storage order (by blind id), for walking a whole collection in bounded
-/// memory.
+/// A page of records in storage order (the order they were first stored in; see
+/// [`Storage::scan`]), for walking a whole collection in bounded memory.
 #[derive(Debug, Default)]
 pub struct Page {
     /// The live records of this page.
     pub records: Vec<Record>,
-    /// Where the next page starts; `None` at the end.
-    pub next: Option<RecordId>,
+    /// Where the next page starts; `None` at the end. It stays valid when the record it follows
+    /// is deleted.
+    pub next: Option<ScanPos>,
 }
 
 /// Facts about an open store, safe to print.
@@ -1103,9 +1104,7 @@ impl Store {
         }
         let mut after = None;
         loop {
-            let page = self
-                .scan_page(collection, after.as_ref(), SCAN_PAGE)
-                .await?;
+            let page = self.scan_page(collection, after, SCAN_PAGE).await?;
             for r in page.records {
                 if prefix.is_some_and(|p| !r.key.starts_with(p)) {
                     continue;
@@ -1130,11 +1129,12 @@ impl Store {
         Ok(best.into_iter().collect())
     }
 
-    /// One page of live records of `collection` in storage order, starting after `after`.
+    /// One page of live records of `collection` in storage order, starting after `after` (the
+    /// `next` of the page before).
     pub async fn scan_page(
         &self,
         collection: &str,
-        after: Option<&RecordId>,
+        after: Option<ScanPos>,
         limit: usize,
     ) -> Result<Page> {
         validate_names(collection, "-")?;
@@ -1142,13 +1142,13 @@ impl Store {
         let limit = limit.max(1);
         let rows = self.inner.storage.scan(&cid, after, limit, false).await?;
         let next = if rows.len() == limit {
-            rows.last().map(|r| r.id)
+            rows.last().map(|(pos, _)| *pos)
         } else {
             None
         };
         let records = rows
             .iter()
-            .map(|row| self.open_row(row))
+            .map(|(_, row)| self.open_row(row))
             .collect::<Result<Vec<_>>>()?;
         Ok(Page { records, next })
     }
@@ -1345,10 +1345,10 @@ impl Storage for CountedStorage {
     async fn scan(
         &self,
         collection: &CollectionId,
-        after: Option<&RecordId>,
+        after: Option<ScanPos>,
         limit: usize,
         include_deleted: bool,
-    ) -> Result<Vec<StoredRecord>> {
+    ) -> Result<Vec<(ScanPos, StoredRecord)>> {
         self.inner
             .scan(collection, after, limit, include_deleted)
             .await

@@ -460,10 +460,7 @@ impl StoreConsent {
         let mut out = Vec::new();
         let mut after = None;
         loop {
-            let page = self
-                .store
-                .scan_page(CONSENT_COLLECTION, after.as_ref(), 256)
-                .await?;
+            let page = self.store.scan_page(CONSENT_COLLECTION, after, 256).await?;
             for record in page.records {
                 if let Some(v) = record.value {
                     let stored: StoredGrants = serde_json::from_value(v).map_err(|e| {

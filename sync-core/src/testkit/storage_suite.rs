@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use crate::error::{ErrorKind, Result};
 use crate::model::{CollectionId, RecordId};
-use crate::storage::{Batch, RowState, Storage, StoredRecord};
+use crate::storage::{Batch, RowState, ScanPos, Storage, StoredRecord};
 
 fn rid(n: u32) -> RecordId {
     let mut b = [0u8; 32];
@@ -107,28 +107,31 @@ where
         "{name}: get_many_for_commit against get_many"
     );
 
-    // Ordered scan with limit and paging: every live row once, in id order, only this collection.
+    // Scan with limit and paging: every live row once, in the order the batch put them, only
+    // this collection, positions increasing.
     let mut seen = Vec::new();
-    let mut after: Option<RecordId> = None;
+    let mut after: Option<ScanPos> = None;
     loop {
-        let page = s
-            .scan(&notes, after.as_ref(), 7, false)
-            .await
-            .expect("scan");
+        let page = s.scan(&notes, after, 7, false).await.expect("scan");
         assert!(page.len() <= 7, "{name}: scan honours limit");
-        if page.is_empty() {
-            break;
-        }
-        after = page.last().map(|r| r.id);
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
         seen.extend(page);
     }
-    let expected: Vec<RecordId> = (0..50u32).filter(|n| n % 10 != 9).map(rid).collect();
+    let expected: Vec<RecordId> = (0..50u32).rev().filter(|n| n % 10 != 9).map(rid).collect();
     assert_eq!(
-        seen.iter().map(|r| r.id).collect::<Vec<_>>(),
+        seen.iter().map(|(_, r)| r.id).collect::<Vec<_>>(),
         expected,
-        "{name}: paged scan is ordered and complete"
+        "{name}: paged scan is in the order of the puts and complete"
     );
-    assert!(seen.iter().all(|r| r.collection == notes && !r.deleted));
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "{name}: scan positions increase"
+    );
+    assert!(
+        seen.iter()
+            .all(|(_, r)| r.collection == notes && !r.deleted)
+    );
     let all = s.scan(&notes, None, 1000, true).await.expect("scan");
     assert_eq!(all.len(), 50, "{name}: include_deleted returns tombstones");
     assert_eq!(
@@ -308,6 +311,7 @@ where
 
     acks_with_bookkeeping(&*s, name).await;
     twins(&*s, name).await;
+    scan_positions(&*s, name).await;
 
     // Large values survive byte for byte.
     let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -353,6 +357,77 @@ where
         "{name}: integrity check on a healthy store"
     );
     s.close().await.expect("close");
+}
+
+/// Scan positions: a replacement or a tombstone keeps a record's position, a new record comes
+/// after every stored one, and a walk resumed after a record that was removed in the meantime
+/// goes on where it was, neither repeating nor skipping a record. The rows are removed again
+/// afterwards.
+async fn scan_positions(s: &dyn Storage, name: &str) {
+    let coll = CollectionId([0x3C; 32]);
+    let ids = |page: &[(ScanPos, StoredRecord)]| {
+        page.iter()
+            .map(|(_, r)| u32::from_be_bytes([r.id.0[0], r.id.0[1], r.id.0[2], r.id.0[3]]))
+            .collect::<Vec<_>>()
+    };
+    let mut b = Batch::default();
+    for n in [310, 305, 320] {
+        b.puts.push(row(&coll, n, None, false));
+    }
+    s.commit(b).await.expect("first puts");
+    let mut b = Batch::default();
+    b.puts.push(row(&coll, 301, None, false));
+    b.puts.push(StoredRecord {
+        envelope: b"replaced".to_vec(),
+        ..row(&coll, 305, None, false)
+    });
+    b.puts.push(row(&coll, 310, None, true));
+    s.commit(b).await.expect("replacements and a new record");
+    let all = s.scan(&coll, None, 10, true).await.expect("scan");
+    assert_eq!(
+        ids(&all),
+        vec![310, 305, 320, 301],
+        "{name}: replacements keep their positions, a new record comes last"
+    );
+    assert_eq!(all[1].1.envelope, b"replaced".to_vec(), "{name}: replaced");
+    assert_eq!(
+        ids(&s.scan(&coll, None, 10, false).await.expect("scan")),
+        vec![305, 320, 301],
+        "{name}: the tombstone left out"
+    );
+    // A walk of two records, then the record it stopped at and the one before are removed
+    // and a record added: the walk goes on from where it was.
+    let first = s.scan(&coll, None, 2, true).await.expect("scan");
+    assert_eq!(ids(&first), vec![310, 305]);
+    let cursor = first[1].0;
+    let mut b = Batch::default();
+    b.removes.extend([rid(305), rid(310)]);
+    b.puts.push(row(&coll, 330, None, false));
+    s.commit(b).await.expect("removals under a walk");
+    let rest = s.scan(&coll, Some(cursor), 10, true).await.expect("scan");
+    assert_eq!(
+        ids(&rest),
+        vec![320, 301, 330],
+        "{name}: a walk resumed after a removed record"
+    );
+    assert_eq!(
+        rest.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        {
+            let again = s.scan(&coll, None, 10, true).await.expect("scan");
+            again.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+        },
+        "{name}: positions are stable from scan to scan"
+    );
+    assert!(
+        s.scan(&coll, Some(ScanPos(u64::MAX)), 10, true)
+            .await
+            .expect("scan from the largest position")
+            .is_empty(),
+        "{name}: nothing after the largest position"
+    );
+    let mut b = Batch::default();
+    b.removes.extend([rid(320), rid(301), rid(330)]);
+    s.commit(b).await.expect("remove the positioned rows");
 }
 
 /// Acknowledgements and bookkeeping for the same rows in one batch (what the sync engine
@@ -467,22 +542,25 @@ async fn twins(s: &dyn Storage, name: &str) {
         vec![Some(b"t4".to_vec()), None, Some(b"t1".to_vec())],
         "{name}: get_many of twins"
     );
-    // Scans: only the collection asked for, in whole-id order, paged one at a time.
+    // Scans: only the collection asked for, in the order of the batch's puts (an id put twice
+    // at its last put), paged one at a time.
     let mut got = Vec::new();
     let mut after = None;
     loop {
-        let page = s.scan(&c1, after.as_ref(), 1, true).await.expect("scan");
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
+        let page = s.scan(&c1, after, 1, true).await.expect("scan");
+        let Some((pos, last)) = page.last() else {
+            break;
+        };
+        after = Some(*pos);
         got.push(last.id.0[31]);
     }
-    assert_eq!(got, vec![1, 3, 4], "{name}: twin scan");
+    assert_eq!(got, vec![3, 4, 1], "{name}: twin scan");
     assert_eq!(
         s.scan(&c2, None, 10, true)
             .await
             .expect("scan")
             .iter()
-            .map(|r| r.id.0[31])
+            .map(|(_, r)| r.id.0[31])
             .collect::<Vec<_>>(),
         vec![2],
         "{name}: the twin collection"

@@ -13,8 +13,8 @@ use crypto_orion::OrionCipher;
 use sync_core::cipher::{NONCE_LEN, SALT_LEN};
 use sync_core::{
     Batch, Capabilities, Cipher, CollectionId, KdfCost, MemoryRelay, MemoryStorage, OpenOptions,
-    OutboxEntry, RecordId, RelayConfig, Result, RowState, SecretKey, Storage, Store, StoredRecord,
-    SyncConfig, SyncEngine, Transport,
+    OutboxEntry, RecordId, RelayConfig, Result, RowState, ScanPos, SecretKey, Storage, Store,
+    StoredRecord, SyncConfig, SyncEngine, Transport,
 };
 use transport_mock::{Faults, MockTransport};
 
@@ -315,10 +315,10 @@ impl Storage for Counting {
     async fn scan(
         &self,
         collection: &CollectionId,
-        after: Option<&RecordId>,
+        after: Option<ScanPos>,
         limit: usize,
         include_deleted: bool,
-    ) -> Result<Vec<StoredRecord>> {
+    ) -> Result<Vec<(ScanPos, StoredRecord)>> {
         self.inner
             .scan(collection, after, limit, include_deleted)
             .await
