@@ -9,7 +9,7 @@
 //! everything else. In WAL mode a connection drops its whole page cache when it starts a read
 //! and finds that another connection has committed since, so in a pool whose connections take
 //! turns at writing no cache stays warm. The writer's cache (32 MiB) survives its own commits
-//! and holds the random-keyed indexes that inserts land in; the readers' caches are emptied by
+//! and holds the random-keyed index that inserts land in; the readers' caches are emptied by
 //! every commit anyway, so they are kept small (2 MiB). The bound on page-cache memory per store
 //! is 32 + 3 × 2 MiB, whatever the number of records (docs/performance.md). Reads that come
 //! just before a commit that replaces the rows read ([`Storage::get_many_for_commit`]) run on

@@ -113,8 +113,10 @@ pub struct SyncConfig {
     /// Consecutive pull pages are joined up to this before they are applied: every commit
     /// writes each index page it dirtied, and blind record ids land on random index pages, so
     /// the fewer and larger the commits, the fewer index pages written per record (an initial
-    /// pull of a million ~1.3 KiB records wrote 9.8 GB with one page of ~4 MiB a commit,
-    /// 6.6 GB with runs of 8 MiB, 5.3 GB with 16 and 3.8 GB with 48; docs/performance.md).
+    /// pull of a million ~1.3 KiB records, with the two random-keyed device indexes of schema 3,
+    /// wrote 9.8 GB with one page of ~4 MiB a commit, 6.6 GB with runs of 8 MiB, 5.3 GB with
+    /// 16 and 3.8 GB with 48; schema 4 has one such index, and wrote 4.7 GB with runs of 8 MiB;
+    /// docs/performance.md).
     /// Two such runs are held at once (one applied, the next fetched and opened): memory grows
     /// with this, not with the number of records.
     pub apply_bytes: usize,
