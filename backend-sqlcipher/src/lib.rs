@@ -93,7 +93,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use sync_core::{
     Batch, Capabilities, CollectionId, Error, ErrorKind, OutboxEntry, RecordId, Result, RowState,
-    ScanPos, SecretKey, Storage, StorageOptions, StoredRecord,
+    ScanPos, SecretKey, Storage, StorageOptions, StoredRecord, storage::last_per_id,
 };
 use zeroize::Zeroizing;
 
@@ -612,14 +612,7 @@ fn apply(tx: &Transaction<'_>, batch: &Batch) -> Result<()> {
         let mut insert_state = tx
             .prepare_cached("INSERT INTO record_state (row, pending_seq, sync) VALUES (?1, ?2, ?3)")
             .map_err(|e| map_sql(e, "write records"))?;
-        let mut last_put = std::collections::HashMap::with_capacity(batch.puts.len());
-        for (i, r) in batch.puts.iter().enumerate() {
-            last_put.insert(r.id, i);
-        }
-        for (i, r) in batch.puts.iter().enumerate() {
-            if last_put.get(&r.id) != Some(&i) {
-                continue;
-            }
+        for r in last_per_id(batch.puts.iter().collect(), |r| r.id) {
             let pending = r.pending_seq.map(seq_to_sql).transpose()?;
             let existing: Option<i64> = find
                 .query_row(rusqlite::params![id_prefix(&r.id), &r.id.0[..]], |row| {
@@ -774,11 +767,22 @@ fn query_records(
     params: impl rusqlite::Params,
     what: &'static str,
 ) -> Result<Vec<StoredRecord>> {
+    query_rows(conn, sql, params, what, row_to_record)
+}
+
+/// Runs `sql` (prepared once per connection) and maps every row it returns with `f`.
+fn query_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    what: &'static str,
+    f: impl Fn(&Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
     let mut stmt = conn.prepare_cached(sql).map_err(|e| map_sql(e, what))?;
     let mut rows = stmt.query(params).map_err(|e| map_sql(e, what))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(|e| map_sql(e, what))? {
-        out.push(row_to_record(row)?);
+        out.push(f(row)?);
     }
     Ok(out)
 }
@@ -964,24 +968,18 @@ impl Storage for SqlcipherStorage {
                         "AND r.deleted = 0"
                     }
                 );
-                const WHAT: &str = "scan records";
-                let mut stmt = conn.prepare_cached(&sql).map_err(|e| map_sql(e, WHAT))?;
-                let mut rows = stmt
-                    .query(rusqlite::params![
-                        &collection.0[..4],
-                        &collection.0[..],
-                        after,
-                        limit
-                    ])
-                    .map_err(|e| map_sql(e, WHAT))?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(|e| map_sql(e, WHAT))? {
-                    let pos: i64 = row.get(6).map_err(|e| map_sql(e, "read row"))?;
-                    let pos =
-                        u64::try_from(pos).map_err(|_| Error::corrupt("a negative row id"))?;
-                    out.push((ScanPos(pos), row_to_record(row)?));
-                }
-                Ok(out)
+                query_rows(
+                    conn,
+                    &sql,
+                    rusqlite::params![&collection.0[..4], &collection.0[..], after, limit],
+                    "scan records",
+                    |row| {
+                        let pos: i64 = row.get(6).map_err(|e| map_sql(e, "read row"))?;
+                        let pos =
+                            u64::try_from(pos).map_err(|_| Error::corrupt("a negative row id"))?;
+                        Ok((ScanPos(pos), row_to_record(row)?))
+                    },
+                )
             })
             .await
     }

@@ -80,7 +80,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use sync_core::{
     Batch, Capabilities, CollectionId, Error, ErrorKind, OutboxEntry, RecordId, Result, RowState,
-    ScanPos, Storage, StorageOptions, StoredRecord,
+    ScanPos, Storage, StorageOptions, StoredRecord, storage::last_per_id,
 };
 
 /// `PRAGMA application_id` of hearth stores: "HRTH".
@@ -231,25 +231,6 @@ fn seq_from_sql(seq: i64) -> Result<u64> {
 
 /// Rows per chunk of puts (at most 6 parameters a row in one statement; SQLite allows 32,766).
 const PUT_CHUNK: usize = 128;
-
-/// The items of a batch with only the last of several for one id kept, in the order of those
-/// last ones: what applying them one after the other would leave. (One multi-row statement
-/// applies one of several matches for a row, and not necessarily the last.)
-fn last_per_id<T>(items: Vec<T>, id: impl Fn(&T) -> RecordId) -> Vec<T> {
-    let mut last = std::collections::HashMap::with_capacity(items.len());
-    for (i, r) in items.iter().enumerate() {
-        last.insert(id(r), i);
-    }
-    if last.len() == items.len() {
-        return items;
-    }
-    items
-        .into_iter()
-        .enumerate()
-        .filter(|(i, r)| last.get(&id(r)) == Some(i))
-        .map(|(_, r)| r)
-        .collect()
-}
 
 /// The columns of a [`StoredRecord`], from `records AS r` joined with `record_state AS s`.
 const COLUMNS: &str = "r.id AS id, r.collection AS collection, r.deleted AS deleted, \

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{CollectionId, RecordId};
 use crate::storage::{
-    Batch, Capabilities, OutboxEntry, ScanPos, Storage, StorageOptions, StoredRecord,
+    Batch, Capabilities, OutboxEntry, ScanPos, Storage, StorageOptions, StoredRecord, last_per_id,
 };
 
 /// Storage held in memory: the same semantics as the persistent ones, without a disk.
@@ -160,16 +160,7 @@ impl Storage for MemoryStorage {
                 ));
             }
         }
-        // A new record's position is taken at the last put of its id in the batch, as the
-        // persistent storages number them.
-        let mut last_put = HashMap::with_capacity(batch.puts.len());
-        for (i, rec) in batch.puts.iter().enumerate() {
-            last_put.insert(rec.id, i);
-        }
-        for (i, rec) in batch.puts.into_iter().enumerate() {
-            if last_put.get(&rec.id) != Some(&i) {
-                continue;
-            }
+        for rec in last_per_id(batch.puts, |r| r.id) {
             let pos = match g.positions.get(&rec.id) {
                 Some(&pos) => pos,
                 None => {

@@ -14,6 +14,27 @@ use crate::cipher::SecretKey;
 use crate::error::Result;
 use crate::model::{CollectionId, RecordId};
 
+/// The items of a batch with only the last of several for one id kept, in the order of those
+/// last ones: what applying them one after the other would leave, and the order in which a
+/// storage numbers the new records among them ([`Storage::scan`]). Storages apply
+/// [`Batch::puts`] (and [`Batch::syncs`]) through this; a batch without repeated ids comes
+/// back as it was.
+pub fn last_per_id<T>(items: Vec<T>, id: impl Fn(&T) -> RecordId) -> Vec<T> {
+    let mut last = std::collections::HashMap::with_capacity(items.len());
+    for (i, r) in items.iter().enumerate() {
+        last.insert(id(r), i);
+    }
+    if last.len() == items.len() {
+        return items;
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, r)| last.get(&id(r)) == Some(i))
+        .map(|(_, r)| r)
+        .collect()
+}
+
 /// What a storage implementation supports. The conformance suite reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
