@@ -139,6 +139,13 @@ const WRITER_CACHE_KIB: u32 = 32 * 1024;
 const READER_CACHE_KIB: u32 = 2 * 1024;
 /// Reader connections at most.
 const READERS: u32 = 3;
+/// Rows sqlx's SQLite worker thread may hand to the waiting task before it waits for the task
+/// to take them (`SqliteConnectOptions::row_buffer_size`; sqlx's default is 50). Every query
+/// here collects its whole result (`fetch_all`, `fetch_optional`: none streams), so a buffer
+/// as large as the largest result costs no memory the result does not hold anyway, and spares
+/// the ping-pong of a full buffer: with 50, the worker slept once the task fell behind and was
+/// woken for each row the task took, two thread switches a row (docs/performance.md).
+const ROW_BUFFER: usize = 4096;
 
 /// Committed bytes (as [`Batch::put_bytes`] estimates them) after which the writer asks the
 /// checkpointer to copy the WAL back into the database.
@@ -463,6 +470,7 @@ impl SqliteStorage {
                     WRITER_AUTOCHECKPOINT_PAGES.to_string(),
                 )
                 .pragma("journal_size_limit", "67108864")
+                .row_buffer_size(ROW_BUFFER)
         };
         // The writer is opened first: it creates the file and switches it to WAL.
         let writer = SqlitePoolOptions::new()
