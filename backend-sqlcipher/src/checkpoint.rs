@@ -31,6 +31,12 @@ pub(crate) const CHECKPOINT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
 /// WAL pages (of [`crate::CIPHER_PAGE_SIZE`]) at which the writer checkpoints by itself, in its
 /// commit: 128 MiB, only reached when the checkpointer falls behind.
 pub(crate) const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+/// Bytes of WAL file kept when SQLite restarts the log (`journal_size_limit`): twice the
+/// writer's own checkpoint threshold, as in backend-sqlite, where a limit below the WAL's
+/// working size had each restart truncate it and the next commits grow it again
+/// (docs/performance.md; measured there, not on this backend).
+pub(crate) const WAL_KEEP_BYTES: i64 =
+    2 * WRITER_AUTOCHECKPOINT_PAGES as i64 * crate::CIPHER_PAGE_SIZE as i64;
 
 /// The checkpointer of one store.
 #[derive(Debug)]

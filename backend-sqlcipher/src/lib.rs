@@ -388,10 +388,11 @@ fn open_connection(path: &Path, create: bool, page_key: &SecretKey) -> Result<Co
     }
     // See backend-sqlite and docs/performance.md for the cache and checkpoint sizes.
     conn.execute_batch(
-        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -16384; \
-         PRAGMA journal_size_limit = 67108864;",
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -16384;",
     )
     .map_err(|e| map_sql(e, "configure store"))?;
+    conn.pragma_update(None, "journal_size_limit", checkpoint::WAL_KEEP_BYTES)
+        .map_err(|e| map_sql(e, "configure store"))?;
     conn.pragma_update(
         None,
         "wal_autocheckpoint",

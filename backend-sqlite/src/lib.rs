@@ -153,6 +153,13 @@ const CHECKPOINT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
 /// WAL pages at which the writer checkpoints by itself, in its commit (SQLite's
 /// `wal_autocheckpoint`): only reached when the checkpointer falls behind.
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 32_768;
+/// Bytes of WAL file kept when SQLite restarts the log (`journal_size_limit`): twice the
+/// writer's own checkpoint threshold. A long write (a pull's runs, a push's
+/// acknowledgements) outruns the checkpointer and takes the WAL past that threshold (to
+/// ~150 MiB at a million records); with 64 MiB, each restart truncated it and the next commits
+/// grew it again, block by block, the kernel allocating and zeroing every page anew
+/// (docs/performance.md). A store that is idle keeps at most this much WAL on disk.
+const WAL_KEEP_BYTES: u64 = 2 * WRITER_AUTOCHECKPOINT_PAGES as u64 * 4096;
 
 /// Storage in a SQLite file.
 #[derive(Debug, Clone)]
@@ -462,14 +469,15 @@ impl SqliteStorage {
                 // Blind ids are uniformly random, so every insert lands on a random index page:
                 // the writer's page cache and checkpoints after ~8 MiB of rows (by the
                 // checkpointer; by the writer itself only at 128 MiB of WAL; the WAL file is
-                // truncated back to at most 64 MiB) let a page dirtied by many batches be
-                // written back once instead of once per checkpoint. See docs/performance.md.
+                // truncated back to at most `WAL_KEEP_BYTES`) let a page dirtied by many
+                // batches be written back once instead of once per checkpoint. See
+                // docs/performance.md.
                 .pragma("cache_size", format!("-{cache_kib}"))
                 .pragma(
                     "wal_autocheckpoint",
                     WRITER_AUTOCHECKPOINT_PAGES.to_string(),
                 )
-                .pragma("journal_size_limit", "67108864")
+                .pragma("journal_size_limit", WAL_KEEP_BYTES.to_string())
                 .row_buffer_size(ROW_BUFFER)
         };
         // The writer is opened first: it creates the file and switches it to WAL.

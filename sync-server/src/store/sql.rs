@@ -957,6 +957,11 @@ pub const SQLITE_PAGE_SIZE: u32 = 16 * 1024;
 /// WAL bytes at which the writer checkpoints by itself, in its commit: only reached when the
 /// checkpointer falls behind.
 const WRITER_AUTOCHECKPOINT_BYTES: u32 = 128 * 1024 * 1024;
+/// Bytes of WAL file kept when SQLite restarts the log (`journal_size_limit`): twice the
+/// writer's own checkpoint threshold. Sustained pushes outrun the checkpointer and take the WAL
+/// past that threshold; with 64 MiB, each restart truncated it and the next commits grew it
+/// again, the kernel allocating and zeroing every page anew (docs/performance.md).
+const WAL_KEEP_BYTES: u64 = 2 * WRITER_AUTOCHECKPOINT_BYTES as u64;
 
 /// The server's data in one SQLite file (WAL, `synchronous = FULL`: an acknowledged push
 /// survives a power loss). Writers are serialized by `BEGIN IMMEDIATE`.
@@ -998,12 +1003,12 @@ impl SqliteStore {
                 .busy_timeout(Duration::from_secs(10))
                 // The writer's page cache holds the indexes' hot pages. Checkpoints run on a
                 // connection of their own (`checkpoints`); the writer checkpoints by itself only
-                // past 128 MiB of WAL (truncated back to at most 64 MiB), should that one fall
-                // behind. Durability is unchanged: every commit still syncs the WAL. See
+                // past 128 MiB of WAL (truncated back to at most `WAL_KEEP_BYTES`), should that
+                // one fall behind. Durability is unchanged: every commit still syncs the WAL. See
                 // docs/performance.md (`hearth bench`, W3).
                 .pragma("cache_size", format!("-{cache_kib}"))
                 .row_buffer_size(ROW_BUFFER)
-                .pragma("journal_size_limit", "67108864")
+                .pragma("journal_size_limit", WAL_KEEP_BYTES.to_string())
         };
         // Every transaction (pushes, pulls, which record the device's cursor, registrations)
         // runs on the one writer connection; SQLite has one writer at a time anyway, and
