@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Samples the CPU time of each thread of a running process until it exits, and prints each
-thread's share of a core over a window: what showed, in docs/performance.md, which of B's
-threads (SQLite writer, engine, opening, checkpointer) a pull keeps busy.
+"""Samples the CPU time and the voluntary context switches (times it blocked) of each thread
+of a running process until it exits, and prints each thread's share of a core over a window:
+what showed, in docs/performance.md, which of B's threads (SQLite writer, engine, opening,
+checkpointer) a pull keeps busy, and how often each waits.
 
 Usage:
     python3 scripts/thread_cpu.py PID [INTERVAL_S] [FROM_S TO_S]
 
 Reads /proc/PID/task/*/stat every INTERVAL_S (default 0.5) and, once PID has exited, prints
-per thread (name, id) the CPU seconds and cores used between FROM_S and TO_S after the start
-of sampling (default: the whole time), busiest first. Linux only; start it right after the
+per thread (name, id) the CPU seconds, cores and voluntary context switches between FROM_S
+and TO_S after the start of sampling (default: the whole time), busiest first. Linux only; start it right after the
 process, e.g. `hearth bench ... & python3 scripts/thread_cpu.py $!`.
 """
 import os
@@ -26,8 +27,16 @@ def snapshot(pid: int, tick: int) -> dict:
             continue  # the thread ended between the listing and the read
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
+        switches = 0
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        switches = int(line.split()[1])
+        except OSError:
+            pass
         # utime and stime, fields 14 and 15 of stat(5), counted from the state field here
-        threads[tid] = (name, (int(fields[11]) + int(fields[12])) / tick)
+        threads[tid] = (name, (int(fields[11]) + int(fields[12])) / tick, switches)
     return threads
 
 
@@ -57,13 +66,13 @@ def main() -> int:
         return 1
     (t0, first), (t1, last) = inside[0], inside[-1]
     rows = []
-    for tid, (name, cpu) in last.items():
-        used = cpu - first.get(tid, (name, 0.0))[1]
-        rows.append((used, name, tid))
-    print(f"{t1 - t0:.1f} s window; CPU seconds and cores per thread:")
-    for used, name, tid in sorted(rows, reverse=True):
-        if used > 0:
-            print(f"{name:>16} {tid:>8} {used:8.2f} s {used / (t1 - t0):5.2f}")
+    for tid, (name, cpu, switches) in last.items():
+        _, cpu0, switches0 = first.get(tid, (name, 0.0, 0))
+        rows.append((cpu - cpu0, switches - switches0, name, tid))
+    print(f"{t1 - t0:.1f} s window; per thread: CPU seconds, cores, voluntary switches:")
+    for used, switches, name, tid in sorted(rows, reverse=True):
+        if used > 0 or switches > 0:
+            print(f"{name:>16} {tid:>8} {used:8.2f} s {used / (t1 - t0):5.2f} {switches:>9}")
     return 0
 
 

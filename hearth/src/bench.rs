@@ -48,6 +48,8 @@ pub struct BenchOptions {
     pub sync_page: usize,
     /// The sync workloads' `SyncConfig::apply_bytes`.
     pub sync_apply_bytes: usize,
+    /// The registered cipher both devices of the sync workloads use (default `orion`).
+    pub sync_cipher: &'static str,
 }
 
 impl Default for BenchOptions {
@@ -59,6 +61,7 @@ impl Default for BenchOptions {
             seed: 42,
             sync_page: SyncConfig::default().pull_page,
             sync_apply_bytes: SyncConfig::default().apply_bytes,
+            sync_cipher: "orion",
         }
     }
 }
@@ -684,7 +687,12 @@ pub async fn sync_workloads(
         Arc::new(move || now.load(Ordering::SeqCst))
     };
     let rig = Rig::start(dir, clock.clone()).await?;
-    let cipher = crate::registry::cipher("orion")?;
+    let cipher = crate::registry::cipher(opts.sync_cipher)?;
+    // Workloads are named by their transport, and by their cipher where it is not the default.
+    let via = match opts.sync_cipher {
+        "orion" => "http".to_owned(),
+        other => format!("http, {other}"),
+    };
     let a = Store::open(
         sqlite_at(dir.join("sync-a.db")).await?,
         (cipher.make)(),
@@ -804,7 +812,7 @@ pub async fn sync_workloads(
     };
     out.bytes.sealed_lower_bound = 2 * sealed;
     let w3_row = BenchResult {
-        workload: "W3 initial sync (http)".into(),
+        workload: format!("W3 initial sync ({via})"),
         n,
         seconds: initial,
         records_per_s: n as f64 / initial,
@@ -815,7 +823,7 @@ pub async fn sync_workloads(
     };
     // The same against raw multi-row inserts: the floor without a statement per row.
     let w3_multi = BenchResult {
-        workload: "W3 initial sync vs multi-row (http)".into(),
+        workload: format!("W3 initial sync vs multi-row ({via})"),
         baseline_seconds: raw_multi_s,
         ratio: initial / raw_multi_s,
         ..w3_row.clone()
@@ -874,7 +882,7 @@ pub async fn sync_workloads(
         out.bytes.delta_bound =
             (1.1 * (delta_n as f64 / n as f64) * w3.bytes() as f64) as u64 + idle;
         out.results.push(BenchResult {
-            workload: "W4 1% delta (http)".into(),
+            workload: format!("W4 1% delta ({via})"),
             n: delta_n,
             seconds: secs,
             records_per_s: delta_n as f64 / secs,
@@ -945,7 +953,7 @@ pub async fn sync_workloads(
             }
         }
         out.results.push(BenchResult {
-            workload: "W5 conflicts 10% (http)".into(),
+            workload: format!("W5 conflicts 10% ({via})"),
             n: tenth as usize,
             seconds: secs,
             records_per_s: tenth as f64 / secs,
@@ -1027,7 +1035,7 @@ pub async fn sync_workloads(
         // The least that must move: B's changes up and down again to A, A's down to B.
         let floor = 2 * offline_distinct + (distinct - offline_distinct);
         out.results.push(BenchResult {
-            workload: "W6 30 days offline (http)".into(),
+            workload: format!("W6 30 days offline ({via})"),
             n: offline_edits as usize,
             seconds: secs,
             records_per_s: moved as f64 / secs.max(1e-9),

@@ -118,3 +118,61 @@ fn an_unknown_workload_is_refused() {
         .assert()
         .failure();
 }
+
+#[test]
+fn the_sync_workloads_run_on_the_cipher_given_and_say_so() {
+    let out = Command::cargo_bin("hearth")
+        .expect("binary")
+        .args([
+            "--json",
+            "bench",
+            "--n",
+            "200",
+            "--workload",
+            "W3",
+            "--cipher",
+            "sodium",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            let row: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
+            row["workload"].as_str().expect("workload").to_owned()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "W3 initial sync (http, sodium)",
+            "W3 initial sync vs multi-row (http, sodium)"
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_cipher_is_refused_before_anything_runs() {
+    let out = Command::cargo_bin("hearth")
+        .expect("binary")
+        .args([
+            "bench",
+            "--n",
+            "10",
+            "--workload",
+            "W3",
+            "--cipher",
+            "rot13",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rot13"), "{stderr}");
+}

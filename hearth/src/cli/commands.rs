@@ -325,6 +325,7 @@ async fn bench(cli: &Cli, args: BenchArgs<'_>) -> Result<()> {
         value_size,
         sync_page,
         sync_apply_bytes: sync_apply_mib.saturating_mul(1024 * 1024),
+        sync_cipher: known_name(hearth::registry::cipher(cipher))?.name,
         ..BenchOptions::default()
     };
     let dir = tempfile_dir()?;

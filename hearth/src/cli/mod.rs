@@ -145,7 +145,7 @@ pub enum Command {
         /// Storage backend for W1/W2.
         #[arg(long, default_value = "sqlite")]
         storage: String,
-        /// Cipher backend for W1/W2.
+        /// Cipher backend: W1/W2 and both devices of the sync workloads (W3 to W6).
         #[arg(long, default_value = "orion")]
         cipher: String,
         /// Also run W3 at 10 × N and report its peak memory against W3 at N (aim: flat).
