@@ -60,23 +60,28 @@ async fn sync_workloads_run_through_the_server_and_verify() {
     assert!(w6.envelopes_moved >= w6.envelopes_floor);
 }
 
-#[test]
-fn hearth_bench_prints_one_json_object_per_workload() {
+/// Runs `hearth --json bench` with `args`, which must succeed: its rows (one JSON object a
+/// line) and its stderr.
+fn bench_json(args: &[&str]) -> (Vec<serde_json::Value>, String) {
     let out = Command::cargo_bin("hearth")
         .expect("binary")
-        .args(["--json", "bench", "--n", "200", "--memory-ratio"])
+        .args(["--json", "bench"])
+        .args(args)
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let rows = String::from_utf8(out.stdout)
         .expect("utf-8")
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
+    (rows, stderr)
+}
+
+#[test]
+fn hearth_bench_prints_one_json_object_per_workload() {
+    let (rows, stderr) = bench_json(&["--n", "200", "--memory-ratio"]);
     let names: Vec<String> = rows
         .iter()
         .map(|r| r["workload"].as_str().expect("workload").to_owned())
@@ -105,7 +110,6 @@ fn hearth_bench_prints_one_json_object_per_workload() {
             assert!(r[field].is_number(), "{field} in {r}");
         }
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("lower bound"), "{stderr}");
     assert!(stderr.contains("memory: W3 peak RSS"), "{stderr}");
 }
@@ -121,32 +125,10 @@ fn an_unknown_workload_is_refused() {
 
 #[test]
 fn the_sync_workloads_run_on_the_cipher_given_and_say_so() {
-    let out = Command::cargo_bin("hearth")
-        .expect("binary")
-        .args([
-            "--json",
-            "bench",
-            "--n",
-            "200",
-            "--workload",
-            "W3",
-            "--cipher",
-            "sodium",
-        ])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let names: Vec<String> = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| {
-            let row: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
-            row["workload"].as_str().expect("workload").to_owned()
-        })
+    let (rows, _) = bench_json(&["--n", "200", "--workload", "W3", "--cipher", "sodium"]);
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().expect("workload"))
         .collect();
     assert_eq!(
         names,
