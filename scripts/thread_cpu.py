@@ -7,10 +7,11 @@ checkpointer) a pull keeps busy, and how often each waits.
 Usage:
     python3 scripts/thread_cpu.py PID [INTERVAL_S] [FROM_S TO_S]
 
-Reads /proc/PID/task/*/stat every INTERVAL_S (default 0.5) and, once PID has exited, prints
-per thread (name, id) the CPU seconds, cores and voluntary context switches between FROM_S
-and TO_S after the start of sampling (default: the whole time), busiest first. Linux only; start it right after the
-process, e.g. `hearth bench ... & python3 scripts/thread_cpu.py $!`.
+Reads /proc/PID/task/*/stat and status every INTERVAL_S (default 0.5) and, once PID has
+exited, prints per thread (name, id) the CPU seconds, cores and voluntary context switches
+between FROM_S and TO_S after the start of sampling (default: the whole time), busiest
+first. Linux only; start it right after the process, e.g.
+`hearth bench ... & python3 scripts/thread_cpu.py $!`.
 """
 import os
 import sys
