@@ -64,9 +64,10 @@
 //! Registered as `"sqlite"`.
 #![deny(missing_docs)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 mod checkpoint;
@@ -170,7 +171,106 @@ pub struct SqliteStorage {
     /// Every read.
     readers: SqlitePool,
     checkpoints: Arc<WalCheckpointer>,
+    /// What the writer last read for a commit, so that commit need not look its rows up again.
+    lookups: Arc<Lookups>,
     path: PathBuf,
+}
+
+/// The rows [`Storage::get_many_for_commit`] found (or found absent), kept for the commit that
+/// follows: a pulled run's commit looked every put up again by id (~8,000 index searches and a
+/// round trip to the writer's thread a chunk), right after the engine had read the same ids.
+///
+/// The rows read stay true as long as nothing committed since, which the commit checks inside
+/// its transaction, holding SQLite's write lock: no commit of this store ran or was running
+/// since the read started ([`LookupState::generation`], [`LookupState::committing`]), the
+/// writer's connection is the one that read ([`Lookups::connects`]: the pool replaces a
+/// connection that failed), and no other connection (another store on the file, another
+/// process) committed since (`PRAGMA data_version`, which on one connection changes exactly
+/// when another connection commits). Otherwise, and for ids not read, the commit looks the
+/// rows up itself.
+#[derive(Debug, Default)]
+struct Lookups {
+    /// Connections the writer pool has opened.
+    connects: Arc<AtomicU64>,
+    state: Mutex<LookupState>,
+}
+
+#[derive(Debug, Default)]
+struct LookupState {
+    /// Moves at the start and at the end of every commit of this store.
+    generation: u64,
+    /// Commits started and not ended.
+    committing: u32,
+    /// The last read kept, if no commit started since.
+    last: Option<ReadForCommit>,
+}
+
+/// One [`Storage::get_many_for_commit`]'s answer, with when it was read.
+#[derive(Debug)]
+struct ReadForCommit {
+    /// [`LookupState::generation`] when the read started.
+    generation: u64,
+    /// [`Lookups::connects`] when the read started.
+    connects: u64,
+    /// `PRAGMA data_version` on the writer's connection before the read.
+    data_version: i64,
+    /// Row id of every id read; `None`: not stored.
+    rows: HashMap<RecordId, Option<i64>>,
+}
+
+/// A commit of this store, from [`Lookups::start_commit`] until dropped (its end, whether it
+/// committed, failed or was cancelled).
+struct Committing<'a>(&'a Lookups);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.generation += 1;
+        state.committing = state.committing.saturating_sub(1);
+    }
+}
+
+impl Lookups {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LookupState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where a read for a commit starts: (generation, connects), or `None` while a commit runs
+    /// (what the read sees may be from before or after it).
+    fn read_starts(&self) -> Option<(u64, u64)> {
+        let state = self.lock();
+        (state.committing == 0).then(|| (state.generation, self.connects.load(Ordering::SeqCst)))
+    }
+
+    /// Keeps `read` for the next commit, when no commit started while it was being read. Reads
+    /// of the same moment merge (two callers reading before one commit).
+    fn keep(&self, read: ReadForCommit) {
+        let mut state = self.lock();
+        if state.committing != 0
+            || state.generation != read.generation
+            || self.connects.load(Ordering::SeqCst) != read.connects
+        {
+            return;
+        }
+        match state.last.as_mut() {
+            Some(l) if l.data_version == read.data_version && l.connects == read.connects => {
+                l.rows.extend(read.rows);
+            }
+            _ => state.last = Some(read),
+        }
+    }
+
+    /// Starts a commit: takes the last read, if nothing committed since it started (the
+    /// commit after this one cannot use it), and counts the commit as running until the
+    /// returned guard drops.
+    fn start_commit(&self) -> (Committing<'_>, Option<ReadForCommit>) {
+        let mut state = self.lock();
+        let generation = state.generation;
+        let read = state.last.take().filter(|l| l.generation == generation);
+        state.generation += 1;
+        state.committing += 1;
+        (Committing(self), read)
+    }
 }
 
 /// Maps a sqlx error to hearth's error, by SQLite result code. The message names the operation;
@@ -388,6 +488,15 @@ async fn row_ids<'a>(
     Ok(existing)
 }
 
+/// `PRAGMA data_version` of the connection `conn` runs on: it changes exactly when another
+/// connection has committed to the file since the last time this connection read it.
+async fn data_version<'c>(conn: impl sqlx::SqliteExecutor<'c>) -> Result<i64> {
+    sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(conn)
+        .await
+        .map_err(|e| map_sqlx(e, "read data version"))
+}
+
 impl SqliteStorage {
     /// Registry name.
     pub const NAME: &'static str = "sqlite";
@@ -480,10 +589,20 @@ impl SqliteStorage {
                 .pragma("journal_size_limit", WAL_KEEP_BYTES.to_string())
                 .row_buffer_size(ROW_BUFFER)
         };
-        // The writer is opened first: it creates the file and switches it to WAL.
+        // The writer is opened first: it creates the file and switches it to WAL. Its one
+        // connection is kept for the store's life (sqlx would replace it after 30 minutes, or
+        // 10 idle, emptying its page cache); the pool opens another only after an error.
+        let lookups = Arc::new(Lookups::default());
+        let connects = Arc::clone(&lookups.connects);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .after_connect(move |_, _| {
+                connects.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { Ok(()) })
+            })
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts(WRITER_CACHE_KIB))
             .await
@@ -511,6 +630,7 @@ impl SqliteStorage {
             writer,
             readers,
             checkpoints: Arc::new(WalCheckpointer::start(checkpointer, CHECKPOINT_AFTER_BYTES)),
+            lookups,
             path,
         };
         if let Err(e) = storage.prepare(create).await {
@@ -612,7 +732,13 @@ impl SqliteStorage {
         tx.commit().await.map_err(|e| map_sqlx(e, "create schema"))
     }
 
-    async fn apply(tx: &mut Transaction<'static, Sqlite>, batch: Batch) -> Result<()> {
+    /// Writes `batch` in `tx`. `known`: the row id (`None`: not stored) of ids read since the
+    /// last commit ([`Lookups`]), which the puts need not look up again.
+    async fn apply(
+        tx: &mut Transaction<'static, Sqlite>,
+        batch: Batch,
+        known: Option<HashMap<RecordId, Option<i64>>>,
+    ) -> Result<()> {
         for (key, expected) in &batch.guards {
             let actual: Option<Vec<u8>> =
                 sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
@@ -642,7 +768,17 @@ impl SqliteStorage {
         let mut puts = last_per_id(batch.puts, |r| r.id);
         let mut next_row: Option<i64> = None;
         for chunk in puts.chunks_mut(PUT_CHUNK) {
-            let existing = row_ids(tx, chunk.iter().map(|r| &r.id)).await?;
+            // Looked up again only if some put of the chunk was not read for this commit.
+            let read = known.as_ref().and_then(|k| {
+                chunk
+                    .iter()
+                    .map(|r| k.get(&r.id).map(|row| row.map(|row| (r.id, row))))
+                    .collect::<Option<Vec<_>>>()
+            });
+            let existing: HashMap<RecordId, i64> = match read {
+                Some(rows) => rows.into_iter().flatten().collect(),
+                None => row_ids(tx, chunk.iter().map(|r| &r.id)).await?,
+            };
             let (mut updates, mut inserts): (Vec<&mut StoredRecord>, Vec<&mut StoredRecord>) =
                 chunk.iter_mut().partition(|r| existing.contains_key(&r.id));
             if !updates.is_empty() {
@@ -958,11 +1094,36 @@ impl Storage for SqliteStorage {
     /// the commit that follows writes (a reader's cache is emptied by every commit, so it
     /// would read them all from the file again).
     async fn get_many_for_commit(&self, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>> {
-        Self::by_ids(&self.writer, ids, COLUMNS, |row| {
-            let r = row_to_record(row)?;
-            Ok((r.id, r))
-        })
-        .await
+        let start = self.lookups.read_starts();
+        let data_version = match start {
+            Some(_) => Some(data_version(&self.writer).await?),
+            None => None,
+        };
+        let found = Self::by_ids(
+            &self.writer,
+            ids,
+            &format!("{COLUMNS}, r.row AS row"),
+            |row| {
+                let r = row_to_record(row)?;
+                let rowid: i64 = row.try_get("row").map_err(|e| map_sqlx(e, "read row id"))?;
+                Ok((r.id, (rowid, r)))
+            },
+        )
+        .await?;
+        if let (Some((generation, connects)), Some(data_version)) = (start, data_version) {
+            let rows = ids
+                .iter()
+                .zip(&found)
+                .map(|(id, f)| (*id, f.as_ref().map(|(row, _)| *row)))
+                .collect();
+            self.lookups.keep(ReadForCommit {
+                generation,
+                connects,
+                data_version,
+                rows,
+            });
+        }
+        Ok(found.into_iter().map(|f| f.map(|(_, r)| r)).collect())
     }
 
     async fn get_states(&self, ids: &[RecordId]) -> Result<Vec<Option<RowState>>> {
@@ -1087,13 +1248,22 @@ impl Storage for SqliteStorage {
         if batch.is_empty() && batch.guards.is_empty() {
             return Ok(());
         }
+        let (_committing, read) = self.lookups.start_commit();
         let mut tx = self
             .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| map_sqlx(e, "begin transaction"))?;
         let bytes = batch.put_bytes();
-        match Self::apply(&mut tx, batch).await {
+        // The rows read for this commit hold if the writer's connection is the one that read
+        // them and no other connection has committed since (this one holds the write lock now).
+        let known = match read {
+            Some(read) if read.connects == self.lookups.connects.load(Ordering::SeqCst) => {
+                (data_version(&mut *tx).await? == read.data_version).then_some(read.rows)
+            }
+            _ => None,
+        };
+        match Self::apply(&mut tx, batch, known).await {
             Ok(()) => {
                 tx.commit().await.map_err(|e| map_sqlx(e, "commit"))?;
                 self.checkpoints.committed(bytes);
