@@ -233,6 +233,30 @@ async fn a_version_3_store_is_migrated_in_place() {
 
 /// Writes 300 rows (some deleted, some pending, ids sharing prefixes in pairs) into a store of
 /// schema `version` made by `schema`, opens it, and checks everything survived the migration.
+/// The store's page size and its writer's `wal_autocheckpoint`, in pages.
+async fn pages(s: &SqliteStorage) -> (i64, i64) {
+    let get = |pragma: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("PRAGMA {pragma}")))
+            .fetch_one(s.pool())
+            .await
+            .expect("pragma")
+    };
+    (get("page_size").await, get("wal_autocheckpoint").await)
+}
+
+#[tokio::test]
+async fn a_new_store_has_pages_of_page_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("new.db");
+    let s = SqliteStorage::open(&path, true).await.expect("create");
+    let page = i64::from(backend_sqlite::PAGE_SIZE);
+    assert_eq!(pages(&s).await, (page, 128 * 1024 * 1024 / page));
+    s.close().await.expect("close");
+    let s = SqliteStorage::open(&path, false).await.expect("reopen");
+    assert_eq!(pages(&s).await, (page, 128 * 1024 * 1024 / page));
+    s.close().await.expect("close");
+}
+
 async fn migrated_in_place(version: i64, schema: &[&str]) {
     use sync_core::{Batch, CollectionId, RecordId, StoredRecord};
     let dir = tempfile::tempdir().expect("tempdir");
@@ -312,6 +336,9 @@ async fn migrated_in_place(version: i64, schema: &[&str]) {
         .await
         .expect("version");
     assert_eq!(version, backend_sqlite::SCHEMA_VERSION);
+    // The file keeps the page size it was made with, and the writer's own checkpoint threshold
+    // is counted in those pages.
+    assert_eq!(pages(&s).await, (4096, 128 * 1024 * 1024 / 4096));
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name",
     )
