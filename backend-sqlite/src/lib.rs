@@ -347,7 +347,10 @@ fn seq_from_sql(seq: i64) -> Result<u64> {
     u64::try_from(seq).map_err(|_| Error::corrupt("negative sequence number in store"))
 }
 
-/// Rows per chunk of puts (at most 6 parameters a row in one statement; SQLite allows 32,766).
+/// Rows per chunk of a commit's multi-row statements (at most 5 parameters a row in one
+/// statement; SQLite allows 32,766). Without statistics, SQLite plans the statements that
+/// update `record_state` from a materialized table as a search per row up to a few hundred
+/// rows, but at 1,024 as a scan of `record_state`; the plan test below checks this size.
 const PUT_CHUNK: usize = 128;
 
 /// The columns of a [`StoredRecord`], from `records AS r` joined with `record_state AS s`.
@@ -1388,9 +1391,9 @@ mod plans {
     use sqlx::sqlite::SqlitePoolOptions;
 
     use super::{
-        COLUMNS, JOIN_STATE, RECORDS_INDEXES, RECORDS_TABLE, STATE_TABLE, ack_pending_update_sql,
-        ack_sql, ack_sync_update_sql, put_update_sql, row_ids_sql, state_update_sql,
-        sync_update_sql,
+        COLUMNS, JOIN_STATE, PUT_CHUNK, RECORDS_INDEXES, RECORDS_TABLE, STATE_TABLE,
+        ack_pending_update_sql, ack_sql, ack_sync_update_sql, put_update_sql, row_ids_sql,
+        state_update_sql, sync_update_sql,
     };
 
     /// SQLite's plan for `sql`, one line per step.
@@ -1432,17 +1435,23 @@ mod plans {
                  WHERE s.pending_seq > ? ORDER BY s.pending_seq LIMIT ?"
             ),
         ];
-        for sql in [
-            row_ids_sql(3),
-            put_update_sql(3),
-            state_update_sql(3),
-            sync_update_sql(3),
-            ack_sync_update_sql(3),
-            ack_pending_update_sql(3),
-            ack_sql(3),
-        ]
-        .into_iter()
-        .chain(reads)
+        // Each at a few rows and at its chunk size: without statistics, the planner's choice
+        // depends on the number of VALUES rows (at 1,024, the statements that update
+        // `record_state` from a materialized table scan `record_state` instead).
+        for sql in [3, PUT_CHUNK]
+            .into_iter()
+            .flat_map(|n| {
+                [
+                    row_ids_sql(n),
+                    put_update_sql(n),
+                    state_update_sql(n),
+                    sync_update_sql(n),
+                    ack_sync_update_sql(n),
+                    ack_pending_update_sql(n),
+                    ack_sql(n),
+                ]
+            })
+            .chain(reads)
         {
             let steps = plan(&pool, &sql).await;
             let searches = |t: &str| steps.iter().any(|s| s.starts_with(&format!("SEARCH {t}")));
