@@ -22,6 +22,14 @@ fn put(n: u8, envelope: &str) -> StoredRecord {
     }
 }
 
+/// A new store in a temporary directory (kept while the first value lives), and its path.
+async fn new_store() -> (tempfile::TempDir, std::path::PathBuf, SqliteStorage) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let s = SqliteStorage::open(&path, true).await.expect("open");
+    (dir, path, s)
+}
+
 async fn commit_puts(s: &SqliteStorage, puts: Vec<StoredRecord>) {
     s.commit(Batch {
         puts,
@@ -60,9 +68,7 @@ async fn envelope(s: &SqliteStorage, n: u8) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_row_another_connection_wrote_after_the_read_is_replaced_not_doubled() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("store.db");
-    let a = SqliteStorage::open(&path, true).await.expect("open a");
+    let (_dir, path, a) = new_store().await;
     let b = SqliteStorage::open(&path, false).await.expect("open b");
     // a reads the id as absent; b (another store on the file) then writes it.
     assert_eq!(
@@ -80,9 +86,7 @@ async fn a_row_another_connection_wrote_after_the_read_is_replaced_not_doubled()
 
 #[tokio::test]
 async fn a_row_read_as_stored_is_replaced_by_the_commit_that_follows() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("store.db");
-    let s = SqliteStorage::open(&path, true).await.expect("open");
+    let (_dir, path, s) = new_store().await;
     // Read absent, then inserted; read stored, then replaced; twice, so the second read and
     // commit follow a commit that used a read.
     for round in ["first", "second", "third"] {
@@ -97,9 +101,7 @@ async fn a_row_read_as_stored_is_replaced_by_the_commit_that_follows() {
 
 #[tokio::test]
 async fn a_read_is_not_used_by_a_second_commit() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("store.db");
-    let s = SqliteStorage::open(&path, true).await.expect("open");
+    let (_dir, path, s) = new_store().await;
     // The read finds the id absent; the first commit inserts it, the second must find it.
     s.get_many_for_commit(&[id(1)]).await.expect("read");
     commit_puts(&s, vec![put(1, "one")]).await;
@@ -111,9 +113,7 @@ async fn a_read_is_not_used_by_a_second_commit() {
 
 #[tokio::test]
 async fn puts_the_read_did_not_cover_are_looked_up() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("store.db");
-    let s = SqliteStorage::open(&path, true).await.expect("open");
+    let (_dir, path, s) = new_store().await;
     commit_puts(&s, vec![put(2, "stored")]).await;
     // Only id 1 is read; id 2 is stored and must be replaced, not inserted again.
     s.get_many_for_commit(&[id(1)]).await.expect("read");
@@ -126,9 +126,7 @@ async fn puts_the_read_did_not_cover_are_looked_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_that_ran_while_the_read_went_on_voids_the_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("store.db");
-    let s = SqliteStorage::open(&path, true).await.expect("open");
+    let (_dir, path, s) = new_store().await;
     // Many reads and commits of the same ids at once, from tasks that share the store: whatever
     // the interleaving, each id ends as one row.
     let mut tasks = tokio::task::JoinSet::new();
