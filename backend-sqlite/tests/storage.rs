@@ -231,8 +231,6 @@ async fn a_version_3_store_is_migrated_in_place() {
     .await;
 }
 
-/// Writes 300 rows (some deleted, some pending, ids sharing prefixes in pairs) into a store of
-/// schema `version` made by `schema`, opens it, and checks everything survived the migration.
 /// The store's page size and its writer's `wal_autocheckpoint`, in pages.
 async fn pages(s: &SqliteStorage) -> (i64, i64) {
     let get = |pragma: &'static str| async move {
@@ -257,6 +255,8 @@ async fn a_new_store_has_pages_of_page_size() {
     s.close().await.expect("close");
 }
 
+/// Writes 300 rows (some deleted, some pending, ids sharing prefixes in pairs) into a store of
+/// schema `version` made by `schema`, opens it, and checks everything survived the migration.
 async fn migrated_in_place(version: i64, schema: &[&str]) {
     use sync_core::{Batch, CollectionId, RecordId, StoredRecord};
     let dir = tempfile::tempdir().expect("tempdir");
